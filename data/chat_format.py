@@ -1,0 +1,29 @@
+"""The one chat format Hamner trains and chats with.
+
+A conversation is written as turns `<|role|>\\n{content}\\n` (roles: system, user, assistant) and a
+training document ends with the tokenizer's end-of-text token. A reply ends where the model
+starts a new turn marker or emits end-of-text, so inference stops on exactly what training showed.
+"""
+from __future__ import annotations
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+MARKERS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
+# Text that ends an assistant reply during generation (end-of-text is handled as a token id).
+STOP_STRINGS: tuple[str, ...] = (MARKERS["user"], MARKERS["system"], MARKERS["assistant"])
+
+
+def format_turn(role: str, content: str) -> str:
+    """One turn: the role marker, a newline, the content, a newline."""
+    if role not in MARKERS:
+        raise ValueError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
+    return f"{MARKERS[role]}\n{content.strip()}\n"
+
+
+def format_conversation(messages: list[dict[str, str]]) -> str:
+    """A whole conversation ([{role, content}, ...]) as training text, without the end-of-text token."""
+    return "".join(format_turn(m["role"], m["content"]) for m in messages)
+
+
+def prompt_for_reply(messages: list[dict[str, str]]) -> str:
+    """The conversation so far followed by an open assistant marker, ready for generation."""
+    return format_conversation(messages) + MARKERS["assistant"] + "\n"

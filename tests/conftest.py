@@ -1,0 +1,50 @@
+"""Test-wide setup: the Triton interpreter is switched on before anything imports triton.
+
+Only tests marked `triton` run the interpreted kernels on CPU tensors; every other test runs
+the PyTorch reference ops, which keeps model and training tests fast. Subprocesses started by
+tests should drop TRITON_INTERPRET from their environment (see `subprocess_env`).
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from kernels import dispatch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "triton: run the Triton kernels (interpreted on CPU)")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_ops(request: pytest.FixtureRequest):
+    with dispatch.cpu_kernels(request.node.get_closest_marker("triton") is not None):
+        yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real test data that lives beside the checkout (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"missing {SHARED_DATA}: the shared test data must sit beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for running project commands in a subprocess: reference ops, repo on the path."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
