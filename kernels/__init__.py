@@ -6,10 +6,22 @@ which case they run the Triton kernels in the interpreter (see `kernels.dispatch
 """
 from kernels import reference
 from kernels.attention import attention, attention_backend
-from kernels.cross_entropy import fused_linear_cross_entropy
-from kernels.rms_norm import add_rms_norm, rms_norm
-from kernels.rope import apply_rope, rope_cache
-from kernels.swiglu import swiglu
+from kernels.dispatch import TRITON_INSTALLED
+
+if TRITON_INSTALLED:
+    from kernels.cross_entropy import fused_linear_cross_entropy
+    from kernels.rms_norm import add_rms_norm, rms_norm
+    from kernels.rope import apply_rope, rope_cache
+    from kernels.swiglu import swiglu
+else:  # no triton (macOS, Windows): every op is its PyTorch reference
+    from kernels.reference import (
+        add_rms_norm,
+        apply_rope,
+        fused_linear_cross_entropy,
+        rms_norm,
+        rope_cache,
+        swiglu,
+    )
 
 __all__ = [
     "add_rms_norm",

@@ -7,18 +7,24 @@ interpreter, which is how the tests check the real kernels on machines without a
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections import Counter
 from collections.abc import Iterator
 
 import torch
 
-TRITON_INSTALLED: bool = importlib.util.find_spec("triton") is not None
+try:
+    import triton  # noqa: F401  (only to learn whether the kernels can run here)
+
+    TRITON_INSTALLED: bool = True
+except ImportError:
+    TRITON_INSTALLED = False
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Whether CPU tensors take the interpreted kernels; on by default when the interpreter is on.
 _cpu_kernels: bool = INTERPRET
+# When set, every device runs the reference ops (the benchmarks' plain-PyTorch baseline).
+_reference_only: bool = False
 
 # Kernel name -> number of launches in this process; tests read it to prove a kernel ran.
 launches: Counter[str] = Counter()
@@ -26,7 +32,7 @@ launches: Counter[str] = Counter()
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """True when an op on `tensor` should run its Triton kernel rather than the reference."""
-    if not TRITON_INSTALLED:
+    if not TRITON_INSTALLED or _reference_only:
         return False
     if tensor.is_cuda:
         return True
@@ -47,3 +53,14 @@ def cpu_kernels(enabled: bool) -> Iterator[None]:
 def record_launch(kernel_name: str) -> None:
     """Count one launch of `kernel_name` (cheap; called next to every kernel launch)."""
     launches[kernel_name] += 1
+
+
+@contextlib.contextmanager
+def reference_only(enabled: bool = True) -> Iterator[None]:
+    """Within the block, ops on every device run the PyTorch reference (for side-by-side baselines)."""
+    global _reference_only
+    previous, _reference_only = _reference_only, enabled
+    try:
+        yield
+    finally:
+        _reference_only = previous
