@@ -1,0 +1,9 @@
+"""Hamner's data layer: tokenizers, llm.c token shards, the prepare command, the mixture sampler.
+
+Heavy modules (tokenizers, datasets, the generators) load only when used.
+"""
+from data.errors import DataError
+from data.mixture import MixtureSampler, open_sources, open_validation
+from data.tokenizer import Tokenizer, load_tokenizer
+
+__all__ = ["DataError", "MixtureSampler", "Tokenizer", "load_tokenizer", "open_sources", "open_validation"]

@@ -1,0 +1,145 @@
+"""The mixture sampler: every row of a batch comes from a source drawn with the stage's weights.
+
+Sources are shard directories (read through a cursor, see data.windows) and generators (pure
+functions of a seed). For step t the sources of all world_size x batch_size rows are drawn from
+a generator seeded by (seed, t); rank r keeps rows r*B .. r*B+B-1. Every rank therefore knows how
+many rows each shard source gave the whole world, so the cursors are the same on every rank
+(rank 0's state is enough to resume all ranks), and the windows of one step are consecutive
+stream positions split between ranks, so ranks never read the same window.
+
+`batch(step)` starts from the cursors recorded for that step, so asking again for a step that a
+prefetcher already produced gives the same batch, and a run resumed from `state_dict()` continues
+exactly. Call `set_mixture` for step t before `batch(t)` (inside the prefetcher's make_batch), so
+weights and difficulty ramps are a function of the step too.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from data.errors import DataError
+from data.row_source import CursorSource, RowSource
+from data.windows import ShardSource
+
+HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
+BUILTIN = {
+    "synthetic": ("data.synthetic", "SyntheticSource"),
+    "stories": ("data.stories", "StorySource"),
+    "chat": ("data.chat_gen", "ChatSource"),
+}
+
+
+class MixtureSampler:
+    """Deterministic batches mixed from named row sources; resumable through state_dict()."""
+
+    def __init__(self, sources: dict[str, RowSource], seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not sources:
+            raise DataError("the mixture needs at least one source")
+        if seed < 0:
+            raise ValueError(f"the data seed must be non-negative, got {seed}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.sources = sources
+        self.names = sorted(sources)
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+        self.cursor_names = [n for n in self.names if isinstance(sources[n], CursorSource)]
+        self.weights = np.full(len(self.names), 1.0 / len(self.names))
+        self.difficulty = 1.0
+        self._history: dict[int, dict[str, int]] = {}
+        self._lock = threading.Lock()  # a prefetch thread calls batch() while the trainer saves state
+
+    def set_mixture(self, weights: dict[str, float], difficulty: float) -> None:
+        """Weights per source name (normalised; unnamed sources get 0) and the generators' difficulty."""
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise DataError(
+                f"unknown source(s) {', '.join(unknown)} in the mixture; open sources: {', '.join(self.names)}"
+            )
+        w = np.array([float(weights.get(n, 0.0)) for n in self.names])
+        if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+            raise DataError(f"mixture weights must be non-negative with a positive sum, got {weights}")
+        self.weights = w / w.sum()
+        self.difficulty = float(difficulty)
+
+    def batch(self, step: int, batch_size: int, row_len: int) -> np.ndarray:
+        """[batch_size, row_len] int64 rows for this rank at `step`."""
+        cursors = self._cursors_at(step)
+        start = self.rank * batch_size
+        rng = np.random.default_rng([self.seed, step])
+        drawn = rng.choice(len(self.names), size=self.world_size * batch_size, p=self.weights)
+        mine = drawn[start : start + batch_size]
+        out = np.empty((batch_size, row_len), dtype=np.int64)
+        after = dict(cursors)
+        for s, name in enumerate(self.names):
+            rows = mine == s
+            source = self.sources[name]
+            if name in after:
+                before = after[name] + int(np.count_nonzero(drawn[:start] == s))
+                if rows.any():
+                    out[rows] = source.windows(before + np.arange(np.count_nonzero(rows)), row_len, self.seed)
+                after[name] += int(np.count_nonzero(drawn == s))
+            elif rows.any():
+                seed = int(np.random.SeedSequence([self.seed, step, self.rank, s]).generate_state(1)[0])
+                out[rows] = source.rows(int(np.count_nonzero(rows)), row_len, seed, self.difficulty)
+        with self._lock:
+            self._history = {t: c for t, c in self._history.items() if step - HISTORY < t <= step}
+            self._history[step], self._history[step + 1] = cursors, after
+        return out
+
+    def _cursors_at(self, step: int) -> dict[str, int]:
+        with self._lock:
+            if step in self._history:
+                return self._history[step]
+            if not self._history:
+                return {n: 0 for n in self.cursor_names}
+            known = sorted(self._history)
+        raise ValueError(
+            f"no sampler state for step {step} (known steps {known[0]}..{known[-1]}); ask for steps in order"
+        )
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: seed, mixture, and the shard cursors of recent steps."""
+        with self._lock:
+            cursors = [[t, dict(c)] for t, c in sorted(self._history.items())]
+        return {
+            "seed": self.seed,
+            "weights": {n: float(w) for n, w in zip(self.names, self.weights)},
+            "difficulty": self.difficulty,
+            "cursors": cursors,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict(); sources new since then start at cursor 0, vanished ones are dropped."""
+        self.seed = int(state["seed"])
+        weights = {n: w for n, w in state["weights"].items() if n in self.sources}
+        if sum(weights.values()) > 0:
+            self.set_mixture(weights, state["difficulty"])
+        self._history = {int(t): {n: int(c.get(n, 0)) for n in self.cursor_names} for t, c in state["cursors"]}
+
+
+def open_sources(names: Iterable[str], data_root: str | None, tokenizer) -> dict[str, RowSource]:
+    """Row sources by name: built-in generators ("synthetic", "stories", "chat") or DATA_ROOT/<name> train shards."""
+    return {name: _open(name, data_root, tokenizer, "train") for name in dict.fromkeys(names)}
+
+
+def open_validation(names: Iterable[str], data_root: str | None, tokenizer) -> dict[str, RowSource]:
+    """Validation sources: the val split of shard sources; generators as they are (evaluate them on held-out seeds)."""
+    return {name: _open(name, data_root, tokenizer, "val") for name in dict.fromkeys(names)}
+
+
+def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
+    if name in BUILTIN:
+        module, cls = BUILTIN[name]
+        return getattr(importlib.import_module(module), cls)(tokenizer)
+    directory = Path(data_root or "DATA") / name
+    if data_root is None or not directory.is_dir():
+        where = f"{directory} does not exist" if data_root is not None else "no data root was given"
+        raise DataError(
+            f"source {name!r} needs prepared shards but {where}; make them with "
+            f"`python -m data.prepare <files or HF dataset> --out {directory} --tokenizer {tokenizer.name}`"
+        )
+    return ShardSource(directory, split=split, tokenizer=tokenizer)

@@ -1,0 +1,123 @@
+"""llm.c token shards: a 256 x int32 header (magic 20240520, version 1, token count) then uint16 tokens.
+
+A source directory holds `train_000000.bin`, ..., `val_000000.bin` and `meta.json`
+(tokenizer identity, counts, where the text came from). Shards are written atomically (temp file
+in the same directory, fsync, rename), so an interrupted run never leaves a shard that looks
+complete, and readers check the header and the exact file size. Shards from llm.c or
+modded-nanogpt tools (`fineweb_train_000001.bin`) read the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import DataError
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+META = "meta.json"
+SPLITS = ("train", "val")
+
+
+def write_shard(path: str | os.PathLike, tokens) -> None:
+    """Write `tokens` (ids < 65,536) as one llm.c shard, atomically."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 65_536):
+        raise DataError(f"token ids must lie in 0..65535 to be stored as uint16 (got {tokens.min()}..{tokens.max()})")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (MAGIC, VERSION, tokens.size)
+    _atomic_write(Path(path), [header.tobytes(), tokens.astype("<u2", copy=False).tobytes()])
+
+
+def read_shard(path: str | os.PathLike) -> np.memmap:
+    """The tokens of one shard as a read-only uint16 memmap, after checking magic, version and size."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+    except OSError as e:
+        raise DataError(f"cannot read shard {path}: {e.strerror or e}")
+    if header.size < 3 or header[0] != MAGIC:
+        raise DataError(f"{path} is not a token shard (bad magic number)")
+    if header[1] != VERSION:
+        raise DataError(f"{path}: unsupported shard version {header[1]} (expected {VERSION})")
+    count = int(header[2])
+    if size != HEADER_BYTES + 2 * count:
+        held = (size - HEADER_BYTES) // 2
+        raise DataError(f"{path} is truncated or corrupt: header says {count:,} tokens, file holds {held:,}")
+    if count == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+def shard_paths(directory: str | os.PathLike, split: str) -> list[Path]:
+    """The shards of one split, in order (`train_000000.bin`, or llm.c's `name_train_000000.bin`)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return sorted(Path(directory).glob(f"*{split}_*.bin"))
+
+
+def write_meta(directory: str | os.PathLike, meta: dict) -> None:
+    """Write meta.json atomically; prepare writes it last, once every shard is in place."""
+    _atomic_write(Path(directory) / META, [json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"])
+
+
+def read_meta(directory: str | os.PathLike) -> dict | None:
+    """meta.json of a source directory, or None when there is none (shards from other tools)."""
+    path = Path(directory) / META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}")
+
+
+def check_source_dir(directory: str | os.PathLike, tokenizer=None) -> dict | None:
+    """Open a source directory's meta.json and refuse it when its tokenizer is not `tokenizer`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"no such data directory: {directory}")
+    meta = read_meta(directory)
+    if tokenizer is None:
+        return meta
+    if meta is None:
+        warnings.warn(f"{directory} has no {META}; cannot check that its shards use tokenizer {tokenizer.name}")
+        return None
+    if meta.get("tokenizer_fingerprint") != tokenizer.fingerprint:
+        raise DataError(
+            f"{directory} was tokenized with {meta.get('tokenizer')!r} "
+            f"(fingerprint {meta.get('tokenizer_fingerprint')}), "
+            f"but the model uses {tokenizer.name!r} (fingerprint {tokenizer.fingerprint}); "
+            f"prepare it again with --tokenizer {tokenizer.name}"
+        )
+    return meta
+
+
+def _atomic_write(path: Path, chunks: list[bytes]) -> None:
+    """Write to a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,152 @@
+"""Tokenizers: the built-in byte tokenizer, a Hugging Face tokenizer.json, or a cached hub name.
+
+Every tokenizer exposes the same small surface (`encode`, `encode_batch`, `decode`, `eos_id`,
+`vocab_size`) and a `fingerprint` that identifies its vocabulary, so shards made with one
+tokenizer are never fed to a model trained with another. Token ids are stored as uint16, so a
+vocabulary over 65,536 is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+
+from data.errors import DataError
+
+EOT = "<|endoftext|>"
+MAX_VOCAB = 65_536
+
+
+class Tokenizer(ABC):
+    """What the data layer, trainer and chat need from a tokenizer."""
+
+    name: str  # the spec it was loaded from
+    vocab_size: int
+    eos_id: int  # id of <|endoftext|>
+    fingerprint: str  # stable hash of the vocabulary; identity for shard compatibility
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no special tokens are added, a literal <|endoftext|> maps to eos_id."""
+
+    @abstractmethod
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` for many texts at once (parallel where the backend allows)."""
+
+    @abstractmethod
+    def decode(self, ids) -> str:
+        """Text of token ids, special tokens included."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+class ByteTokenizer(Tokenizer):
+    """Ids 0-255 are the UTF-8 bytes, 256 is <|endoftext|>; needs nothing from outside."""
+
+    def __init__(self) -> None:
+        self.name = "bytes"
+        self.vocab_size = 257
+        self.eos_id = 256
+        self.fingerprint = hashlib.sha256(f"bytes 0-255, {EOT}=256".encode()).hexdigest()[:16]
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for i, part in enumerate(text.split(EOT)):
+            if i:
+                ids.append(self.eos_id)
+            ids.extend(part.encode("utf-8"))
+        return ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        out: list[str] = []
+        run = bytearray()
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                out.append(run.decode("utf-8", errors="replace"))
+                out.append(EOT)
+                run = bytearray()
+            else:
+                run.append(i)
+        out.append(run.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` tokenizer loaded from a tokenizer.json file."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        from tokenizers import Tokenizer as _Backend
+
+        try:
+            self._tok = _Backend.from_file(str(path))
+        except Exception as e:  # the library raises plain Exceptions with multi-line text
+            raise DataError(f"cannot read tokenizer {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        self.name = name
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        if self.vocab_size > MAX_VOCAB:
+            raise DataError(
+                f"tokenizer {name} has {self.vocab_size:,} tokens; at most {MAX_VOCAB:,} fit in uint16 shards"
+            )
+        eos = self._tok.token_to_id(EOT)
+        if eos is None:
+            raise DataError(f"tokenizer {name} has no {EOT} token, which separates documents")
+        self.eos_id = eos
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the id->token table, the merges and the added tokens; independent of the JSON layout."""
+        vocab = sorted((i, t) for t, i in self._tok.get_vocab(with_added_tokens=True).items())
+        model = json.loads(self._tok.to_str())["model"]
+        merges = (m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or [])
+        added = sorted(f"{a.content}\t{a.special}" for a in self._tok.get_added_tokens_decoder().values())
+        h = hashlib.sha256(f"{model.get('type')}\n".encode())
+        for part in ("\n".join(t for _, t in vocab), "\n".join(merges), "\n".join(added)):
+            h.update(part.encode("utf-8") + b"\0")
+        return h.hexdigest()[:16]
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # _fast (no offsets) since 0.21
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """"bytes", a path to a tokenizer.json (or a folder holding one), or a hub name found in the local HF cache."""
+    if spec == "bytes":
+        return ByteTokenizer()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        return HFTokenizer(spec, path)
+    if path.suffix == ".json" or spec.startswith((".", "/", "~")):
+        raise DataError(f"tokenizer file not found: {path}")
+    return HFTokenizer(spec, _cached_hub_file(spec))
+
+
+def _cached_hub_file(repo_id: str) -> Path:
+    """tokenizer.json of a hub repository, looked up only in the local cache (never downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "tokenizer.json")
+    except Exception:  # an invalid repo id raises a validation error
+        found = None
+    if not isinstance(found, str):
+        raise DataError(
+            f"tokenizer {repo_id!r} is not in the local Hugging Face cache; "
+            "pass the path to its tokenizer.json instead (--tokenizer path/to/tokenizer.json) or use --tokenizer bytes"
+        )
+    return Path(found)

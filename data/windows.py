@@ -1,0 +1,84 @@
+"""Memory-mapped shard reading: a split viewed as non-overlapping windows of row_len tokens.
+
+The split's shards are one token stream cut into windows; epoch e visits them in a permutation
+seeded by (seed, e). Position p of the stream is window perm_e[p mod n] with e = p div n, so a
+reader that keeps a cursor (the mixture sampler) reads every window exactly once per epoch, and
+consecutive ranges of positions handed to different ranks never overlap.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import DataError
+from data.shards import check_source_dir, read_shard, shard_paths
+
+
+class ShardSource:
+    """All shards of one split of a prepared source directory, memory-mapped."""
+
+    def __init__(self, directory: str | os.PathLike, split: str = "train", tokenizer=None) -> None:
+        directory = Path(directory)
+        self.meta = check_source_dir(directory, tokenizer)
+        self.name = directory.name
+        self.split = split
+        paths = shard_paths(directory, split)
+        if not paths:
+            raise DataError(f"{directory} has no {split} shards ({split}_000000.bin, ...)")
+        self.shards = [read_shard(p) for p in paths]
+        self.starts = np.cumsum([0] + [s.size for s in self.shards])
+        self.tokens = int(self.starts[-1])
+        self._perms: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def num_windows(self, row_len: int) -> int:
+        """How many non-overlapping windows of `row_len` tokens the split holds."""
+        n = self.tokens // row_len
+        if n == 0:
+            raise DataError(
+                f"{self.name} {self.split} split has {self.tokens:,} tokens, fewer than one row of {row_len}"
+            )
+        return n
+
+    def rows(self, n_rows: int, row_len: int, seed: int, difficulty: float = 0.0) -> np.ndarray:
+        """The first `n_rows` windows of the stream seeded by `seed` (distinct while n_rows <= num_windows)."""
+        return self.windows(np.arange(n_rows), row_len, seed)
+
+    def windows(self, positions: np.ndarray, row_len: int, seed: int) -> np.ndarray:
+        """[len(positions), row_len] int32: window perm_e[p mod n] of epoch e = p div n for each position p."""
+        positions = np.asarray(positions, dtype=np.int64)
+        n = self.num_windows(row_len)
+        epochs, within = np.divmod(positions, n)
+        index = np.empty_like(positions)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            index[sel] = self._permutation(seed, int(e), row_len)[within[sel]]
+        out = np.empty((positions.size, row_len), dtype=np.int32)
+        for r, w in enumerate(index):
+            self._read(int(w) * row_len, out[r])
+        return out
+
+    def _permutation(self, seed: int, epoch: int, row_len: int) -> np.ndarray:
+        key = (seed, epoch, row_len)
+        perm = self._perms.get(key)
+        if perm is None:
+            if len(self._perms) >= 4:
+                self._perms.pop(next(iter(self._perms)))
+            perm = np.random.default_rng([seed, epoch]).permutation(self.num_windows(row_len))
+            self._perms[key] = perm
+        return perm
+
+    def _read(self, start: int, out: np.ndarray) -> None:
+        """Copy tokens [start, start + len(out)) of the split's stream into `out` (may span shards)."""
+        done = 0
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while done < out.size:
+            offset = start + done - int(self.starts[k])
+            piece = self.shards[k][offset : offset + out.size - done]
+            out[done : done + piece.size] = piece
+            done += piece.size
+            k += 1
+
+    def __repr__(self) -> str:
+        return f"ShardSource({self.name!r}, split={self.split!r}, tokens={self.tokens:,}, shards={len(self.shards)})"

@@ -1,0 +1,90 @@
+"""Tokenizers: the byte tokenizer, a real tokenizer.json (cosmo2), hub names from the local cache only."""
+import shutil
+
+import huggingface_hub.constants
+import pytest
+
+from data import DataError, Tokenizer, load_tokenizer
+
+TEXT = "Once upon a time, Lily saw 23 ducks. Ça va? 🦆\n\tThe end."
+
+
+def test_bytes_tokenizer_roundtrip_and_eos():
+    tok = load_tokenizer("bytes")
+    assert isinstance(tok, Tokenizer)
+    assert (tok.name, tok.vocab_size, tok.eos_id) == ("bytes", 257, 256)
+    ids = tok.encode("hé<|endoftext|>x")
+    assert ids == [104, 0xC3, 0xA9, 256, 120]
+    assert tok.decode(ids) == "hé<|endoftext|>x"
+    assert tok.decode(tok.encode(TEXT)) == TEXT
+    assert tok.encode_batch([TEXT, "", "ab"]) == [tok.encode(TEXT), [], [97, 98]]
+
+
+def test_cosmo2_file(shared_data):
+    path = str(shared_data / "cosmo2_tokenizer.json")
+    tok = load_tokenizer(path)
+    assert (tok.name, tok.vocab_size, tok.eos_id) == (path, 49_152, 0)
+    ids = tok.encode(TEXT)
+    assert tok.decode(ids) == TEXT
+    assert 0 not in ids  # no special tokens inserted
+    assert tok.encode("a<|endoftext|>b") == tok.encode("a") + [0] + tok.encode("b")
+    texts = [TEXT, "hello world", "", "<|endoftext|>"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.decode(tok.encode_batch(texts)[3]) == "<|endoftext|>"
+
+
+def test_fingerprint_is_the_vocabulary_identity(shared_data, tmp_path):
+    path = shared_data / "cosmo2_tokenizer.json"
+    copy = tmp_path / "renamed.json"
+    shutil.copy(path, copy)
+    a, b = load_tokenizer(str(path)), load_tokenizer(str(copy))
+    assert a.fingerprint == b.fingerprint  # same vocabulary under another name
+    assert a.fingerprint != load_tokenizer("bytes").fingerprint
+    assert load_tokenizer("bytes").fingerprint == load_tokenizer("bytes").fingerprint
+    shutil.copy(path, tmp_path / "tokenizer.json")  # a folder holding tokenizer.json works too
+    assert load_tokenizer(str(tmp_path)).fingerprint == a.fingerprint
+
+
+def _word_level(tmp_path, n_words, with_eos=True):
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(n_words)}
+    if with_eos:
+        vocab["<|endoftext|>"] = n_words
+    backend = Backend(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = tmp_path / f"wl{n_words}{with_eos}.json"
+    backend.save(str(path))
+    return str(path)
+
+
+def test_refuses_vocab_over_uint16_and_missing_eos(tmp_path):
+    with pytest.raises(DataError, match="65,536"):
+        load_tokenizer(_word_level(tmp_path, 65_536))  # 65,537 tokens with <|endoftext|>
+    with pytest.raises(DataError, match="no <\\|endoftext\\|>"):
+        load_tokenizer(_word_level(tmp_path, 10, with_eos=False))
+    small = load_tokenizer(_word_level(tmp_path, 10))
+    assert (small.vocab_size, small.eos_id) == (11, 10)
+    assert small.fingerprint != load_tokenizer(_word_level(tmp_path, 11)).fingerprint
+
+
+def test_missing_file_and_uncached_hub_name(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="not found"):
+        load_tokenizer(str(tmp_path / "nope.json"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError, match="tokenizer.json") as err:
+        load_tokenizer("HuggingFaceTB/cosmo2-tokenizer")
+    assert "\n" not in str(err.value)
+
+
+def test_hub_name_resolves_through_local_cache(shared_data, tmp_path, monkeypatch):
+    snapshot = tmp_path / "models--HuggingFaceTB--cosmo2-tokenizer" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    shutil.copy(shared_data / "cosmo2_tokenizer.json", snapshot / "tokenizer.json")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    tok = load_tokenizer("HuggingFaceTB/cosmo2-tokenizer")
+    assert (tok.name, tok.vocab_size, tok.eos_id) == ("HuggingFaceTB/cosmo2-tokenizer", 49_152, 0)
+    assert tok.fingerprint == load_tokenizer(str(shared_data / "cosmo2_tokenizer.json")).fingerprint
