@@ -1,9 +1,20 @@
 """Hamner: a fast trainer for small Llama-style language models.
 
 The model and its presets live here; generation is in `hamner.generate`. Importing `hamner`
-stays light (no data-layer imports).
+stays light: no data-layer imports, and torch only once `HamnerModel` is used, so torch-free
+modules such as `hamner.controller` and `hamner.plot` start fast.
 """
+from typing import Any
+
 from hamner.config import PRESETS, HamnerConfig, model_config
-from hamner.model import HamnerModel
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HamnerModel":
+        from hamner.model import HamnerModel
+
+        return HamnerModel
+    raise AttributeError(f"module 'hamner' has no attribute {name!r}")
+
 
 __all__ = ["PRESETS", "HamnerConfig", "HamnerModel", "model_config"]

@@ -200,9 +200,13 @@ class HamnerModel(nn.Module):
             return self.logits(hidden)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-        return kernels.fused_linear_cross_entropy(
-            hidden.reshape(-1, hidden.shape[-1]), self.embed.weight, targets.reshape(-1), ignore_index=-100
-        )
+        hidden, weight = hidden.reshape(-1, hidden.shape[-1]), self.embed.weight
+        device_type = hidden.device.type
+        if torch.is_autocast_enabled(device_type):
+            # A custom op is not autocast: cast here so the output matmuls run in the autocast dtype.
+            dtype = torch.get_autocast_dtype(device_type)
+            hidden, weight = hidden.to(dtype), weight.to(dtype)
+        return kernels.fused_linear_cross_entropy(hidden, weight, targets.reshape(-1), ignore_index=-100)
 
     def num_parameters(self) -> int:
         """Number of parameters, the tied embedding/output weight counted once."""

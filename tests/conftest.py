@@ -22,8 +22,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "triton: run the Triton kernels (interpreted on CPU)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reference_ops_outside_tests():
+    """Module- and session-scoped fixtures (model training, say) get the fast reference ops too."""
+    with dispatch.cpu_kernels(False):
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _cpu_ops(request: pytest.FixtureRequest):
+def _cpu_ops(request: pytest.FixtureRequest, _reference_ops_outside_tests):
     with dispatch.cpu_kernels(request.node.get_closest_marker("triton") is not None):
         yield
 

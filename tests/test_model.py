@@ -221,3 +221,22 @@ def test_triton_kernels_match_reference_ops():
     for name, grad in grads.items():
         relative = (grad - grads_ref[name]).norm() / grads_ref[name].norm()
         assert relative < 1e-4, f"{name}: relative gradient error {relative:.2e}"
+
+
+@pytest.mark.triton
+def test_triton_kernels_under_bf16_autocast_match_reference_ops():
+    """Under autocast the fused cross-entropy gets bf16 hidden states and a bf16 copy of the fp32 tied weight."""
+    model = tiny_model()
+    idx = torch.randint(0, 97, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with dispatch.cpu_kernels(False):
+            loss_ref, grads_ref = _loss_and_grads(model, idx)
+        before = dispatch.launches["fused_linear_cross_entropy"]
+        loss, grads = _loss_and_grads(model, idx)
+    assert dispatch.launches["fused_linear_cross_entropy"] > before
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, loss_ref, rtol=2e-2, atol=0)
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        relative = (grad - grads_ref[name]).norm() / grads_ref[name].norm()
+        assert relative < 5e-2, f"{name}: relative gradient error {relative:.2e}"
