@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels import dispatch
+
 
 def _load_flash_attn():
     try:
@@ -27,7 +29,10 @@ _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def attention_backend() -> str:
-    """The backend CUDA calls use: "flash-attn" when the package imports, else "sdpa" (also for fp32)."""
+    """The backend CUDA calls use: "flash-attn" when the package imports, else "sdpa".
+
+    fp32 tensors, and every call inside `kernels.dispatch.reference_only()`, use SDPA regardless.
+    """
     return "flash-attn" if _flash_attn_func is not None else "sdpa"
 
 
@@ -73,6 +78,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     positions of the keys.
     """
     _check_shapes(q, k, v, causal)
-    if q.is_cuda and _flash_attn_func is not None and q.dtype in _FLASH_DTYPES:
+    use_flash = _flash_attn_func is not None and q.is_cuda and q.dtype in _FLASH_DTYPES
+    if use_flash and not dispatch.reference_forced():
         return _flash_attn_func(q, k, v, causal=causal)
     return _sdpa(q, k, v, causal)

@@ -55,6 +55,11 @@ def record_launch(kernel_name: str) -> None:
     launches[kernel_name] += 1
 
 
+def reference_forced() -> bool:
+    """True inside `reference_only()`: ops with a faster optional backend (flash-attn) skip it too."""
+    return _reference_only
+
+
 @contextlib.contextmanager
 def reference_only(enabled: bool = True) -> Iterator[None]:
     """Within the block, ops on every device run the PyTorch reference (for side-by-side baselines)."""
