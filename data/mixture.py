@@ -25,6 +25,7 @@ from data.errors import DataError
 from data.row_source import CursorSource, RowSource
 from data.windows import ShardSource
 
+SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
 BUILTIN = {
     "synthetic": ("data.synthetic", "SyntheticSource"),
@@ -122,7 +123,7 @@ class MixtureSampler:
 
 
 def open_sources(names: Iterable[str], data_root: str | None, tokenizer) -> dict[str, RowSource]:
-    """Row sources by name: built-in generators ("synthetic", "stories", "chat") or DATA_ROOT/<name> train shards."""
+    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat") or DATA_ROOT/<name> train shards."""
     return {name: _open(name, data_root, tokenizer, "train") for name in dict.fromkeys(names)}
 
 
@@ -132,6 +133,13 @@ def open_validation(names: Iterable[str], data_root: str | None, tokenizer) -> d
 
 
 def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
+    if name.startswith(SYNTHETIC_TASK_PREFIX):
+        from data.synthetic import TASKS, SyntheticSource
+
+        task = name[len(SYNTHETIC_TASK_PREFIX):]
+        if task not in TASKS:
+            raise DataError(f"source {name!r}: unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
+        return SyntheticSource(tokenizer, task=task)
     if name in BUILTIN:
         module, cls = BUILTIN[name]
         return getattr(importlib.import_module(module), cls)(tokenizer)

@@ -117,12 +117,16 @@ def split_answer(text: str) -> tuple[str, str]:
 
 
 class SyntheticSource:
-    """Row source of the nine tasks mixed uniformly; a fractional difficulty d gives each sample
-    floor(d) or floor(d)+1 (with probability frac(d)), so curriculum ramps are smooth."""
+    """Row source of the nine tasks mixed uniformly, or of one task; a fractional difficulty d gives
+    each sample floor(d) or floor(d)+1 (with probability frac(d)), so curriculum ramps are smooth.
 
-    name = "synthetic"
+    Its source name is "synthetic", or "synthetic/<task>" for one task, so a curriculum can weight
+    a task on its own (the demo leans on arithmetic, say) beside the mixed stream.
+    """
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, task: str | None = None) -> None:
+        self.task_id = _task_id(task)
+        self.name = "synthetic" if task is None else f"synthetic/{task}"
         self.tokenizer = tokenizer
         self.eos_id = int(tokenizer.eos_id)
         encoded = tokenizer.encode_batch(PIECES)
@@ -132,19 +136,20 @@ class SyntheticSource:
         self._check_tokenizer()
 
     def rows(self, n_rows: int, row_len: int, seed: int, difficulty: float) -> np.ndarray:
-        """[n_rows, row_len] int32: samples 0, 1, ... of the seeded stream, each followed by end-of-text,
+        """[n_rows, row_len] int32: samples 0, 1, ... of the seeded stream (the `sample_texts` of this
+        source's task, or of task=None), each followed by end-of-text,
         packed back to back (a sample may continue into the next row)."""
         if n_rows < 0 or row_len < 1:
             raise ValueError(f"rows needs n_rows >= 0 and row_len >= 1, got {n_rows} x {row_len}")
         out = np.empty(n_rows * row_len, np.int32)
-        K.token_stream(out, _seed64(seed), _check_difficulty(difficulty), _LEX, _CAT_OFF,
+        K.token_stream(out, _seed64(seed), self.task_id, _check_difficulty(difficulty), _LEX, _CAT_OFF,
                        self._tok_flat, self._tok_off, np.int64(self.eos_id))
         return out.reshape(n_rows, row_len)
 
     def _check_tokenizer(self) -> None:
         """Refuse a tokenizer whose tokens of whole texts differ from the concatenated piece tokens."""
         for d in (1.0, 2.0, 3.0, 4.0, 5.0):
-            texts = sample_texts(None, d, 90, seed=12345)
+            texts = sample_texts(TASKS[self.task_id] if self.task_id >= 0 else None, d, 90, seed=12345)
             expected = [i for ids in self.tokenizer.encode_batch(texts) for i in ids + [self.eos_id]]
             got = self.rows(1, len(expected), 12345, d)[0]
             if got.tolist() != expected:

@@ -592,15 +592,15 @@ def sample_pieces(seed, n, task, difficulty, lex, cat_off):
 
 
 @njit(cache=True)
-def token_stream(out, seed, difficulty, lex, cat_off, tok_flat, tok_off, eos):
-    """Fill out with the token ids of samples 0, 1, ... (tasks mixed), each followed by eos."""
+def token_stream(out, seed, task, difficulty, lex, cat_off, tok_flat, tok_off, eos):
+    """Fill out with the token ids of samples 0, 1, ... of one task (task < 0: tasks mixed), each followed by eos."""
     pb = np.empty(MAX_PIECES, np.int32)
     st = np.empty(1, np.uint64)
     size = out.shape[0]
     pos = 0
     i = 0
     while pos < size:
-        t, d = _start(st, seed, i, -1, difficulty)
+        t, d = _start(st, seed, i, task, difficulty)
         m = _sample(pb, st, t, d, lex, cat_off)
         for j in range(m):
             p = pb[j]

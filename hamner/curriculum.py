@@ -19,11 +19,13 @@ CURRICULA_DIR = Path(__file__).resolve().parent / "curricula"
 
 # Sources made on the fly by the data layer; every other source is a shard directory under --data.
 BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat")
+# "synthetic/<task>" is the synthetic generator restricted to one task (e.g. synthetic/arithmetic).
+SYNTHETIC_TASK_PREFIX = "synthetic/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 SCHEDULES = ("constant", "cosine")
 
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SOURCE_NAME = re.compile(r"^(synthetic/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
@@ -130,7 +132,21 @@ class Curriculum:
 
     def data_sources(self) -> list[str]:
         """The sources that must exist as prepared shard directories under --data."""
-        return [s for s in self.sources() if s not in BUILTIN_SOURCES]
+        return [s for s in self.sources() if not is_builtin_source(s)]
+
+    def uses_synthetic(self) -> bool:
+        """Whether any stage draws synthetic-task samples (mixed or of one task)."""
+        return any(is_synthetic_source(s) for s in self.sources())
+
+
+def is_synthetic_source(name: str) -> bool:
+    """"synthetic" (all tasks mixed) or "synthetic/<task>" (one task)."""
+    return name == "synthetic" or name.startswith(SYNTHETIC_TASK_PREFIX)
+
+
+def is_builtin_source(name: str) -> bool:
+    """Sources the data layer generates; every other name is a prepared shard directory."""
+    return name in BUILTIN_SOURCES or is_synthetic_source(name)
 
 
 def available_curricula() -> list[str]:
@@ -314,7 +330,7 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
     weights = {}
     for name in table:
         if not _SOURCE_NAME.match(name):
-            raise f.fail(name, "source names are directory names (letters, digits, _ . -)")
+            raise f.fail(name, "source names are directory names (letters, digits, _ . -) or synthetic/<task>")
         weights[name] = f.number(name, low=0.0)
     if sum(weights.values()) <= 0:
         raise ValueError(f"{where}: all weights are zero")
@@ -323,7 +339,7 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
 
 def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:
     if value is None:
-        if weights.get("synthetic", 0) > 0:
+        if any(w > 0 and is_synthetic_source(name) for name, w in weights.items()):
             raise ValueError(f"{where}: missing; a stage with synthetic weight needs a difficulty "
                              f"(a value or a [start, end] ramp in {MIN_DIFFICULTY}..{MAX_DIFFICULTY})")
         return (float(MIN_DIFFICULTY), float(MIN_DIFFICULTY))

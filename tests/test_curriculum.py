@@ -141,6 +141,7 @@ steps = 100
      r"stages\[1\]\.until_step: must be after"),
     ('name = "t"', 'name = "t"\neval_interval = 0', "eval_interval: must be >= 1"),
     ("synthetic = 1.0", '"../etc" = 1.0, synthetic = 1.0', "source names are directory names"),
+    ("synthetic = 1.0", '"synthetic/a/b" = 1.0', "source names are directory names"),
     ("weights = {", "weights = {{", "not valid TOML"),
 ])
 def test_bad_files_are_refused_with_one_line(tmp_path: Path, old: str, new: str, message: str):
@@ -165,3 +166,14 @@ def test_defaults_table_applies_to_every_stage_and_stages_override(tmp_path: Pat
                     + '[[stages]]\nname = "b"\nweights = { chat = 1 }\nlr = 1e-4\nwarmup_steps = 0\n')
     a, b = load_curriculum(path).stages
     assert (a.warmup_steps, a.steps, b.warmup_steps, b.steps) == (7, 100, 0, 30)
+
+
+def test_one_task_synthetic_sources_are_built_in_and_need_a_difficulty(tmp_path: Path):
+    path = tmp_path / "task.toml"
+    path.write_text(GOOD.replace("synthetic = 1.0", '"synthetic/arithmetic" = 0.5, stories = 0.2, fineweb = 0.3'))
+    curriculum = load_curriculum(path)
+    assert curriculum.uses_synthetic()
+    assert curriculum.data_sources() == ["fineweb"]
+    path.write_text(path.read_text().replace("difficulty = 1\n", ""))
+    with pytest.raises(ValueError, match="difficulty: missing"):
+        load_curriculum(path)

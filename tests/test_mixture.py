@@ -137,6 +137,15 @@ def test_open_sources(tmp_path, shared_data, monkeypatch):
         open_sources(["tinystories"], str(tmp_path), load_tokenizer(str(shared_data / "cosmo2_tokenizer.json")))
 
 
+def test_open_one_task_synthetic_source():
+    tok = load_tokenizer("bytes")
+    source = open_sources(["synthetic/arithmetic"], None, tok)["synthetic/arithmetic"]
+    text = tok.decode(source.rows(1, 200, 5, 1.0)[0].tolist())
+    assert text.count("Calculate:") >= 5 and "Sort" not in text and "Count" not in text
+    with pytest.raises(DataError, match="unknown synthetic task 'poetry'"):
+        open_sources(["synthetic/poetry"], None, tok)
+
+
 def test_reader_benchmark_command(tmp_path, capsys):
     from data.bench_reader import main
 

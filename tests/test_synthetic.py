@@ -253,6 +253,22 @@ def test_token_stream_equals_tokenizing_the_texts(spec, cosmo2):
         assert got[0].tolist() == expected[:cut], d
 
 
+@pytest.mark.parametrize("task", ["arithmetic", "sorting"])
+def test_one_task_source_streams_exactly_that_tasks_samples(task, cosmo2):
+    """SyntheticSource(tok, task) is the stream of sample_texts(task, ...), named synthetic/<task>."""
+    source = SyntheticSource(cosmo2, task=task)
+    assert source.name == f"synthetic/{task}"
+    texts = sample_texts(task, 2.5, 500, seed=11)
+    expected = _stream_ids(cosmo2, texts)
+    assert source.rows(1, len(expected), 11, 2.5)[0].tolist() == expected
+    assert SyntheticSource(cosmo2).rows(1, 200, 11, 2.5).tolist() != source.rows(1, 200, 11, 2.5).tolist()
+
+
+def test_unknown_task_source_is_refused():
+    with pytest.raises(ValueError, match="unknown synthetic task 'poetry'"):
+        SyntheticSource(ByteTokenizer(), task="poetry")
+
+
 def test_answer_split_is_token_aligned(cosmo2):
     for task in TASKS:
         for d in (1, 3, 5):
