@@ -1,0 +1,61 @@
+"""Getting a trained model ready to use: pick the device, find the run, load model and tokenizer.
+
+Shared by chat.py, `python -m hamner.eval` and `python -m hamner.export`, so they all accept the
+same paths and report the same one-line errors (as `InferenceError`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+RUNS_DIR = Path("runs")
+
+
+class InferenceError(Exception):
+    """A missing, truncated or foreign checkpoint, or an unusable device; one line for the user."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; otherwise a torch device name that must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InferenceError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError("--device cuda asked for, but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InferenceError("--device mps asked for, but MPS is not available")
+    return device
+
+
+def newest_run(root: Path = RUNS_DIR) -> Path:
+    """The run directory under `root` whose latest checkpoint was written last."""
+    runs = [p for p in root.glob("*") if (p / "checkpoints" / "latest").is_file()] if root.is_dir() else []
+    if not runs:
+        raise InferenceError(f"no trained run under {root}/; pass a checkpoint (train one with python train.py)")
+    return max(runs, key=lambda p: (p / "checkpoints" / "latest").stat().st_mtime)
+
+
+def load_for_inference(path: str | Path | None, device: torch.device | str = "cpu"):
+    """(model in eval mode, config, tokenizer) from a run or checkpoint directory (None: the newest run)."""
+    from data.errors import DataError
+    from data.tokenizer import load_tokenizer
+    from hamner.checkpoint import CheckpointError, load_model
+
+    path = Path(path) if path is not None else newest_run()
+    try:
+        model, config = load_model(path, device=device)
+        tokenizer = load_tokenizer(config.tokenizer)
+    except (CheckpointError, DataError, OSError) as exc:
+        raise InferenceError(str(exc)) from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise InferenceError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens; "
+                             f"the model's vocabulary has only {config.vocab_size}")
+    return model.eval(), config, tokenizer
