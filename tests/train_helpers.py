@@ -1,0 +1,62 @@
+"""Small training setups shared by the trainer, resume, signal, CLI and torchrun tests.
+
+Runs use the demo preset (about 3M parameters, byte-level) on the built-in synthetic source with
+tiny batches and one CPU thread, so a step takes milliseconds and tests stay within their budget.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from hamner.train_settings import TrainSettings
+
+CURRICULUM = """\
+name = "test-synth"
+tokenizer = "bytes"
+eval_interval = {eval_interval}
+
+[[stages]]
+name = "first"
+steps = {first}
+weights = {{ synthetic = 1.0 }}
+difficulty = 1
+lr = 3e-3
+warmup_steps = 2
+
+[[stages]]
+name = "second"
+steps = {second}
+weights = {{ synthetic = 1.0 }}
+difficulty = [1, 2]
+lr = 2e-3
+fresh_optimizer = true
+"""
+
+
+def write_curriculum(directory: Path, first: int = 6, second: int = 6, eval_interval: int = 1000) -> Path:
+    """A two-stage synthetic-only curriculum (the second with a difficulty ramp and a fresh optimizer)."""
+    path = directory / "test-synth.toml"
+    path.write_text(CURRICULUM.format(first=first, second=second, eval_interval=eval_interval))
+    return path
+
+
+def tiny_settings(out: Path, curriculum: Path, **overrides) -> TrainSettings:
+    """Settings for a few-millisecond-per-step CPU run into `out`."""
+    base = dict(preset="demo", curriculum=str(curriculum), out=str(out), device="cpu", batch_size=2,
+                seq_len=32, log_interval=1, eval_batches=1, task_samples=0, sample_tokens=0,
+                threads=1, seed=7)
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def tiny_flags(out: Path, curriculum: Path, *extra: str) -> list[str]:
+    """The same run as command-line flags for `python train.py`."""
+    return ["--preset", "demo", "--curriculum", str(curriculum), "--out", str(out), "--device", "cpu",
+            "--batch-size", "2", "--seq-len", "32", "--log-interval", "1", "--eval-batches", "1",
+            "--task-samples", "0", "--sample-tokens", "0", "--threads", "1", "--seed", "7", *extra]
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    """Rows of RUN/metrics.csv."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
