@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from hamner.device import pick_device as resolve_device
+
 RUNS_DIR = Path("runs")
 
 
@@ -17,22 +19,11 @@ class InferenceError(Exception):
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; otherwise a torch device name that must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+    """The device `name` names (see `hamner.device.pick_device`); a bad one is an InferenceError."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InferenceError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError("--device cuda asked for, but no CUDA GPU is available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InferenceError("--device mps asked for, but MPS is not available")
-    return device
+        return resolve_device(name)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
 
 
 def newest_run(root: Path = RUNS_DIR) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hamner.device import pick_device as resolve_device
 from hamner.run_dir import RunDir
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -89,23 +90,12 @@ def fill_defaults(settings: TrainSettings) -> TrainSettings:
     return out
 
 
-def pick_device(name: str) -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; anything else must be a device torch knows and has."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+def pick_device(name: str = "auto") -> torch.device:
+    """The device `name` names (see `hamner.device.pick_device`); a bad one is a TrainError."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} asked for but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainError(f"device {name!r} asked for but MPS is not available")
-    return device
+        return resolve_device(name)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
 
 
 def validate(settings: TrainSettings) -> None:

@@ -38,7 +38,7 @@ from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.config import HamnerConfig, model_config
 from hamner.controller import CurriculumController
-from hamner.curriculum import Curriculum, load_curriculum
+from hamner.curriculum import Curriculum, is_synthetic_source, load_curriculum
 from hamner.eval_loss import utf8_bytes
 from hamner.generate import generate
 from hamner.model import HamnerModel
@@ -524,7 +524,7 @@ class Trainer:
 
     def _tasks(self, stage: int) -> dict[str, dict[float, float]]:
         """Exact-match accuracy per synthetic task on held-out samples (rank 0; {} without synthetic data)."""
-        if not self.dist.is_main or "synthetic" not in self.curriculum.sources() or not self.s.task_samples:
+        if not self.dist.is_main or not self.curriculum.uses_synthetic() or not self.s.task_samples:
             return {}
         self.model.eval()
         results: dict[str, dict[float, float]] = {}
@@ -610,7 +610,7 @@ def _task_difficulties(curriculum: Curriculum) -> list[float]:
     """The whole difficulties the curriculum trains synthetic tasks at."""
     levels: set[int] = set()
     for stage in curriculum.stages:
-        if stage.weights.get("synthetic", 0) > 0:
+        if any(w > 0 and is_synthetic_source(name) for name, w in stage.weights.items()):
             lo, hi = sorted(stage.difficulty)
             levels.update(range(math.ceil(lo), math.floor(hi) + 1))
     return sorted(float(d) for d in levels)
