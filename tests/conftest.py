@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from kernels import dispatch  # noqa: E402
 
@@ -33,6 +34,15 @@ def _reference_ops_outside_tests():
 def _cpu_ops(request: pytest.FixtureRequest, _reference_ops_outside_tests):
     with dispatch.cpu_kernels(request.node.get_closest_marker("triton") is not None):
         yield
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny-model tests (thread start-up costs more than it gains)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

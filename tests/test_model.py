@@ -10,13 +10,8 @@ from hamner import PRESETS, HamnerConfig, HamnerModel, model_config
 from kernels import dispatch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run ~40x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run much faster on one thread than on two contended ones.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(**overrides) -> HamnerConfig:
