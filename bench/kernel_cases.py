@@ -19,6 +19,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -127,23 +128,21 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Outputs:
     return (out.transpose(1, 2),)
 
 
-# The plain-PyTorch twin of each op in the shared signature; "eager" and "compile" wrap these.
-EAGER: dict[str, Callable[..., Outputs]] = {
-    "rms_norm": lambda x, w: (reference.rms_norm(x, w, EPS),),
-    "add_rms_norm": lambda x, r, w: reference.add_rms_norm(x, r, w, EPS),
-    "swiglu": lambda g, u: (reference.swiglu(g, u),),
-    "rope": lambda q, k, cos, sin, cos_hf, sin_hf: reference.apply_rope(q, k, cos, sin),
-    "attention": lambda q, k, v: (reference.attention(q, k, v, causal=True),),
-    "fused_linear_cross_entropy": lambda h, w, t: (reference.fused_linear_cross_entropy(h, w, t),),
-}
-HAMNER: dict[str, Callable[..., Outputs]] = {
-    "rms_norm": lambda x, w: (kernels.rms_norm(x, w, EPS),),
-    "add_rms_norm": lambda x, r, w: kernels.add_rms_norm(x, r, w, EPS),
-    "swiglu": lambda g, u: (kernels.swiglu(g, u),),
-    "rope": lambda q, k, cos, sin, cos_hf, sin_hf: kernels.apply_rope(q, k, cos, sin),
-    "attention": lambda q, k, v: (kernels.attention(q, k, v, causal=True),),
-    "fused_linear_cross_entropy": lambda h, w, t: (kernels.fused_linear_cross_entropy(h, w, t),),
-}
+def _in_shared_signature(ops: ModuleType) -> dict[str, Callable[..., Outputs]]:
+    """Each op of `ops` (`kernels` or `kernels.reference`) in the benchmarks' shared signature."""
+    return {
+        "rms_norm": lambda x, w: (ops.rms_norm(x, w, EPS),),
+        "add_rms_norm": lambda x, r, w: ops.add_rms_norm(x, r, w, EPS),
+        "swiglu": lambda g, u: (ops.swiglu(g, u),),
+        "rope": lambda q, k, cos, sin, cos_hf, sin_hf: ops.apply_rope(q, k, cos, sin),
+        "attention": lambda q, k, v: (ops.attention(q, k, v, causal=True),),
+        "fused_linear_cross_entropy": lambda h, w, t: (ops.fused_linear_cross_entropy(h, w, t),),
+    }
+
+
+# The plain-PyTorch twin of each op ("eager" and "compile" wrap these) and our ops.
+EAGER: dict[str, Callable[..., Outputs]] = _in_shared_signature(reference)
+HAMNER: dict[str, Callable[..., Outputs]] = _in_shared_signature(kernels)
 TORCH: dict[str, Callable[..., Outputs]] = {
     "rms_norm": lambda x, w: (F.rms_norm(x, (x.shape[-1],), w, EPS),),
     "add_rms_norm": lambda x, r, w: (F.rms_norm(x + r, (x.shape[-1],), w, EPS), x + r),
