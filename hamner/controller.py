@@ -89,10 +89,11 @@ class CurriculumController:
         return (not self.finished and self.stage_index > 0 and self.stage_step == 0
                 and self.stage.fresh_optimizer)
 
-    def _progress(self, start: int) -> float:
-        """Where the step about to run lies between stage step `start` and the stage's last step, in [0, 1]."""
+    def _progress(self, start: int, steps_ahead: int = 0) -> float:
+        """Where the step about to run (or one `steps_ahead` later) lies between stage step `start`
+        and the stage's last step, in [0, 1]."""
         span = self.stage_length - 1 - start
-        return min(1.0, max(0.0, (self.stage_step - start) / span)) if span > 0 else 1.0
+        return min(1.0, max(0.0, (self.stage_step + steps_ahead - start) / span)) if span > 0 else 1.0
 
     def lr(self) -> float:
         """Learning rate for the step about to run: linear warmup to the stage peak, then its schedule."""
@@ -119,13 +120,14 @@ class CurriculumController:
         total = sum(weights.values())
         return {s: w / total for s, w in weights.items()}
 
-    def difficulty(self) -> float:
+    def difficulty(self, steps_ahead: int = 0) -> float:
         """Synthetic difficulty for the step about to run: the stage's value or its linear ramp.
 
         May be fractional inside a ramp (e.g. 2.5); the data layer decides how to realise it.
+        `steps_ahead` asks for a later step of this stage, for a data loader that reads ahead.
         """
         start, end = self.stage.difficulty
-        return start + (end - start) * self._progress(0)
+        return start + (end - start) * self._progress(0, steps_ahead)
 
     # ----- driving it -----
 

@@ -321,12 +321,10 @@ class Trainer:
         accum = self.s.grad_accum
 
         def make_batch(micro: int) -> np.ndarray:
-            # The mixture of step t is read off a copy of the controller moved to t (plain fields,
-            # no losses needed), so it depends on t only and resumed runs draw the same rows.
-            probe = copy.copy(plan)
+            # The mixture of step t is read off a frozen copy of the controller (plain fields, no
+            # losses needed), so it depends on t only and resumed runs draw the same rows.
             ahead = micro // accum - plan.global_step
-            probe.global_step, probe.stage_step = plan.global_step + ahead, plan.stage_step + ahead
-            self.sampler.set_mixture(probe.weights(), probe.difficulty())
+            self.sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
             return self.sampler.batch(micro, self.s.batch_size, self.s.seq_len + 1)
 
         self._batches = Prefetcher(make_batch, start_step=self.step * accum, device=self.device)

@@ -253,3 +253,15 @@ def test_controller_and_curriculum_import_no_torch_or_numpy():
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module}
         assert not imported & {"torch", "numpy"}, module.__name__
+
+
+def test_difficulty_ahead_equals_difficulty_once_there():
+    """The trainer's prefetcher asks for later steps' difficulty; it must match stepping there."""
+    controller = CurriculumController(load_curriculum("hamner-4phase"), n_layers=20)
+    ahead = [controller.difficulty(steps_ahead=k) for k in range(0, 300, 37)]
+    reached = []
+    for k in range(0, 300):
+        if k % 37 == 0:
+            reached.append(controller.difficulty())
+        controller.step_done()
+    assert ahead == reached and ahead[0] < ahead[-1]
