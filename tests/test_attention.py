@@ -4,14 +4,11 @@ import importlib.util
 import pytest
 import torch
 
+from kernel_checks import rel_error as rel_err
 from kernels import reference
 from kernels.attention import attention, attention_backend
 
 HEAD_DIM = 64
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref).norm() / ref.norm()).item()
 
 
 def qkv(hq: int, hkv: int, tq: int, tk: int, dtype=torch.float32, batch: int = 2):
@@ -29,13 +26,13 @@ def check_against_reference(q, k, v, causal, tol):
     ref = reference.attention(*ins64, causal=causal)
     assert out.shape == ref.shape == q.shape
     assert out.dtype == q.dtype
-    assert rel_err(out, ref) <= tol
     grad = torch.randn_like(ref)
     out.backward(grad.to(out.dtype))
     ref.backward(grad)
-    for name, t, t64 in zip("qkv", ins, ins64):
-        err = rel_err(t.grad, t64.grad)
-        assert err <= tol, f"grad {name}: relative error {err:.3g} > {tol}"
+    errors = {"out": rel_err(out, ref)} | {f"grad_{n}": rel_err(t.grad, t64.grad) for n, t, t64 in zip("qkv", ins, ins64)}
+    print(f"relerr attention {q.dtype} " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+    for name, err in errors.items():
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol}"
 
 
 @pytest.mark.parametrize("causal", [True, False])
