@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 
-from data.chat_format import STOP_STRINGS, format_conversation, prompt_for_reply
+from hamner.data.chat_format import STOP_STRINGS, format_conversation, prompt_for_reply
 from hamner.generate import stream
 from hamner.inference import InferenceError, load_for_inference, pick_device
 

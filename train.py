@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from data.errors import DataError
+from hamner.data.errors import DataError
 from hamner.checkpoint import CheckpointError
 from hamner.train_settings import GPU_DEFAULTS, PRESET_DEFAULTS, TrainError, TrainSettings, resume_settings
 from hamner.trainer import train
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--tokenizer", metavar="SPEC",
                       help="tokenizer instead of the preset's: a tokenizer.json path (same vocabulary), or bytes")
     what.add_argument("--data", metavar="DIR", help="directory holding the prepared shard sources the curriculum "
-                      "names (made by python -m data.prepare); built-in sources need none")
+                      "names (made by python -m hamner.data.prepare); built-in sources need none")
     what.add_argument("--stage", type=int, metavar="N", help="start at stage N (0-based) of the curriculum")
     what.add_argument("--init-from", metavar="CKPT", help="start from these weights: a run directory, a "
                       "checkpoint directory or a Hugging Face Llama directory")

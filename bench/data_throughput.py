@@ -4,7 +4,7 @@
 
 The synthetic figure is the issue's target (>= 2M tokens/s on one CPU core, cosmo2 tokenizer, tasks
 mixed, difficulty 3, token ids out): the process is pinned to one core and numba to one thread.
-The shard figure prepares the TinyStories sample with `python -m data.prepare` into a temporary
+The shard figure prepares the TinyStories sample with `python -m hamner.data.prepare` into a temporary
 directory and times the mixture sampler's 24 x 1025 batches. `--save` writes the figures as JSON to
 bench/results/data_throughput.json. Not a pytest test (the file name keeps pytest from collecting it).
 """
@@ -39,7 +39,7 @@ def _best_rate(fn, amount: float, repeats: int) -> float:
 
 
 def bench_synthetic(tok, difficulty: float, tokens: int, repeats: int) -> dict:
-    from data.synthetic import SyntheticSource
+    from hamner.data.synthetic import SyntheticSource
 
     t = time.perf_counter()
     source = SyntheticSource(tok)
@@ -62,13 +62,13 @@ def bench_generated(cls, tok, tokens: int, repeats: int) -> dict:
 
 
 def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
-    from data.mixture import MixtureSampler
-    from data.tokenizer import load_tokenizer
-    from data.windows import ShardSource
+    from hamner.data.mixture import MixtureSampler
+    from hamner.data.tokenizer import load_tokenizer
+    from hamner.data.windows import ShardSource
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tinystories"
-        cmd = [sys.executable, "-m", "data.prepare", str(stories), "--out", str(out), "--tokenizer", tok_path, "--quiet"]
+        cmd = [sys.executable, "-m", "hamner.data.prepare", str(stories), "--out", str(out), "--tokenizer", tok_path, "--quiet"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"error: data.prepare failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, tokenizer threads included
-    from data.chat_gen import ChatSource
-    from data.stories import StorySource
-    from data.tokenizer import load_tokenizer
+    from hamner.data.chat_gen import ChatSource
+    from hamner.data.stories import StorySource
+    from hamner.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     results: dict = {"tokenizer": args.tokenizer, "cpu": platform.processor() or platform.machine(), "cores": 1}

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-import kernels
+from hamner import kernels
 
 
 def package_version(package: str) -> str | None:

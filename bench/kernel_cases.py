@@ -24,9 +24,9 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-import kernels
+from hamner import kernels
 from hamner.config import HamnerConfig, model_config
-from kernels import reference
+from hamner.kernels import reference
 
 PASSES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
 EPS: float = 1e-5

@@ -48,7 +48,7 @@ from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
 from hamner.throughput import peak_flops  # noqa: E402
-from kernels import dispatch  # noqa: E402
+from hamner.kernels import dispatch  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "a": "hamner (ours)",

@@ -1,6 +1,6 @@
 """Measure the shard reader: MixtureSampler batches per second from one prepared source directory.
 
-    python -m data.bench_reader DATA/tinystories --tokenizer path/to/tokenizer.json [--batch 24 --row-len 1025]
+    python -m hamner.data.bench_reader DATA/tinystories --tokenizer path/to/tokenizer.json [--batch 24 --row-len 1025]
 
 Single process, no prefetching: the figure is what one data thread can feed the trainer.
 """
@@ -11,14 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-from data.errors import DataError
-from data.mixture import MixtureSampler
-from data.tokenizer import load_tokenizer
-from data.windows import ShardSource
+from hamner.data.errors import DataError
+from hamner.data.mixture import MixtureSampler
+from hamner.data.tokenizer import load_tokenizer
+from hamner.data.windows import ShardSource
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.bench_reader", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m hamner.data.bench_reader", description=__doc__.splitlines()[0])
     p.add_argument("directory", type=Path, help="a prepared source directory")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--batch", type=int, default=24)

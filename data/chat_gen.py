@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from data.chat_format import format_conversation
-from data.generated_text import GeneratedTextSource
+from hamner.data.chat_format import format_conversation
+from hamner.data.generated_text import GeneratedTextSource
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
     "You are a helpful assistant.", "You are a friendly assistant who answers briefly.",

@@ -21,16 +21,16 @@ from typing import Iterable
 
 import numpy as np
 
-from data.errors import DataError
-from data.row_source import CursorSource, RowSource
-from data.windows import ShardSource
+from hamner.data.errors import DataError
+from hamner.data.row_source import CursorSource, RowSource
+from hamner.data.windows import ShardSource
 
 SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
 BUILTIN = {
-    "synthetic": ("data.synthetic", "SyntheticSource"),
-    "stories": ("data.stories", "StorySource"),
-    "chat": ("data.chat_gen", "ChatSource"),
+    "synthetic": ("hamner.data.synthetic", "SyntheticSource"),
+    "stories": ("hamner.data.stories", "StorySource"),
+    "chat": ("hamner.data.chat_gen", "ChatSource"),
 }
 
 
@@ -134,7 +134,7 @@ def open_validation(names: Iterable[str], data_root: str | None, tokenizer) -> d
 
 def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
     if name.startswith(SYNTHETIC_TASK_PREFIX):
-        from data.synthetic import TASKS, SyntheticSource
+        from hamner.data.synthetic import TASKS, SyntheticSource
 
         task = name[len(SYNTHETIC_TASK_PREFIX):]
         if task not in TASKS:
@@ -148,6 +148,6 @@ def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
         where = f"{directory} does not exist" if data_root is not None else "no data root was given"
         raise DataError(
             f"source {name!r} needs prepared shards but {where}; make them with "
-            f"`python -m data.prepare <files or HF dataset> --out {directory} --tokenizer {tokenizer.name}`"
+            f"`python -m hamner.data.prepare <files or HF dataset> --out {directory} --tokenizer {tokenizer.name}`"
         )
     return ShardSource(directory, split=split, tokenizer=tokenizer)

@@ -1,4 +1,4 @@
-"""`python -m data.prepare SOURCE... --out DIR --tokenizer SPEC`: text -> llm.c token shards.
+"""`python -m hamner.data.prepare SOURCE... --out DIR --tokenizer SPEC`: text -> llm.c token shards.
 
 Reads documents from local files or a streamed Hugging Face dataset (see data.text_sources),
 tokenizes them in parallel batches, ends every document with the tokenizer's end-of-text token,
@@ -15,18 +15,18 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data.errors import DataError
-from data.shards import META, shard_paths, write_meta, write_shard
-from data.text_sources import BLANK, EOT, ReadOptions, iter_documents
+from hamner.data.errors import DataError
+from hamner.data.shards import META, shard_paths, write_meta, write_shard
+from hamner.data.text_sources import BLANK, EOT, ReadOptions, iter_documents
 
 BATCH_DOCS = 512
 BATCH_CHARS = 4 << 20
 
 EXAMPLES = """examples:
-  python -m data.prepare stories.txt --out DATA/tinystories --tokenizer path/to/tokenizer.json
-  python -m data.prepare notes.txt --split-docs blank --out DATA/notes --tokenizer bytes
-  python -m data.prepare chats.jsonl --out DATA/sft --tokenizer HuggingFaceTB/cosmo2-tokenizer
-  python -m data.prepare HuggingFaceFW/fineweb-edu --hf-config sample-10BT --max-tokens 2_000_000_000 \\
+  python -m hamner.data.prepare stories.txt --out DATA/tinystories --tokenizer path/to/tokenizer.json
+  python -m hamner.data.prepare notes.txt --split-docs blank --out DATA/notes --tokenizer bytes
+  python -m hamner.data.prepare chats.jsonl --out DATA/sft --tokenizer HuggingFaceTB/cosmo2-tokenizer
+  python -m hamner.data.prepare HuggingFaceFW/fineweb-edu --hf-config sample-10BT --max-tokens 2_000_000_000 \\
       --out DATA/fineweb --tokenizer HuggingFaceTB/cosmo2-tokenizer
 
 sources: .txt/.md (split into documents), .jsonl and .parquet (a text field, or chat
@@ -163,7 +163,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m data.prepare",
+        prog="python -m hamner.data.prepare",
         description="Tokenize text files or a Hugging Face dataset into llm.c uint16 shards for training.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers:
         os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # read when the tokenizer's thread pool starts
     try:
-        from data.tokenizer import load_tokenizer
+        from hamner.data.tokenizer import load_tokenizer
 
         if not args.split_docs:
             raise DataError("--split-docs needs a non-empty separator")

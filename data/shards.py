@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from hamner.data.errors import DataError
 
 MAGIC = 20240520
 VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from data.generated_text import GeneratedTextSource
+from hamner.data.generated_text import GeneratedTextSource
 
 GIRL_NAMES: tuple[str, ...] = tuple(
     "Lily Mia Rosa Ella Nora Ava Zoe Ruby Hazel Ivy Luna Clara Maya Ada Iris Daisy Poppy Nina Sara Tess".split())

@@ -34,9 +34,9 @@ import math
 
 import numpy as np
 
-from data import synthetic_kernels as K
-from data import synthetic_words as W
-from data.errors import DataError
+from hamner.data import synthetic_kernels as K
+from hamner.data import synthetic_words as W
+from hamner.data.errors import DataError
 
 TASKS: tuple[str, ...] = (
     "arithmetic", "counting", "brackets", "listops", "sorting", "repeat", "context_recall", "logic", "comparison",

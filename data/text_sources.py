@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data.chat_format import MARKERS, format_conversation
-from data.errors import DataError
+from hamner.data.chat_format import MARKERS, format_conversation
+from hamner.data.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}

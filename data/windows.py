@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.shards import check_source_dir, read_shard, shard_paths
+from hamner.data.errors import DataError
+from hamner.data.shards import check_source_dir, read_shard, shard_paths
 
 
 class ShardSource:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.tokenizer import Tokenizer
+from hamner.data.errors import DataError
+from hamner.data.tokenizer import Tokenizer
 from hamner.checkpoint import resolve_checkpoint
 from hamner.eval_length import MULTIPLES, length_generalisation
 from hamner.eval_loss import read_split, source_val_metrics
@@ -39,7 +39,7 @@ DIFFICULTIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 def story_stream(tokenizer: Tokenizer, n_tokens: int, seed: int = 0) -> np.ndarray:
     """`n_tokens` tokens of built-in procedural stories (end-of-text between them), on a held-out seed."""
-    from data.stories import StorySource
+    from hamner.data.stories import StorySource
 
     return StorySource(tokenizer).rows(1, n_tokens, held_out_seed(seed))[0].astype(np.int64)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.tokenizer import Tokenizer
-from data.windows import ShardSource
+from hamner.data.tokenizer import Tokenizer
+from hamner.data.windows import ShardSource
 from hamner.model import HamnerModel
 
 

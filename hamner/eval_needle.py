@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from data.tokenizer import Tokenizer
+from hamner.data.tokenizer import Tokenizer
 from hamner.generate import generate
 from hamner.model import HamnerModel
 
@@ -33,7 +33,7 @@ def default_lengths(context: int, tokenizer: Tokenizer) -> tuple[int, ...]:
 
 
 def _story_sentences(rng: random.Random) -> list[str]:
-    from data.stories import generate_story
+    from hamner.data.stories import generate_story
 
     text = generate_story(rng)
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]

@@ -36,8 +36,8 @@ def newest_run(root: Path = RUNS_DIR) -> Path:
 
 def load_for_inference(path: str | Path | None, device: torch.device | str = "cpu"):
     """(model in eval mode, config, tokenizer) from a run or checkpoint directory (None: the newest run)."""
-    from data.errors import DataError
-    from data.tokenizer import load_tokenizer
+    from hamner.data.errors import DataError
+    from hamner.data.tokenizer import load_tokenizer
     from hamner.checkpoint import CheckpointError, load_model
 
     path = Path(path) if path is not None else newest_run()

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import kernels
+from hamner import kernels
 from hamner.config import HamnerConfig
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from data.synthetic import TASKS, sample_texts, split_answer
-from data.tokenizer import Tokenizer
+from hamner.data.synthetic import TASKS, sample_texts, split_answer
+from hamner.data.tokenizer import Tokenizer
 from hamner.generate import generate
 
 HELD_OUT_SEED_BASE = 1 << 32

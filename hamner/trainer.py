@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import chat_format
-from data.errors import DataError
-from data.loader import Prefetcher
-from data.mixture import MixtureSampler, open_sources, open_validation
-from data.tokenizer import Tokenizer, load_tokenizer
+from hamner.data import chat_format
+from hamner.data.errors import DataError
+from hamner.data.loader import Prefetcher
+from hamner.data.mixture import MixtureSampler, open_sources, open_validation
+from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.config import HamnerConfig, model_config

@@ -4,17 +4,17 @@ Every op has a plain PyTorch twin in `kernels.reference` with the same signature
 run the Triton kernels; CPU tensors run the reference unless TRITON_INTERPRET=1 is set, in
 which case they run the Triton kernels in the interpreter (see `kernels.dispatch`).
 """
-from kernels import reference
-from kernels.attention import attention, attention_backend
-from kernels.dispatch import TRITON_INSTALLED
+from hamner.kernels import reference
+from hamner.kernels.attention_dispatch import attention, attention_backend
+from hamner.kernels.dispatch import TRITON_INSTALLED
 
 if TRITON_INSTALLED:
-    from kernels.cross_entropy import fused_linear_cross_entropy
-    from kernels.rms_norm import add_rms_norm, rms_norm
-    from kernels.rope import apply_rope, rope_cache
-    from kernels.swiglu import swiglu
+    from hamner.kernels.cross_entropy import fused_linear_cross_entropy
+    from hamner.kernels.norms import add_rms_norm, rms_norm
+    from hamner.kernels.rope import apply_rope, rope_cache
+    from hamner.kernels.activations import swiglu
 else:  # no triton (macOS, Windows): every op is its PyTorch reference
-    from kernels.reference import (
+    from hamner.kernels.reference import (
         add_rms_norm,
         apply_rope,
         fused_linear_cross_entropy,

@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference
-from kernels.dispatch import record_launch, use_triton
-from kernels.triton_utils import row_settings
+from hamner.kernels import reference
+from hamner.kernels.dispatch import record_launch, use_triton
+from hamner.kernels.triton_utils import row_settings
 
 # Bytes of fp32 logits one chunk may hold: about 2,700 rows at the real vocabulary of 49,152.
 CHUNK_BYTES: int = 512 * 2**20

@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dispatch, reference
-from kernels.reference import rope_cache
-from kernels.triton_utils import num_warps
+from hamner.kernels import dispatch, reference
+from hamner.kernels.reference import rope_cache
+from hamner.kernels.triton_utils import num_warps
 
 __all__ = ["apply_rope", "rope_cache"]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from kernels import dispatch
+from hamner.kernels import dispatch
 
 # Relative-error bounds from issue 2, by input dtype.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

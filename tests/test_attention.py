@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kernel_checks import rel_error as rel_err
-from kernels import reference
-from kernels.attention import attention, attention_backend
+from hamner.kernels import reference
+from hamner.kernels.attention_dispatch import attention, attention_backend
 
 HEAD_DIM = 64
 

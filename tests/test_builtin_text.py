@@ -6,12 +6,12 @@ import re
 import numpy as np
 import pytest
 
-from data.chat_format import format_conversation
-from data.chat_gen import OPPOSITES, ChatSource, generate_conversation, number_words
-from data.generated_text import sample_rng
-from data.row_source import RowSource
-from data.stories import StorySource, generate_story
-from data.tokenizer import ByteTokenizer, load_tokenizer
+from hamner.data.chat_format import format_conversation
+from hamner.data.chat_gen import OPPOSITES, ChatSource, generate_conversation, number_words
+from hamner.data.generated_text import sample_rng
+from hamner.data.row_source import RowSource
+from hamner.data.stories import StorySource, generate_story
+from hamner.data.tokenizer import ByteTokenizer, load_tokenizer
 
 N = 1500
 
@@ -113,7 +113,7 @@ def test_conversations_follow_the_chat_format_and_answers_are_right():
 
 
 def test_size_comparisons_agree_with_their_order():
-    from data.chat_gen import BY_SIZE
+    from hamner.data.chat_gen import BY_SIZE
 
     rank = {thing: i for i, thing in enumerate(BY_SIZE)}
     seen = 0

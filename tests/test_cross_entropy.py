@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from kernel_checks import TOLERANCE
 from kernel_checks import rel_error as rel_err
-from kernels import dispatch, reference
-from kernels.cross_entropy import fused_linear_cross_entropy
+from hamner.kernels import dispatch, reference
+from hamner.kernels.cross_entropy import fused_linear_cross_entropy
 
 pytestmark = pytest.mark.triton
 

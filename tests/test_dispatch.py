@@ -4,8 +4,8 @@ import subprocess
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch
+from hamner import kernels
+from hamner.kernels import dispatch
 
 HIDE_TRITON = """
 import importlib.abc, sys
@@ -16,7 +16,7 @@ class HideTriton(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, HideTriton())
 import torch, kernels
-from kernels import dispatch, reference
+from hamner.kernels import dispatch, reference
 assert not dispatch.TRITON_INSTALLED
 x = torch.randn(3, 8)
 w = torch.rand(8)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import hamner.eval_needle as needle_mod
-from data.shards import write_meta, write_shard
-from data.stories import generate_story
-from data.tokenizer import load_tokenizer
+from hamner.data.shards import write_meta, write_shard
+from hamner.data.stories import generate_story
+from hamner.data.tokenizer import load_tokenizer
 from hamner.eval import main as eval_main
 from hamner.eval_length import extended_model, length_generalisation
 from hamner.eval_loss import stream_loss

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from data.tokenizer import load_tokenizer
+from hamner.data.tokenizer import load_tokenizer
 from hamner.checkpoint import save_checkpoint
 from hamner.config import HamnerConfig
 from hamner.export import byte_tokenizer_json, export_hf

@@ -13,7 +13,7 @@ from hamner.generate import (
     penalize_repetition,
     stream,
 )
-from kernels import dispatch
+from hamner.kernels import dispatch
 
 
 # Tiny models run much faster on one thread than on two contended ones.

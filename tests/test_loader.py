@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import Prefetcher
+from hamner.data.loader import Prefetcher
 
 
 def _make(step):

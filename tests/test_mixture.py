@@ -5,10 +5,10 @@ import types
 import numpy as np
 import pytest
 
-from data import DataError, MixtureSampler, load_tokenizer, open_sources
-from data.mixture import open_validation
-from data.shards import write_meta, write_shard
-from data.windows import ShardSource
+from hamner.data import DataError, MixtureSampler, load_tokenizer, open_sources
+from hamner.data.mixture import open_validation
+from hamner.data.shards import write_meta, write_shard
+from hamner.data.windows import ShardSource
 
 ROW = 8
 
@@ -117,7 +117,7 @@ def test_open_sources(tmp_path, shared_data, monkeypatch):
     tok = load_tokenizer("bytes")
     _shard_dir(tmp_path, tok, "tinystories")
     made = {}
-    builtins = [("data.synthetic", "SyntheticSource"), ("data.stories", "StorySource"), ("data.chat_gen", "ChatSource")]
+    builtins = [("hamner.data.synthetic", "SyntheticSource"), ("hamner.data.stories", "StorySource"), ("hamner.data.chat_gen", "ChatSource")]
     for module, cls in builtins:
         fake = types.ModuleType(module)
         setattr(fake, cls, lambda tokenizer, cls=cls: made.setdefault(cls, (tokenizer, Counting(cls, 1)))[1])
@@ -128,7 +128,7 @@ def test_open_sources(tmp_path, shared_data, monkeypatch):
     assert isinstance(opened["tinystories"], ShardSource) and opened["tinystories"].split == "train"
     val = open_validation(["tinystories"], str(tmp_path), tok)["tinystories"]
     assert val.split == "val" and val.tokens == 3 * ROW
-    with pytest.raises(DataError, match=r"python -m data\.prepare .* --out .*fineweb --tokenizer bytes") as err:
+    with pytest.raises(DataError, match=r"python -m hamner\.data\.prepare .* --out .*fineweb --tokenizer bytes") as err:
         open_sources(["fineweb"], str(tmp_path), tok)
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="no data root"):
@@ -147,7 +147,7 @@ def test_open_one_task_synthetic_source():
 
 
 def test_reader_benchmark_command(tmp_path, capsys):
-    from data.bench_reader import main
+    from hamner.data.bench_reader import main
 
     _shard_dir(tmp_path, load_tokenizer("bytes"))
     args = [str(tmp_path / "stream"), "--tokenizer", "bytes", "--batch", "4", "--row-len", str(ROW), "--seconds", "0.2"]

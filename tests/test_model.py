@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+from hamner import kernels
 from hamner import PRESETS, HamnerConfig, HamnerModel, model_config
-from kernels import dispatch
+from hamner.kernels import dispatch
 
 
 # Tiny models run much faster on one thread than on two contended ones.

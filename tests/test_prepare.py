@@ -1,18 +1,18 @@
-"""`python -m data.prepare`: real files reproduced exactly, every input format, every error case."""
+"""`python -m hamner.data.prepare`: real files reproduced exactly, every input format, every error case."""
 import json
 import subprocess
 
 import numpy as np
 import pytest
 
-from data import load_tokenizer
-from data.chat_format import format_conversation
-from data.prepare import is_val, main
-from data.shards import read_shard, shard_paths
+from hamner.data import load_tokenizer
+from hamner.data.chat_format import format_conversation
+from hamner.data.prepare import is_val, main
+from hamner.data.shards import read_shard, shard_paths
 
 
 def _run(python, env, *args):
-    return subprocess.run([python, "-m", "data.prepare", *map(str, args)], env=env, capture_output=True, text=True,
+    return subprocess.run([python, "-m", "hamner.data.prepare", *map(str, args)], env=env, capture_output=True, text=True,
                           timeout=120)
 
 

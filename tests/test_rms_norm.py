@@ -4,13 +4,13 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch, reference
+from hamner import kernels
+from hamner.kernels import dispatch, reference
 from kernel_checks import TOLERANCE, check_against_float64, rel_error
 
 pytestmark = pytest.mark.triton
 
-rms_norm_module = sys.modules["kernels.rms_norm"]
+rms_norm_module = sys.modules["hamner.kernels.norms"]
 
 WIDTHS = [7, 100, 512, 768, 1365, 2048]
 DTYPES = [torch.float32, torch.bfloat16]

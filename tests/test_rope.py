@@ -4,13 +4,13 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch, reference
+from hamner import kernels
+from hamner.kernels import dispatch, reference
 from kernel_checks import TOLERANCE, check_against_float64, rel_error
 
 pytestmark = pytest.mark.triton
 
-rope_module = sys.modules["kernels.rope"]
+rope_module = sys.modules["hamner.kernels.rope"]
 
 DTYPES = [torch.float32, torch.bfloat16]
 BATCH, SEQ = 2, 5

@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from data import DataError, load_tokenizer
-from data.shards import MAGIC, check_source_dir, read_shard, write_meta, write_shard
-from data.windows import ShardSource
+from hamner.data import DataError, load_tokenizer
+from hamner.data.shards import MAGIC, check_source_dir, read_shard, write_meta, write_shard
+from hamner.data.windows import ShardSource
 
 
 def test_write_read_roundtrip_and_llmc_header(tmp_path):

@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from data.errors import DataError
-from data.row_source import RowSource
-from data.synthetic import TASKS, SyntheticSource, sample_texts, split_answer
-from data.tokenizer import ByteTokenizer, load_tokenizer
+from hamner.data.errors import DataError
+from hamner.data.row_source import RowSource
+from hamner.data.synthetic import TASKS, SyntheticSource, sample_texts, split_answer
+from hamner.data.tokenizer import ByteTokenizer, load_tokenizer
 
 N_PER_TASK = 2000  # samples per task and difficulty for the solvers
 

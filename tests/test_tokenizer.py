@@ -4,7 +4,7 @@ import shutil
 import huggingface_hub.constants
 import pytest
 
-from data import DataError, Tokenizer, load_tokenizer
+from hamner.data import DataError, Tokenizer, load_tokenizer
 
 TEXT = "Once upon a time, Lily saw 23 ducks. Ça va? 🦆\n\tThe end."
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from data.synthetic import TASKS
+from hamner.data.synthetic import TASKS
 from hamner import checkpoint as ckpt
 from hamner.config import model_config
 from hamner.model import HamnerModel

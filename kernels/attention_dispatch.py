@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import dispatch
+from hamner.kernels import dispatch
 
 
 def _load_flash_attn():

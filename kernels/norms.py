@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dispatch, reference
-from kernels.triton_utils import as_rows, reduction_programs, row_settings
+from hamner.kernels import dispatch, reference
+from hamner.kernels.triton_utils import as_rows, reduction_programs, row_settings
 
 
 @triton.jit

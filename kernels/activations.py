@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dispatch, reference
-from kernels.triton_utils import as_rows, row_settings
+from hamner.kernels import dispatch, reference
+from hamner.kernels.triton_utils import as_rows, row_settings
 
 # Column block cap: rows wider than this are split over several programs.
 _MAX_BLOCK = 4096
