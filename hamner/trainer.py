@@ -43,7 +43,7 @@ from hamner.eval_loss import utf8_bytes
 from hamner.generate import generate
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
-from hamner.run_dir import RunDir
+from hamner.run_dir import RunDir, RunDirError
 from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_settings import DTYPES, TrainError, TrainSettings, fill_defaults, pick_device, validate
@@ -111,13 +111,8 @@ class Trainer:
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
                                       rank=self.dist.rank, world_size=self.dist.world_size)
         self.validation, notes = self._open_validation(names)
-        run_path = self._run_path()
-        if not s.resume and ckpt.checkpoints_dir(run_path).is_dir():
-            raise TrainError(f"{run_path} already holds checkpoints; resume it with --resume {run_path} "
-                             "or pick another --out")
-        self.rundir = RunDir(run_path, enabled=self.dist.is_main)
-        for note in notes:
-            self.rundir.log(note)
+        self._notes = notes
+        self.rundir = RunDir(self._run_path(), enabled=self.dist.is_main)  # touches the disk only once opened
 
         torch.manual_seed(s.seed)
         self.model = HamnerModel(self.config).to(self.device)
@@ -143,10 +138,14 @@ class Trainer:
         self._batches: Prefetcher | None = None
         self._reset_device_window()
 
-        if s.resume:
-            self._restore(Path(s.resume))
-        else:
-            self._start_fresh()
+        try:
+            if s.resume:
+                self._restore(Path(s.resume))
+            else:
+                self._start_fresh()
+        except BaseException:
+            self.rundir.close()
+            raise
         self.train_model = dist.wrap_model(self.model, self.dist, self.device)
         if s.compile:
             self.train_model = torch.compile(self.train_model)
@@ -208,11 +207,34 @@ class Trainer:
                 notes.append(f"no validation for {name}: {exc}")
         return sources, notes
 
+    def _open_run_dir(self, fresh: bool) -> None:
+        """Lock the run directory (rank 0; every rank fails alike when it is taken), refuse a fresh
+        start over a resumable run, and clear the temporaries of killed processes."""
+        path = self.rundir.path
+        error = None
+        if self.dist.is_main:
+            try:
+                self.rundir.open()
+            except RunDirError as exc:
+                error = str(exc)
+        if dist.any_rank(error is not None, self.dist):
+            raise TrainError(error or f"rank 0 could not open the run directory {path}")
+        if fresh and ckpt.has_complete_checkpoint(path):
+            raise TrainError(f"{path} already holds checkpoints; resume it with --resume {path} "
+                             "or pick another --out")
+        if self.dist.is_main:
+            cleared = ckpt.remove_temporaries(path)
+            if cleared:
+                self.rundir.log(f"cleared what interrupted processes left: {', '.join(cleared)}")
+        for note in self._notes:
+            self.rundir.log(note)
+
     def _start_fresh(self) -> None:
         s = self.s
-        self.rundir.resume_at(0)  # a fresh run in a reused directory starts clean CSVs
         if s.init_from:
             self._init_weights(s.init_from)
+        self._open_run_dir(fresh=True)  # the run really starts here: the directory is created now
+        self.rundir.resume_at(0)  # a fresh run in a reused directory starts clean logs
         for _ in range(s.stage or 0):
             self.controller.advance()
         self.rundir.write_config({
@@ -225,6 +247,8 @@ class Trainer:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         })
+        if s.init_from:
+            self.rundir.log(f"initialised from {s.init_from}")
         self.rundir.log(f"start: preset {s.preset}, {self.model.num_parameters():,} parameters, curriculum "
                      f"{self.curriculum.name}, device {self.device}, dtype {self.dtype}, world {self.dist.world_size}")
 
@@ -237,9 +261,12 @@ class Trainer:
             raise TrainError(f"--init-from {path}: it uses tokenizer {config.tokenizer!r}, a different vocabulary "
                              f"from {self.config.tokenizer!r}")
         self.model.load_state_dict(source.state_dict())
-        self.rundir.log(f"initialised from {path}")
 
     def _restore(self, run_dir: Path) -> None:
+        self._open_run_dir(fresh=False)
+        if not ckpt.has_complete_checkpoint(run_dir):
+            raise TrainError(f"cannot resume {run_dir}: it holds no complete checkpoint (a kill during its first "
+                             f"save); start it afresh with the same flags and --out {run_dir}")
         target = ckpt.resolve_checkpoint(run_dir)
         meta = ckpt.read_meta(target)
         if meta["model"] != self.config.to_dict():
@@ -259,6 +286,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        if self.s.max_steps is not None and self.step >= self.s.max_steps:
+            raise TrainError(f"{run_dir} already reached step {self.step} (--max-steps {self.s.max_steps}); "
+                             "give a larger --max-steps to continue it")
         self.bad_total, self.pending, self.best_val = state["bad_total"], state["pending"], state["best_val"]
         _set_rng_state(state["rng"], self.device)
         self.rundir.resume_at(self.step)
@@ -416,7 +446,7 @@ class Trainer:
             self._write_metrics(val_loss)
         if self.controller.should_advance():
             self._end_stage()
-        elif self.step % s.save_interval == 0:
+        elif self.step % s.save_interval == 0 and self.step != s.max_steps:  # the last step: _finish saves
             self._drain()
             self._save([ckpt.step_name(self.step)])
         return None
@@ -561,7 +591,12 @@ class Trainer:
             meta = {"model": self.config.to_dict(), "curriculum": self.curriculum.name,
                     "step": self.step, "stage": self.controller.stage_index, "tokens": self.tokens}
             state = self._trainer_state() if trainer_state else None
-            ckpt.save_checkpoint(self.rundir.path, names, self.model, meta, state, make_latest=trainer_state)
+            try:
+                ckpt.save_checkpoint(self.rundir.path, names, self.model, meta, state, make_latest=trainer_state)
+            except ckpt.CheckpointError as exc:
+                with contextlib.suppress(OSError):  # the disk may be full
+                    self.rundir.log(f"error: {exc}")
+                raise
             ckpt.prune_periodic(self.rundir.path, self.s.keep_checkpoints)
             self.rundir.log(f"checkpoint {', '.join(names)} at step {self.step}")
         dist.barrier(self.dist)
@@ -592,9 +627,10 @@ class Trainer:
             tqdm.write(message)
 
     def close(self) -> None:
-        """Stop the prefetch thread."""
+        """Stop the prefetch thread and release the run directory."""
         if self._batches is not None:
             self._batches.close()
+        self.rundir.close()
 
 
 class _NullBar:
