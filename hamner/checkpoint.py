@@ -70,7 +70,7 @@ def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, met
     earlier checkpoint and `latest`, and raises a one-line CheckpointError."""
     root = checkpoints_dir(run_dir)
     latest = _read_latest_name(root)
-    if names[0] == latest and _saved_step(root / latest) == meta["step"]:
+    if names[0] == latest and meta.get("step") is not None and _saved_step(root / latest) == meta["step"]:
         return root / latest
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ TOKENIZER_KEY = "hamner_tokenizer"
 # Spec of the built-in byte-level tokenizer: ids 0-255 are the bytes, 256 is end-of-text.
 BYTES_SPEC = "bytes"
 EOS_TEXT = "<|endoftext|>"
+# Files only Hamner writes: a run directory, its checkpoints folder, or one checkpoint.
+HAMNER_MARKERS = ("checkpoints", "latest", "trainer.pt", "metrics.csv", "train.log")
 
 
 def hf_config(config: HamnerConfig, eos_id: int, dtype: str = "float32") -> dict:
@@ -146,6 +148,32 @@ def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 
+def check_export_target(out_dir: str | Path, force: bool = False) -> None:
+    """Refuse to export into a non-empty directory unless `force`, and into a Hamner run or checkpoint
+    directory even then (the export's config.json would replace the one the run resumes from).
+    Raises FileExistsError with a one-line message."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if _is_hamner_dir(out):
+        raise FileExistsError(f"{out} is a Hamner run or checkpoint directory; exporting there would overwrite "
+                              "its files (pick another OUT_DIR)")
+    if not force:
+        raise FileExistsError(f"{out} is not empty; pass --force to write the export into it")
+
+
+def _is_hamner_dir(path: Path) -> bool:
+    if any((path / marker).exists() for marker in HAMNER_MARKERS):
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("settings" in config or str(config.get("format", "")).startswith("hamner"))
+
+
 def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos_id: int) -> Path:
     """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory."""
     out = Path(out_dir)
@@ -168,11 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         "(config.json, model.safetensors, tokenizer files).",
     )
     parser.add_argument("checkpoint", help="a run directory (its latest checkpoint) or a checkpoint directory")
-    parser.add_argument("out_dir", help="directory to write the Hugging Face model into")
+    parser.add_argument("out_dir", help="directory to write the Hugging Face model into (new or empty)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty directory (never into a "
+                        "Hamner run or checkpoint directory)")
     args = parser.parse_args(argv)
     from hamner.inference import InferenceError, load_for_inference
 
     try:
+        check_export_target(args.out_dir, args.force)
         model, config, tokenizer = load_for_inference(args.checkpoint, "cpu")
         out = export_hf(model, config, args.out_dir, tokenizer.eos_id)
     except (InferenceError, OSError) as exc:
