@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk while appending to a log, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; the last checkpoint saved is kept (continue with --resume RUN_DIR)", file=sys.stderr)
         return 130

@@ -184,10 +184,10 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.dev
         more = len(missing) + len(unexpected) - 1
         raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: {what}"
                               + (f" (and {more} more differences)" if more else ""))
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
+    for name, wanted in expected.items():  # the model's order: the first layer that differs is named
+        if state[name].shape != wanted.shape:
             raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: tensor {name} has shape "
-                                  f"{tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} "
+                                  f"{tuple(state[name].shape)} in the checkpoint but {tuple(wanted.shape)} "
                                   "in the model")
     model.load_state_dict(state, strict=True)
 
