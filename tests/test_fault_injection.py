@@ -26,6 +26,9 @@ from hamner import checkpoint as ckpt
 from hamner.train_settings import resume_settings
 from hamner.trainer import train
 
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not hasattr(os, "fork"),
+                                reason="the kill hook forks and names fsync'ed files through /proc/self/fd")
+
 TOTAL = 6  # steps of the uninterrupted reference run
 KILLED = 4  # steps the killed run is asked for
 HOOKED = ("fsync", "rename", "replace")
