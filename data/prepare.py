@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         old = shard_paths(out, "train") + shard_paths(out, "val") + [p for p in (out / META, out / INCOMPLETE)
                                                                      if p.exists()]
         if old and not args.overwrite:
-            raise DataError(f"{out} already holds shards; pass --overwrite to replace them")
+            raise DataError(f"{out} already holds shards (or an unfinished prepare); pass --overwrite to replace them")
         tokenizer = load_tokenizer(args.tokenizer)
         opts = ReadOptions(separator=args.split_docs, whole=args.whole, text_field=args.text_field,
                            hf_config=args.hf_config, hf_split=args.hf_split)
