@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 from hamner.data.chat_format import STOP_STRINGS, format_conversation, prompt_for_reply
 from hamner.generate import stream
-from hamner.inference import InferenceError, load_for_inference, pick_device
+from hamner.cli import ArgumentParser, command
+from hamner.inference import load_for_inference, pick_device
 
 HELP = """commands:
   /quit             leave (Ctrl-D and Ctrl-C work too)
@@ -98,7 +99,7 @@ def sample(model, tokenizer, args: argparse.Namespace) -> None:
             write("\n")
 
 
-def command(line: str, conversation: Conversation, settings: dict) -> bool:
+def slash_command(line: str, conversation: Conversation, settings: dict) -> bool:
     """Run one /command; returns False when the session should end."""
     name, _, rest = line.partition(" ")
     rest = rest.strip()
@@ -146,7 +147,7 @@ def interact(model, tokenizer, args: argparse.Namespace) -> None:
         if not line:
             continue
         if line.startswith("/"):
-            if not command(line, conversation, settings):
+            if not slash_command(line, conversation, settings):
                 return
             continue
         conversation.turns.append({"role": "user", "content": line})
@@ -163,8 +164,8 @@ def interact(model, tokenizer, args: argparse.Namespace) -> None:
         conversation.turns.append({"role": "assistant", "content": reply})
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Chat with a Hamner model, or sample from it with --prompt.")
+def parse_args(argv: list[str] | None, prog: str = "chat.py") -> argparse.Namespace:
+    parser = ArgumentParser(prog=prog, description="Chat with a Hamner model, or sample from it with --prompt.")
     parser.add_argument("--checkpoint", help="run directory (its latest checkpoint), checkpoint directory or "
                         "Hugging Face Llama directory; default: the newest run under runs/")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
@@ -192,17 +193,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@command()
+def main(argv: list[str] | None = None, prog: str = "chat.py") -> int:
+    """Chat, or print --n completions of --prompt; end of input or Ctrl-C in the chat ends it normally."""
+    args = parse_args(argv, prog)
+    model, _, tokenizer = load_for_inference(args.checkpoint, pick_device(args.device))
     try:
-        model, _, tokenizer = load_for_inference(args.checkpoint, pick_device(args.device))
         if args.prompt is not None:
             sample(model, tokenizer, args)
         else:
             interact(model, tokenizer, args)
-    except InferenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except (EOFError, KeyboardInterrupt):
         print()
     return 0

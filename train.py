@@ -12,9 +12,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from hamner.data.errors import DataError
-from hamner.checkpoint import CheckpointError
-from hamner.train_settings import GPU_DEFAULTS, PRESET_DEFAULTS, TrainError, TrainSettings, resume_settings
+from hamner.cli import ArgumentParser, command
+from hamner.train_settings import GPU_DEFAULTS, PRESET_DEFAULTS, TrainSettings, resume_settings
 from hamner.trainer import train
 
 EPILOG = """examples:
@@ -27,17 +26,10 @@ EPILOG = """examples:
 Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits; continue with --resume."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error style: one `error: ...` line, exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see python train.py --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     demo = PRESET_DEFAULTS["demo"]
-    p = _Parser(
-        prog="train.py", description="Train a small Llama-style model through a staged curriculum.",
+    p = ArgumentParser(
+        prog=prog, description="Train a small Llama-style model through a staged curriculum.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
     g = GPU_DEFAULTS
     what = p.add_argument_group("what to train")
@@ -102,16 +94,11 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(**given)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = train(settings_from_args(args))
-    except (TrainError, DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the last checkpoint saved is kept (continue with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+@command(interrupted="interrupted; the last checkpoint saved is kept (continue with --resume RUN_DIR)")
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    """Train as the flags say; exit status 1 when the run stopped on non-finite losses."""
+    args = build_parser(prog).parse_args(argv)
+    result = train(settings_from_args(args))
     return 1 if result.reason == "non_finite" else 0
 
 

@@ -21,7 +21,7 @@ from typing import Iterable
 
 import numpy as np
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 from hamner.data.row_source import CursorSource, RowSource
 from hamner.data.windows import ShardSource
 

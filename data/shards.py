@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 MAGIC = 20240520
 VERSION = 1

@@ -36,7 +36,7 @@ import numpy as np
 
 from hamner.data import synthetic_kernels as K
 from hamner.data import synthetic_words as W
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 TASKS: tuple[str, ...] = (
     "arithmetic", "counting", "brackets", "listops", "sorting", "repeat", "context_recall", "logic", "comparison",

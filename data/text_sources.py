@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hamner.data.chat_format import MARKERS, format_conversation
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 EOT = "<|endoftext|>"
 MAX_VOCAB = 65_536

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 from hamner.data.shards import check_source_dir, read_shard, shard_paths
 
 

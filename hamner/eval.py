@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.errors import DataError
-from hamner.data.tokenizer import Tokenizer
 from hamner.checkpoint import resolve_checkpoint
+from hamner.cli import ArgumentParser, command
+from hamner.data.tokenizer import Tokenizer
+from hamner.errors import DataError
 from hamner.eval_length import MULTIPLES, length_generalisation
 from hamner.eval_loss import read_split, source_val_metrics
 from hamner.eval_needle import DEPTHS, default_lengths, needle_recall
-from hamner.inference import InferenceError, load_for_inference, pick_device
+from hamner.inference import load_for_inference, pick_device
 from hamner.model import HamnerModel
 from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 
@@ -160,9 +161,11 @@ def _finite(value):
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hamner.eval",
+@command()
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> int:
+    """Evaluate the checkpoint the flags name, write the JSON report and print its tables."""
+    parser = ArgumentParser(
+        prog=prog,
         description="Evaluate a Hamner model: validation loss/perplexity/bits per byte, synthetic-task accuracy, "
         "needle in a haystack and length generalisation. Writes a JSON report and prints tables.")
     parser.add_argument("checkpoint", help="run directory (its latest checkpoint), checkpoint directory "
@@ -182,21 +185,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     difficulties = _difficulties(parser, args.difficulties)
     start = time.perf_counter()
-    try:
-        sources = _sources(args.data, args.sources)
-        device = pick_device(args.device)
-        model, config, tokenizer = load_for_inference(args.checkpoint, device)
-        report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
-                  "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
-        report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
-                               samples=args.samples, difficulties=difficulties, seed=args.seed))
-        report["elapsed_s"] = time.perf_counter() - start
-        out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    except (InferenceError, ValueError, OSError) as exc:  # DataError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    sources = _sources(args.data, args.sources)
+    device = pick_device(args.device)
+    model, config, tokenizer = load_for_inference(args.checkpoint, device)
+    report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
+              "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
+    report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
+                           samples=args.samples, difficulties=difficulties, seed=args.seed))
+    report["elapsed_s"] = time.perf_counter() - start
+    out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(report), indent=2) + "\n")
     print(format_report(report))
     print(f"\nreport written to {out}")
     return 0

@@ -8,7 +8,6 @@ with `transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)` with the same 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from hamner.cli import ArgumentParser, command
 from hamner.config import HamnerConfig
 from hamner.model import HamnerModel
 
@@ -161,23 +161,21 @@ def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hamner.export",
+@command()
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.export") -> int:
+    """Export the checkpoint the flags name and print where it went."""
+    parser = ArgumentParser(
+        prog=prog,
         description="Write a Hamner checkpoint as a Hugging Face Llama directory "
         "(config.json, model.safetensors, tokenizer files).",
     )
     parser.add_argument("checkpoint", help="a run directory (its latest checkpoint) or a checkpoint directory")
     parser.add_argument("out_dir", help="directory to write the Hugging Face model into")
     args = parser.parse_args(argv)
-    from hamner.inference import InferenceError, load_for_inference
+    from hamner.inference import load_for_inference
 
-    try:
-        model, config, tokenizer = load_for_inference(args.checkpoint, "cpu")
-        out = export_hf(model, config, args.out_dir, tokenizer.eos_id)
-    except (InferenceError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, config, tokenizer = load_for_inference(args.checkpoint, "cpu")
+    out = export_hf(model, config, args.out_dir, tokenizer.eos_id)
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 

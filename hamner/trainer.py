@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from hamner.data import chat_format
-from hamner.data.errors import DataError
+from hamner.errors import DataError, TrainError
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources, open_validation
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
@@ -46,7 +46,7 @@ from hamner.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.run_dir import RunDir
 from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
-from hamner.train_settings import DTYPES, TrainError, TrainSettings, fill_defaults, pick_device, validate
+from hamner.train_settings import DTYPES, TrainSettings, fill_defaults, pick_device, validate
 
 # Fixed prompts generated at every stage end, so samples.jsonl shows the same questions over time.
 SAMPLE_PROMPTS: tuple[str, ...] = (

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 from hamner.data.row_source import RowSource
 from hamner.data.synthetic import TASKS, SyntheticSource, sample_texts, split_answer
 from hamner.data.tokenizer import ByteTokenizer, load_tokenizer
