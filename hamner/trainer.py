@@ -39,12 +39,12 @@ from hamner import distributed as dist
 from hamner.config import HamnerConfig, model_config
 from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum, is_synthetic_source, load_curriculum
-from hamner.eval_loss import utf8_bytes
+from hamner.eval.loss import utf8_bytes
 from hamner.generate import generate
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.run_dir import RunDir
-from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
+from hamner.eval.tasks import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_settings import DTYPES, TrainSettings, fill_defaults, pick_device, validate
 

@@ -11,7 +11,7 @@ from tiny_checkpoint import save_tiny_run, tiny_config
 from hamner.cli import ArgumentParser, command
 from hamner.errors import (CheckpointError, CurriculumError, DataError, EvalError, HamnerError, InferenceError,
                            PlotError, TrainError)
-from hamner.eval import main as eval_main
+from hamner.eval.cli import main as eval_main
 from hamner.export import export_hf
 from hamner.model import HamnerModel
 

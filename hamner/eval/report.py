@@ -1,39 +1,29 @@
-"""Evaluate a trained model: `python -m hamner.eval RUN_OR_CHECKPOINT [--data DIR --sources a,b] [--quick]`.
+"""The evaluation report: every section for one model, and its plain-text tables.
 
-Writes a JSON report and prints it as tables:
+Sections:
   validation   loss, perplexity and bits per byte on the val split of each named shard source
-               (`hamner.eval_loss`);
+               (`hamner.eval.loss`);
   synthetic    exact-match accuracy per task and difficulty, greedy answers on held-out seeds
-               (`hamner.task_accuracy`, the same scoring the training loop logs);
-  needle       recall of a planted fact per prompt length and depth (`hamner.eval_needle`);
+               (`hamner.eval.tasks`, the same scoring the training loop logs);
+  needle       recall of a planted fact per prompt length and depth (`hamner.eval.needle`);
   length       loss and perplexity of W-token chunks at k x W positions, k up to 20, read in one
-               pass past the training context (`hamner.eval_length`).
+               pass past the training context (`hamner.eval.length`).
 The pieces are plain functions of (model, tokenizer, ...) so the training loop's periodic
-evaluation calls the same code.
+evaluation calls the same code. `hamner eval` (`hamner.eval.cli`) writes the report as JSON.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from hamner.checkpoint import resolve_checkpoint
-from hamner.cli import ArgumentParser, command
 from hamner.data.tokenizer import Tokenizer
-from hamner.errors import DataError
-from hamner.eval_length import MULTIPLES, length_generalisation
-from hamner.eval_loss import read_split, source_val_metrics
-from hamner.eval_needle import DEPTHS, default_lengths, needle_recall
-from hamner.inference import load_for_inference, pick_device
+from hamner.eval.length import MULTIPLES, length_generalisation
+from hamner.eval.loss import read_split, source_val_metrics
+from hamner.eval.needle import DEPTHS, default_lengths, needle_recall
+from hamner.eval.tasks import format_table, held_out_seed, task_accuracy
 from hamner.model import HamnerModel
-from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 
-REPORT_NAME = "eval.json"
 QUICK_DIFFICULTIES: tuple[int, ...] = (1, 3)
 DIFFICULTIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -118,88 +108,3 @@ def format_report(report: dict) -> str:
     for row in length["rows"]:
         lines.append(f"{str(row['multiple']) + ' x W':<20}{row['start']:>10,}{row['loss']:>9.4f}{row['perplexity']:>11.2f}")
     return "\n".join(lines)
-
-
-def _sources(data: str | None, names: str | None) -> dict[str, Path]:
-    if names and not data:
-        raise DataError("--sources needs --data DIR (the directory holding one folder per source)")
-    if not data:
-        return {}
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"no such data directory: {root}")
-    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else sorted(
-        p.name for p in root.iterdir() if p.is_dir() and list(p.glob("*val_*.bin")))
-    if not chosen:
-        raise DataError(f"{root} holds no source directories with val shards")
-    missing = [n for n in chosen if not (root / n).is_dir()]
-    if missing:
-        raise DataError(f"source {missing[0]!r} not found under {root}")
-    return {n: root / n for n in chosen}
-
-
-def _difficulties(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        levels = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        levels = ()
-    if not levels or not all(1 <= d <= 5 for d in levels):
-        parser.error(f"--difficulties must be comma-separated whole numbers from 1 to 5, got {text!r}")
-    return levels
-
-
-def _finite(value):
-    """JSON has no NaN/inf: write them as strings so the report stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-@command()
-def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> int:
-    """Evaluate the checkpoint the flags name, write the JSON report and print its tables."""
-    parser = ArgumentParser(
-        prog=prog,
-        description="Evaluate a Hamner model: validation loss/perplexity/bits per byte, synthetic-task accuracy, "
-        "needle in a haystack and length generalisation. Writes a JSON report and prints tables.")
-    parser.add_argument("checkpoint", help="run directory (its latest checkpoint), checkpoint directory "
-                        "or Hugging Face Llama directory")
-    parser.add_argument("--data", help="data root holding one prepared shard directory per source")
-    parser.add_argument("--sources", help="comma-separated source names under --data (default: all with val shards)")
-    parser.add_argument("--out", help=f"report path (default: {REPORT_NAME} in the checkpoint directory)")
-    parser.add_argument("--quick", action="store_true", help="fewer tokens, samples and needles: a fast smoke check")
-    parser.add_argument("--samples", type=int, help="synthetic samples per task and difficulty (default 50, quick 10)")
-    parser.add_argument("--difficulties", help="synthetic difficulties, comma-separated (default 1,2,3,4,5; quick 1,3)")
-    parser.add_argument("--window", type=int, help="length-generalisation window W (default: the model's context)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out samples and needles (default 0)")
-    args = parser.parse_args(argv)
-    for name in ("window", "samples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    difficulties = _difficulties(parser, args.difficulties)
-    start = time.perf_counter()
-    sources = _sources(args.data, args.sources)
-    device = pick_device(args.device)
-    model, config, tokenizer = load_for_inference(args.checkpoint, device)
-    report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
-              "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
-    report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
-                           samples=args.samples, difficulties=difficulties, seed=args.seed))
-    report["elapsed_s"] = time.perf_counter() - start
-    out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    print(format_report(report))
-    print(f"\nreport written to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
