@@ -91,7 +91,7 @@ def _hf_model(config: HamnerConfig, device: torch.device, liger: bool) -> torch.
     """LlamaForCausalLM with our config and our initial weights (tied embeddings, SDPA attention)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hamner.export import hf_config, to_hf_state_dict
+    from hamner.hf import hf_config, to_hf_state_dict
 
     hf = LlamaForCausalLM(LlamaConfig(**hf_config(config, eos_id=0), attn_implementation="sdpa"))
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(_hamner_model(config, "cpu").state_dict(), config),

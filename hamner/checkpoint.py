@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from hamner.config import HamnerConfig
 from hamner.errors import CheckpointError
-from hamner.hf_import import is_hf_dir, load_hf_model
+from hamner.hf import is_hf_dir, load_hf_model
 from hamner.model import HamnerModel
 
 FORMAT = "hamner-checkpoint"
@@ -126,7 +126,7 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.dev
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
     """(model, config) from a run directory (its latest checkpoint), a checkpoint directory, or a
-    Hugging Face Llama directory (as `hamner.export` writes it).
+    Hugging Face Llama directory (see `hamner.hf`).
 
     This is the one entry point for reading trained models (chat, eval, export, --init-from): other
     formats are recognised here, before the Hamner layout."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from hamner.checkpoint import load_model
+from hamner.data.tokenizer import load_tokenizer
 from hamner.device import pick_device as resolve_device
 from hamner.errors import CheckpointError, DataError, InferenceError
 
@@ -33,9 +35,6 @@ def newest_run(root: Path = RUNS_DIR) -> Path:
 
 def load_for_inference(path: str | Path | None, device: torch.device | str = "cpu"):
     """(model in eval mode, config, tokenizer) from a run or checkpoint directory (None: the newest run)."""
-    from hamner.checkpoint import load_model
-    from hamner.data.tokenizer import load_tokenizer
-
     path = Path(path) if path is not None else newest_run()
     try:
         model, config = load_model(path, device=device)

@@ -12,7 +12,7 @@ import pytest
 
 from hamner.data.chat_format import STOP_STRINGS, prompt_for_reply
 from hamner.data.tokenizer import load_tokenizer
-from hamner.export import export_hf
+from hamner.hf import export_hf
 from hamner.generate import generate
 from tiny_checkpoint import save_tiny_run, tiny_config
 

@@ -12,7 +12,7 @@ from hamner.cli import ArgumentParser, command
 from hamner.errors import (CheckpointError, CurriculumError, DataError, EvalError, HamnerError, InferenceError,
                            PlotError, TrainError)
 from hamner.eval.cli import main as eval_main
-from hamner.export import export_hf
+from hamner.hf import export_hf
 from hamner.model import HamnerModel
 
 ROOT = Path(__file__).resolve().parent.parent
