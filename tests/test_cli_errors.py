@@ -41,10 +41,12 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         ([*train, "--curriculum", str(tmp / "deep.toml"), "--out", str(tmp / "run")], "needs at least 60 layers"),
         ([*train, "--max-steps", "ten"], "invalid int value"),
         (["chat.py", "--checkpoint", missing, "--prompt", "hi"], "no checkpoint at"),
-        (["-m", "hamner.eval", missing], "no checkpoint at"),
-        (["-m", "hamner.export", missing, str(tmp / "out")], "no checkpoint at"),
-        (["-m", "hamner.plot", missing], "no such run directory"),
-        (["-m", "hamner.data.prepare", missing, "--out", str(tmp / "o"), "--tokenizer", "bytes"], "no such file"),
+        (["-m", "hamner", "chat", "--checkpoint", missing], "no checkpoint at"),
+        (["-m", "hamner", "train", "--preset", "demo", "--seed", "-1"], "--seed must not be negative"),
+        (["-m", "hamner", "eval", missing], "no checkpoint at"),
+        (["-m", "hamner", "export", missing, str(tmp / "out")], "no checkpoint at"),
+        (["-m", "hamner", "plot", missing], "no such run directory"),
+        (["-m", "hamner", "prepare", missing, "--out", str(tmp / "o"), "--tokenizer", "bytes"], "no such file"),
         (["-m", "hamner.data.bench_reader", missing, "--tokenizer", "bytes"], "no such data directory"),
     ]
 
