@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -44,11 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
 
 from environment import environment  # noqa: E402
+
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.kernels import dispatch  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
 from hamner.throughput import peak_flops  # noqa: E402
-from hamner.kernels import dispatch  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "a": "hamner (ours)",
@@ -256,7 +257,7 @@ def choose_variants(spec: str | None, device: torch.device) -> tuple[list[str], 
 def default_out(preset: str, env: dict) -> Path:
     """bench/results/throughput-<preset>-<gpu or cpu>-<UTC time>.json"""
     slug = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return RESULTS_DIR / f"throughput-{preset}-{slug}-{stamp}.json"
 
 
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(CPU_NOTE)
     record = {
         "benchmark": "training throughput (forward, backward, optimizer)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         **env,
         "preset": args.preset, "config": config.to_dict(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,

@@ -15,9 +15,9 @@ import argparse
 import sys
 from collections.abc import Iterator
 
+from hamner.cli import ArgumentParser, command
 from hamner.data.chat_format import STOP_STRINGS, format_conversation, prompt_for_reply
 from hamner.generate import stream
-from hamner.cli import ArgumentParser, command
 from hamner.inference import load_for_inference, pick_device
 
 HELP = """commands:
@@ -170,10 +170,12 @@ def parse_args(argv: list[str] | None, prog: str = "chat.py") -> argparse.Namesp
                         "Hugging Face Llama directory; default: the newest run under runs/")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     parser.add_argument("--prompt", help="print a completion of this text and exit (no chat template unless --chat)")
-    parser.add_argument("--chat", action="store_true", help="with --prompt: answer it as a user message in the chat format")
+    parser.add_argument("--chat", action="store_true",
+                        help="with --prompt: answer it as a user message in the chat format")
     parser.add_argument("--system", help="system prompt for the conversation")
     parser.add_argument("--n", type=int, default=1, help="with --prompt: number of completions (default 1)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="most tokens per reply (default 200; in a chat at most half the context)")
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="most tokens per reply (default 200; in a chat at most half the context)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
     parser.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (default 50)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")

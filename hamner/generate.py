@@ -12,7 +12,7 @@ from their group's batch (and cache) as they end.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -223,10 +223,10 @@ def generate(
         groups[len(prompt)].append(i)
     results: list[list[int]] = [[] for _ in prompts]
     for members in groups.values():
-        outs: list[list[int]] = [[] for _ in members]
-        for outs in _decode_group(model, [prompts[i] for i in members], max_new_tokens, sampling,
-                                  eos_id, stop_strings, decode, generator, use_cache):
-            pass
+        snapshots = _decode_group(model, [prompts[i] for i in members], max_new_tokens, sampling,
+                                  eos_id, stop_strings, decode, generator, use_cache)
+        last = deque(snapshots, maxlen=1)  # each snapshot holds every row's tokens so far; keep the final one
+        outs = last[0] if last else [[] for _ in members]
         for i, ids in zip(members, outs):
             results[i] = ids
     return results

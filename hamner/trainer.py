@@ -29,22 +29,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hamner.data import chat_format
-from hamner.errors import DataError, TrainError
-from hamner.data.loader import Prefetcher
-from hamner.data.mixture import MixtureSampler, open_sources, open_validation
-from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.config import HamnerConfig, model_config
 from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum, is_synthetic_source, load_curriculum
+from hamner.data import chat_format
+from hamner.data.loader import Prefetcher
+from hamner.data.mixture import MixtureSampler, open_sources, open_validation
+from hamner.data.tokenizer import Tokenizer, load_tokenizer
+from hamner.errors import DataError, TrainError
 from hamner.eval.loss import utf8_bytes
+from hamner.eval.tasks import format_table, held_out_seed, task_accuracy
 from hamner.generate import generate
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.run_dir import RunDir
-from hamner.eval.tasks import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_settings import DTYPES, TrainSettings, fill_defaults, pick_device, validate
 

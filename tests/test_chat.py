@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_checkpoint import save_tiny_run, tiny_config
 
 import hamner.chat_cli as chat
 from hamner.data.chat_format import STOP_STRINGS, prompt_for_reply
 from hamner.data.tokenizer import load_tokenizer
-from hamner.hf import export_hf
 from hamner.generate import generate
-from tiny_checkpoint import save_tiny_run, tiny_config
+from hamner.hf import export_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTES = load_tokenizer("bytes")

@@ -4,13 +4,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 from tiny_checkpoint import save_tiny_run, tiny_config
 
 from hamner.cli import ArgumentParser, command
-from hamner.errors import (CheckpointError, CurriculumError, DataError, EvalError, HamnerError, InferenceError,
-                           PlotError, TrainError)
+from hamner.errors import (
+    CheckpointError,
+    CurriculumError,
+    DataError,
+    EvalError,
+    HamnerError,
+    InferenceError,
+    PlotError,
+    TrainError,
+)
 from hamner.eval.cli import main as eval_main
 from hamner.hf import export_hf
 from hamner.model import HamnerModel

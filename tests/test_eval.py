@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_checkpoint import save_tiny_run, tiny_config
 
 import hamner.eval.needle as needle_mod
 from hamner.data.shards import write_meta, write_shard
@@ -18,7 +19,6 @@ from hamner.eval.length import extended_model, length_generalisation
 from hamner.eval.loss import stream_loss
 from hamner.eval.needle import NEEDLE, QUESTION, haystack_prompt, needle_recall
 from hamner.model import HamnerModel
-from tiny_checkpoint import save_tiny_run, tiny_config
 
 BYTES = load_tokenizer("bytes")
 

@@ -15,7 +15,6 @@ from hamner.generate import (
 from hamner.kernels import dispatch
 from hamner.kv_cache import KVCache
 
-
 # Tiny models run much faster on one thread than on two contended ones.
 pytestmark = pytest.mark.usefixtures("single_thread")
 

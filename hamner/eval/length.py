@@ -42,7 +42,8 @@ def length_generalisation(model: HamnerModel, tokens: np.ndarray, *, window: int
     window = window or model.config.max_seq_len
     fitting = [k for k in sorted(set(multiples)) if (k + 1) * window + 1 <= len(tokens)]
     if not fitting:
-        raise EvalError(f"length generalisation needs at least {window + 1} tokens (window {window}), got {len(tokens)}")
+        raise EvalError(f"length generalisation needs at least {window + 1} tokens (window {window}), "
+                        f"got {len(tokens)}")
     span = (fitting[-1] + 1) * window
     sequences = max(1, min(sequences, (len(tokens) - 1) // span))
     long_model = extended_model(model, span)

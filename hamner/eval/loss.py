@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from hamner.data.tokenizer import Tokenizer
-from hamner.errors import EvalError
 from hamner.data.windows import ShardSource
+from hamner.errors import EvalError
 from hamner.model import HamnerModel
 
 

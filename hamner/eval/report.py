@@ -106,5 +106,6 @@ def format_report(report: dict) -> str:
               f"trained context {length['trained_context']}",
               f"{'chunk at':<20}{'position':>10}{'loss':>9}{'ppl':>11}"]
     for row in length["rows"]:
-        lines.append(f"{str(row['multiple']) + ' x W':<20}{row['start']:>10,}{row['loss']:>9.4f}{row['perplexity']:>11.2f}")
+        lines.append(f"{str(row['multiple']) + ' x W':<20}{row['start']:>10,}{row['loss']:>9.4f}"
+                     f"{row['perplexity']:>11.2f}")
     return "\n".join(lines)
