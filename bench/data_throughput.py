@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
+from hamner.cli import ArgumentParser, command  # noqa: E402
+
 
 def _best_rate(fn, amount: float, repeats: int) -> float:
     """Best of `repeats` timings of fn(), as amount per second."""
@@ -83,9 +85,11 @@ def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
     return {"batches_per_s": rate, "batch": [24, 1025], "batches": batches, "source": stories.name}
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Time each data path, print the figures and, with --save, record them."""
+    p = ArgumentParser(prog="python bench/data_throughput.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default=str(SHARED / "cosmo2_tokenizer.json"), metavar="PATH",
                    help="tokenizer.json (default: ../shared/data/cosmo2_tokenizer.json) or 'bytes'")
     p.add_argument("--difficulty", type=float, default=3.0, help="synthetic difficulty in [1, 5] (default 3)")

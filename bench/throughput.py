@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 
 from environment import environment  # noqa: E402
 
+from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.errors import HamnerError  # noqa: E402
 from hamner.kernels import dispatch  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
@@ -64,8 +66,8 @@ RESULTS_DIR = ROOT / "bench" / "results"
 CPU_NOTE = "note: no GPU, so these CPU timings are NOT meaningful; they only show the benchmark runs"
 
 
-class BenchError(Exception):
-    """A bad setting; the message is one line for the user."""
+class BenchError(HamnerError):
+    """A bad benchmark setting; the message is one line for the user."""
 
 
 @dataclass
@@ -261,15 +263,8 @@ def default_out(preset: str, env: dict) -> Path:
     return RESULTS_DIR / f"throughput-{preset}-{slug}-{stamp}.json"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error style: one `error: ...` line, exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see python bench/throughput.py --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bench/throughput.py",
+    p = ArgumentParser(prog="python bench/throughput.py",
                 description="Tokens/s, MFU and peak memory of one training step (forward, backward, optimizer):\n"
                             "ours against plain PyTorch, torch.compile and Hugging Face Llama (+ Liger-Kernel),\n"
                             "on the same batches. Prints a table of ratios and writes a JSON record.",
@@ -309,16 +304,14 @@ def _tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
+    """Measure the variants the flags name, print the table and write the JSON record."""
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = model_config(args.preset)
-    try:
-        _check(args, config)
-        variants, skipped = choose_variants(args.variants, device)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _check(args, config)
+    variants, skipped = choose_variants(args.variants, device)
     env = environment(device)
     with torch.device("meta"):  # parameter counts only, no memory
         flops_per_token = HamnerModel(config).flops_per_token(args.seq_len)
