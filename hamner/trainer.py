@@ -18,7 +18,6 @@ the step itself (hamner.step), resumable state (hamner.train_state), metrics bet
 from __future__ import annotations
 
 import copy
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,24 +29,22 @@ from tqdm import tqdm
 
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
-from hamner.config import HamnerConfig, model_config
 from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum, load_curriculum
-from hamner.data.errors import DataError
 from hamner.data.loader import Prefetcher
-from hamner.data.mixture import MixtureSampler, open_sources, open_validation
-from hamner.data.row_source import RowSource
-from hamner.data.tokenizer import Tokenizer, load_tokenizer
+from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.loggers import open_loggers
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer
 from hamner.run_dir import RunDir
 from hamner.run_record import copy_curriculum, environment, new_run_id
 from hamner.step import train_step
+from hamner.stop_signals import StopSignals
 from hamner.task_accuracy import format_table
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_eval import TrainEvaluator
 from hamner.train_metrics import DeviceWindow, MetricsWindow, format_row
+from hamner.train_setup import checked_model_config, checked_tokenizer, load_init_weights, validation_sources
 from hamner.train_settings import (DTYPES, RunSettings, TrainError, TrainSettings, pick_device, preset_curriculum,
                                    resolve, validate)
 from hamner.train_state import OptimizerSlot, Progress, RngState, TrainState
@@ -98,13 +95,13 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-        self.config = self._model_config()
-        self.tokenizer = self._load_tokenizer()
+        self.config = checked_model_config(s, curriculum)
+        self.tokenizer = checked_tokenizer(self.config)
         # Data first: a missing source stops the run before anything is built or written.
         names = curriculum.sources()
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
                                       rank=info.rank, world_size=info.world_size)
-        validation, notes = self._open_validation(names)
+        validation, notes = validation_sources(names, s.data, self.tokenizer)
         if not s.resume and ckpt.checkpoints_dir(Path(s.out)).is_dir():
             raise TrainError(f"{s.out} already holds checkpoints; resume it with --resume {s.out} "
                              "or pick another --out")
@@ -130,8 +127,7 @@ class Trainer:
                                         device)
         self.last_lr = 0.0
         self._last_tasks: tuple[int, dict[str, dict[float, float]]] | None = None  # (step, results)
-        self._stop_signal: str | None = None
-        self._bar: tqdm | _NullBar = _NullBar()
+        self._bar = tqdm(disable=True)  # the real bar exists inside run()
         self._batches: Prefetcher | None = None
 
         record = self._restore(Path(s.resume)) if s.resume else self._start_fresh(given)
@@ -145,52 +141,13 @@ class Trainer:
 
     # ----- setup -----
 
-    def _model_config(self) -> HamnerConfig:
-        s, curriculum = self.s, self.curriculum
-        try:
-            config = model_config(s.preset)
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        if s.tokenizer is not None:  # a file is recorded by absolute path, so checkpoints find it anywhere
-            config.tokenizer = str(Path(s.tokenizer).resolve()) if Path(s.tokenizer).exists() else s.tokenizer
-        if curriculum.tokenizer is not None and curriculum.tokenizer != config.tokenizer:
-            raise TrainError(f"curriculum {curriculum.name!r} needs the {curriculum.tokenizer!r} tokenizer "
-                             f"but preset {s.preset!r} uses {config.tokenizer!r}; pick a preset built for it")
-        if s.seq_len > config.max_seq_len:
-            raise TrainError(f"--seq-len {s.seq_len} exceeds the context of preset {s.preset!r} "
-                             f"({config.max_seq_len} tokens)")
-        if s.init_from and not Path(s.init_from).exists():
-            raise TrainError(f"--init-from {s.init_from}: no checkpoint at {s.init_from}")
-        if curriculum.requires_init and not (s.init_from or s.resume):
-            raise TrainError(f"curriculum {curriculum.name!r} continues a trained model: give --init-from CHECKPOINT")
-        if s.stage >= len(curriculum.stages):
-            raise TrainError(f"--stage {s.stage} does not exist: curriculum {curriculum.name!r} has "
-                             f"stages 0..{len(curriculum.stages) - 1}")
-        return config
-
-    def _load_tokenizer(self) -> Tokenizer:
-        tokenizer = load_tokenizer(self.config.tokenizer)
-        if tokenizer.vocab_size > self.config.vocab_size:
-            raise TrainError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model "
-                             f"only {self.config.vocab_size}")
-        return tokenizer
-
-    def _open_validation(self, names: list[str]) -> tuple[dict[str, RowSource], list[str]]:
-        """Validation sources (a shard source without a val split is left out, with a note why)."""
-        sources, notes = {}, []
-        for name in names:
-            try:
-                sources.update(open_validation([name], self.s.data, self.tokenizer))
-            except DataError as exc:
-                notes.append(f"no validation for {name}: {exc}")
-        return sources, notes
-
     def _start_fresh(self, given: TrainSettings) -> dict[str, Any]:
         """Initial weights and stage; config.json and the curriculum copy. Returns the run's record."""
         s = self.s
         self.rundir.resume_at(0)  # a fresh run in a reused directory starts clean CSVs
         if s.init_from:
-            self._init_weights(s.init_from)
+            load_init_weights(self.model, s.init_from, self.config, self.tokenizer, s.preset)
+            self.rundir.log(f"initialised from {s.init_from}")
         for _ in range(s.stage):
             self.controller.advance()
         if not self.rundir.enabled:
@@ -215,17 +172,6 @@ class Trainer:
                         f"{self.curriculum.name}, device {self.device}, dtype {self.dtype}, world {self.dist.world_size}")
         return record
 
-    def _init_weights(self, path: str) -> None:
-        source, config = ckpt.load_model(path)
-        if config.to_dict() | {"tokenizer": None} != self.config.to_dict() | {"tokenizer": None}:
-            raise TrainError(f"--init-from {path}: its model shape differs from preset {self.s.preset!r}")
-        if config.tokenizer != self.config.tokenizer and \
-                load_tokenizer(config.tokenizer).fingerprint != self.tokenizer.fingerprint:
-            raise TrainError(f"--init-from {path}: it uses tokenizer {config.tokenizer!r}, a different vocabulary "
-                             f"from {self.config.tokenizer!r}")
-        self.model.load_state_dict(source.state_dict())
-        self.rundir.log(f"initialised from {path}")
-
     def _restore(self, run_dir: Path) -> dict[str, Any]:
         """Weights and every registered part from the latest checkpoint. Returns the run's record."""
         target = ckpt.resolve_checkpoint(run_dir)
@@ -248,14 +194,13 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until the curriculum ends, max_steps is reached, a signal arrives or losses go bad."""
         s = self.s
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._bar = tqdm(total=s.max_steps, initial=self.progress.step, disable=not self.dist.is_main or None,
                          dynamic_ncols=True, leave=False)
         self.model.train()
         self._restart_batches()
         started = time.perf_counter() - self.progress.elapsed
         reason = "finished"
-        try:
+        with StopSignals() as stop, self._bar:
             while not self.controller.finished:
                 if s.max_steps is not None and self.progress.step >= s.max_steps:
                     reason = "max_steps"
@@ -266,29 +211,16 @@ class Trainer:
                 if self._after_step() == "non_finite":
                     reason = "non_finite"
                     break
-                if dist.any_rank(self._stop_signal is not None, self.dist):
+                if dist.any_rank(stop.received is not None, self.dist):
                     self._drain()
                     self._save([ckpt.step_name(self.progress.step)])
-                    self._say(f"stopped by {self._stop_signal or 'a signal on another rank'} at step "
+                    self._say(f"stopped by {stop.received or 'a signal on another rank'} at step "
                               f"{self.progress.step}; checkpoint saved, resume with --resume {self.rundir.path}")
                     reason = "signal"
                     break
-        finally:
-            self._bar.close()
-            self._bar = _NullBar()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         final_tasks = self._finish() if reason in ("finished", "max_steps") else {}
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
                            task_accuracy=final_tasks)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        """The first signal asks to stop after this step; Ctrl-C twice stops at once. A SIGTERM
-        after Ctrl-C (torchrun forwards one to its workers) does not cut the save short."""
-        name = signal.Signals(signum).name
-        if self._stop_signal == "SIGINT" and name == "SIGINT":
-            signal.default_int_handler(signum, frame)
-        self._stop_signal = self._stop_signal or name
 
     def _restart_batches(self) -> None:
         """(Re)start the prefetcher at the current step with a frozen view of the controller."""
@@ -447,10 +379,3 @@ class Trainer:
         if self._batches is not None:
             self._batches.close()
         self.loggers.close()
-
-
-class _NullBar:
-    """Stands in for the progress bar outside `run()`."""
-
-    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-        pass
