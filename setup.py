@@ -1,4 +1,5 @@
-"""Install Hamner: `pip install -e .` (add `[test]` for the test suite, `[flash]` for flash-attn)."""
+"""Install Hamner: `pip install -e .` (add `[test]` for the test suite, `[flash]` for flash-attn,
+`[tensorboard]` / `[wandb]` for `train.py --report-to`)."""
 from setuptools import setup
 
 setup(
@@ -20,7 +21,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "transformers", "pyarrow"],
+        "test": ["pytest", "pytest-benchmark", "transformers", "pyarrow", "tensorboard", "wandb"],
         "flash": ["flash-attn"],
+        "tensorboard": ["tensorboard"],  # --report-to tensorboard
+        "wandb": ["wandb"],  # --report-to wandb
     },
 )
