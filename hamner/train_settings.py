@@ -35,10 +35,10 @@ class TrainError(Exception):
     """A bad setting or a run that cannot go on; the message is one line for the user."""
 
 
-def setting(default: Any, help: str, group: str, metavar: str | None = None,
+def setting(default: Any, help_text: str, group: str, metavar: str | None = None,
             choices: tuple[str, ...] | None = None) -> Any:
-    """A TrainSettings field with what its command-line flag needs."""
-    metadata = {"help": help, "group": group, "metavar": metavar, "choices": choices}
+    """A TrainSettings field with what its command-line flag needs (help text, group, metavar, choices)."""
+    metadata = {"help": help_text, "group": group, "metavar": metavar, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)

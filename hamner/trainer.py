@@ -44,9 +44,9 @@ from hamner.task_accuracy import format_table
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_eval import TrainEvaluator
 from hamner.train_metrics import DeviceWindow, MetricsWindow, format_row
+from hamner.train_settings import DTYPES, RunSettings, TrainError, TrainSettings, pick_device, preset_curriculum
+from hamner.train_settings import resolve, validate
 from hamner.train_setup import checked_model_config, checked_tokenizer, load_init_weights, validation_sources
-from hamner.train_settings import (DTYPES, RunSettings, TrainError, TrainSettings, pick_device, preset_curriculum,
-                                   resolve, validate)
 from hamner.train_state import OptimizerSlot, Progress, RngState, TrainState
 
 
@@ -159,7 +159,7 @@ class Trainer:
             "model": self.config.to_dict(),
             "curriculum": self.curriculum.name,
             "curriculum_path": str(self.curriculum.path),
-            "curriculum_copy": str(copy_curriculum(self.rundir.path, self.curriculum.path).relative_to(self.rundir.path)),
+            "curriculum_copy": str(copy_curriculum(self.rundir.path, self.curriculum.path).relative_to(s.out)),
             "validation_difficulty": self.evaluator.difficulty,
             "parameters": self.model.num_parameters(),
             "world_size": self.dist.world_size,
@@ -168,8 +168,9 @@ class Trainer:
             "environment": environment(),
         }
         self.rundir.write_config(record)
-        self.rundir.log(f"start: preset {s.preset}, {self.model.num_parameters():,} parameters, curriculum "
-                        f"{self.curriculum.name}, device {self.device}, dtype {self.dtype}, world {self.dist.world_size}")
+        self.rundir.log(f"start: preset {s.preset}, {record['parameters']:,} parameters, curriculum "
+                        f"{record['curriculum']}, device {record['device']}, dtype {self.dtype}, "
+                        f"world {record['world_size']}")
         return record
 
     def _restore(self, run_dir: Path) -> dict[str, Any]:

@@ -60,10 +60,11 @@ def _wandb_history(run_file: Path) -> list[dict[str, str]]:
 
 
 def test_wandb_offline_run_holds_the_history(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = _run(tmp_path, ["wandb"])
+    wandb.teardown()  # what the end of a train.py process does: the W&B service writes out the run file
     config = json.loads((run / "config.json").read_text())
     files = list((run / "wandb").glob(f"offline-run-*-{config['run_id']}/run-{config['run_id']}.wandb"))
     assert len(files) == 1

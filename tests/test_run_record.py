@@ -7,11 +7,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import get_type_hints
 
-import pytest
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-import train
+from hamner import train_cli
 from hamner.curriculum import load_curriculum
 from hamner.data.synthetic import SyntheticSource
 from hamner.run_record import git_state
@@ -24,7 +23,7 @@ OPTIONAL = {"tokenizer", "data", "init_from", "resume", "max_steps", "threads"} 
 
 
 def test_every_setting_has_one_flag_with_its_help_and_every_flag_a_setting():
-    parser = train.build_parser()
+    parser = train_cli.build_parser()
     actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings[0] != "-h"}
     assert set(actions) == {flag(f.name) for f in fields(TrainSettings)}
     for f in fields(TrainSettings):
@@ -40,7 +39,7 @@ def test_every_setting_has_one_flag_with_its_help_and_every_flag_a_setting():
 def test_resume_with_out_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    code = train.main(["--resume", str(tmp_path / "run"), "--out", str(tmp_path / "other")])
+    code = train_cli.main(["--resume", str(tmp_path / "run"), "--out", str(tmp_path / "other")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--out must not be given" in err, err
 
