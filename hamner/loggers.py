@@ -23,6 +23,10 @@ TENSORBOARD_DIR = "tensorboard"
 WANDB_PROJECT = "hamner"  # W&B project unless WANDB_PROJECT says otherwise
 
 
+class ReportError(Exception):
+    """A reporter that cannot start (e.g. W&B without a login); the message is one line for the user."""
+
+
 def missing_packages(names: list[str]) -> list[str]:
     """The packages the named reporters need that are not installed."""
     return [REPORTERS[n] for n in names if n in REPORTERS and importlib.util.find_spec(REPORTERS[n]) is None]
@@ -64,8 +68,9 @@ class CsvLogger(Logger):
 
 
 def _numbers(prefix: str, row: dict[str, Any]) -> dict[str, float]:
+    # val_loss is left to validation(), which reports it with each source's loss.
     return {f"{prefix}/{k}": float(v) for k, v in row.items()
-            if k != "step" and isinstance(v, Number) and not isinstance(v, bool)}
+            if k not in ("step", "val_loss") and isinstance(v, Number) and not isinstance(v, bool)}
 
 
 def _accuracies(results: dict[str, dict[float, float]]) -> dict[str, float]:
@@ -108,9 +113,13 @@ class WandbLogger(Logger):
     def __init__(self, run_dir: Path, run_id: str, config: dict[str, Any]) -> None:
         import wandb
 
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), id=run_id,
-                              name=Path(run_dir).name, dir=str(run_dir), config=config, resume="allow",
-                              settings=wandb.Settings(console="off"))
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), id=run_id,
+                                  name=Path(run_dir).name, dir=str(run_dir), config=config, resume="allow",
+                                  settings=wandb.Settings(console="off"))
+        except wandb.errors.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ReportError(f"--report-to wandb: {first} (or set WANDB_MODE=offline)") from None
 
     def metrics(self, row: dict[str, Any]) -> None:
         self.run.log(_numbers("train", row), step=row["step"])

@@ -33,7 +33,7 @@ from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum, load_curriculum
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
-from hamner.loggers import open_loggers
+from hamner.loggers import ReportError, open_loggers
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer
 from hamner.run_dir import RunDir
@@ -131,8 +131,11 @@ class Trainer:
         self._batches: Prefetcher | None = None
 
         record = self._restore(Path(s.resume)) if s.resume else self._start_fresh(given)
-        self.loggers = open_loggers(list(s.report_to), self.rundir, self.progress.step,
-                                    record.get("run_id") or new_run_id(), record)
+        try:
+            self.loggers = open_loggers(list(s.report_to), self.rundir, self.progress.step,
+                                        record.get("run_id") or new_run_id(), record)
+        except ReportError as exc:
+            raise TrainError(str(exc)) from None
         self.train_model = dist.wrap_model(self.model, info, device)
         if s.compile:
             self.train_model = torch.compile(self.train_model)

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from train_helpers import metrics, tiny_settings, write_curriculum
+from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 
+from hamner import train_cli
 from hamner.loggers import REPORTERS
 from hamner.train_settings import TrainError
 from hamner.trainer import train
@@ -83,3 +84,17 @@ def test_an_uninstalled_reporter_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(TrainError, match=r"--report-to wandb needs wandb: pip install wandb"):
         train(tiny_settings(tmp_path / "run", curriculum, report_to=["wandb"]))
     assert not (tmp_path / "run").exists() and set(REPORTERS) == {"tensorboard", "wandb"}
+
+
+def test_a_reporter_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    wandb = pytest.importorskip("wandb")
+
+    def no_login(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_login)
+    curriculum = write_curriculum(tmp_path)
+    code = train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--report-to", "wandb"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --report-to wandb: No API key configured") and "WANDB_MODE=offline" in err
