@@ -1,9 +1,9 @@
 """Evaluation during training: validation loss at eval intervals, samples and task accuracy at stage ends.
 
-Validation rows of a generated source are drawn at one fixed difficulty per source for the whole
+Validation rows of a synthetic source are drawn at one fixed difficulty per source for the whole
 run (the highest its curriculum trains it at, recorded in config.json), from held-out seeds, so
-validation losses stay comparable across stages even when a stage ramps the difficulty up; shard
-sources read their val split. The mean over sources is averaged over ranks, so every rank takes
+validation losses stay comparable across stages even when a stage ramps the difficulty up; other
+generated sources ignore difficulty, and shard sources read their val split. The mean over sources is averaged over ranks, so every rank takes
 the same best-checkpoint and early-stop decisions. Samples and task accuracy run on rank 0 only.
 """
 from __future__ import annotations
@@ -39,9 +39,10 @@ TASK_EVAL_SEED = 1
 
 
 def validation_difficulties(curriculum: Curriculum, names: list[str]) -> dict[str, float]:
-    """Per source, the highest difficulty of any stage that trains on it (what validation uses)."""
+    """Per synthetic source, the highest difficulty of any stage that trains on it (what validation
+    uses); other sources ignore difficulty."""
     return {name: max((max(stage.difficulty) for stage in curriculum.stages if stage.weights.get(name, 0) > 0),
-                      default=1.0) for name in names}
+                      default=1.0) for name in names if is_synthetic_source(name)}
 
 
 def task_difficulties(curriculum: Curriculum) -> list[float]:
@@ -88,7 +89,7 @@ class TrainEvaluator:
         bytes_per_token: list[float] = []
         for name, source in sorted(self.sources.items()):
             rows = np.asarray(source.rows(s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED,
-                                          self.difficulty[name]), dtype=np.int64)
+                                          self.difficulty.get(name, 1.0)), dtype=np.int64)
             total = 0.0
             for batch in np.split(rows, s.eval_batches):
                 w = torch.from_numpy(batch).to(self.device)

@@ -1,10 +1,9 @@
 """The training loop: one optimizer step after another, driven by the curriculum controller.
 
-This module wires the parts together; each lives in its own home: settings (hamner.train_settings),
-the step itself (hamner.step), resumable state (hamner.train_state), metrics between rows
-(hamner.train_metrics), validation / samples / task accuracy (hamner.train_eval), reporting
-(hamner.loggers), what a run records about itself (hamner.run_record), checkpoints
-(hamner.checkpoint), run outputs (hamner.run_dir), parallelism (hamner.distributed), data (data.*).
+This module only wires the parts together. Their homes: settings (train_settings), checks of what a
+run is built from (train_setup), the step (step), resumable state (train_state), metrics between
+rows (train_metrics), validation / samples / task accuracy (train_eval), reporting (loggers), the
+run's record (run_record), checkpoints (checkpoint), run outputs (run_dir), ranks (distributed).
 
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
@@ -313,7 +312,7 @@ class Trainer:
         """Checkpoint, samples and task accuracy at a stage end, then the next stage."""
         t0 = time.perf_counter()
         finished = self.controller.stage_index
-        name, reason = self.curriculum.stages[finished].name, self.controller.end_reason() or "steps"
+        name, reason = self.curriculum.stages[finished].name, str(self.controller.end_reason())
         self._drain()
         if self.metrics.pending:  # the stage's last row, so no row mixes two stages
             self._write_metrics(None)
