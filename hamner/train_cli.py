@@ -45,7 +45,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     types = get_type_hints(TrainSettings)
     for f in fields(TrainSettings):
         meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        if meta["group"] not in groups:
+            groups[meta["group"]] = p.add_argument_group(meta["group"])
+        group = groups[meta["group"]]
         default = default_text(f.name)
         help_text = f"{meta['help']} ({default})" if default else meta["help"]
         kind = types[f.name]
