@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
 
 from environment import environment  # noqa: E402
+from hamner import step as hamner_step  # noqa: E402
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
-from hamner import step as hamner_step  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
 from hamner.throughput import peak_flops  # noqa: E402
 from hamner.kernels import dispatch  # noqa: E402

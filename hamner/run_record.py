@@ -29,7 +29,8 @@ def git_state(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     """{"commit": sha or None, "dirty": bool or None} of the git checkout whose top level is `root`."""
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=False)
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None

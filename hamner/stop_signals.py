@@ -18,7 +18,7 @@ class StopSignals:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
         return self
 

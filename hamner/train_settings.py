@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hamner.curriculum import Curriculum
+from hamner.curriculum import Curriculum, load_curriculum
 from hamner.device import pick_device as resolve_device
 from hamner.loggers import REPORTERS, missing_packages
 from hamner.run_dir import RunDir
@@ -202,6 +202,17 @@ def validate(settings: TrainSettings) -> None:
     if missing:
         raise TrainError(f"--report-to {' '.join(settings.report_to)} needs {', '.join(missing)}: "
                          f"pip install {' '.join(missing)}")
+
+
+def resolve_run(settings: TrainSettings) -> tuple[RunSettings, Curriculum, torch.device]:
+    """Check `settings`, pick the device, load the curriculum and resolve every default."""
+    validate(settings)
+    device = pick_device(settings.device)
+    try:
+        curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    return resolve(settings, device, curriculum), curriculum, device
 
 
 def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculum) -> RunSettings:

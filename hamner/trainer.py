@@ -29,7 +29,7 @@ from tqdm import tqdm
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.controller import CurriculumController
-from hamner.curriculum import Curriculum, load_curriculum
+from hamner.curriculum import Curriculum
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.loggers import ReportError, open_loggers
@@ -43,8 +43,7 @@ from hamner.task_accuracy import format_table
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_eval import TrainEvaluator
 from hamner.train_metrics import DeviceWindow, MetricsWindow, format_row
-from hamner.train_settings import DTYPES, RunSettings, TrainError, TrainSettings, pick_device, preset_curriculum
-from hamner.train_settings import resolve, validate
+from hamner.train_settings import DTYPES, RunSettings, TrainError, TrainSettings, resolve_run
 from hamner.train_setup import checked_model_config, checked_tokenizer, load_init_weights, validation_sources
 from hamner.train_state import OptimizerSlot, Progress, RngState, TrainState
 
@@ -62,13 +61,7 @@ class TrainResult:
 
 def train(settings: TrainSettings) -> TrainResult:
     """Run (or resume) one training run to its end; see the module docstring."""
-    validate(settings)
-    device = pick_device(settings.device)
-    try:
-        curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-    resolved = resolve(settings, device, curriculum)
+    resolved, curriculum, device = resolve_run(settings)
     info = dist.init_distributed(device.type)
     trainer = None
     try:
