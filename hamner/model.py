@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,9 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hamner import kernels
 from hamner.config import HamnerConfig
-
-if TYPE_CHECKING:
-    from hamner.generate import KVCache
+from hamner.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):

@@ -21,8 +21,11 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from hamner.errors import RunDirError
 
 METRICS_COLUMNS: tuple[str, ...] = (
     "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
@@ -30,10 +33,6 @@ METRICS_COLUMNS: tuple[str, ...] = (
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
-
-
-class RunDirError(Exception):
-    """The run directory cannot be used (another process holds it, or it cannot be created); one line."""
 
 
 class CsvLog:

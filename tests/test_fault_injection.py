@@ -127,7 +127,7 @@ def assert_consistent(run_dir: Path, reference: list[tuple[str, ...]]) -> bool:
     if not ckpt.has_complete_checkpoint(run_dir):
         return False
     target = ckpt.resolve_checkpoint(run_dir)
-    step = ckpt.load_trainer_state(target)["step"]
+    step = ckpt.load_trainer_state(target)["progress"]["step"]
     ckpt.load_model(run_dir)
     assert [r for r in rows(run_dir) if int(r[0]) <= step] == reference[:step]
     return True
@@ -182,7 +182,7 @@ def test_kill_at_every_step_of_saving_checkpoints(setup):
     for kill_at, torn, what in kill_points(events):
         run_dir = root / f"save-{kill_at}-{int(torn)}"
         try:
-            run_killed(run_dir, lambda: train(settings(run_dir, curriculum, KILLED)), kill_at, torn)
+            run_killed(run_dir, lambda out=run_dir: train(settings(out, curriculum, KILLED)), kill_at, torn)
             resumable = assert_consistent(run_dir, reference)
             recover(run_dir, curriculum, resumable)
             assert rows(run_dir) == reference
