@@ -76,7 +76,7 @@ class RunDir:
         """Create the directory if needed and lock it until `close()` or the end of the process.
 
         Raises RunDirError naming the holder when another live process has the lock. Clears the
-        temporary files of log rewrites that a killed process left."""
+        temporary files of atomic rewrites (here and one folder down) that a killed process left."""
         if not self.enabled or self._lock_fd is not None:
             return
         try:
@@ -95,7 +95,7 @@ class RunDir:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
                  .encode())
         self._lock_fd = fd
-        for leftover in self.path.glob(f".*{TEMP_SUFFIX}"):
+        for leftover in [*self.path.glob(f".*{TEMP_SUFFIX}"), *self.path.glob(f"*/.*{TEMP_SUFFIX}")]:
             leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -107,7 +107,7 @@ class RunDir:
     def write_config(self, config: dict[str, Any]) -> None:
         """The run's full settings (model, tokenizer, curriculum, CLI) as config.json."""
         if self.enabled:
-            _replace_bytes(self.path / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
+            replace_bytes(self.path / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
 
     def read_config(self) -> dict[str, Any]:
         return json.loads((self.path / "config.json").read_text())
@@ -147,11 +147,11 @@ def trim_lines(path: Path, keep: Callable[[bytes], bool], header_lines: int) -> 
     kept = lines[:header_lines] + [line for line in lines[header_lines:] if keep(line)]
     if len(kept) == len(lines) and not torn:
         return False
-    _replace_bytes(path, b"".join(line + b"\n" for line in kept))
+    replace_bytes(path, b"".join(line + b"\n" for line in kept))
     return True
 
 
-def _replace_bytes(path: Path, data: bytes) -> None:
+def replace_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temporary beside `path`, fsync it, rename it over `path`, fsync the directory."""
     tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
     try:

@@ -7,13 +7,14 @@ triton and numba versions. The curriculum file's text is copied to RUN/curriculu
 """
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from hamner.run_dir import replace_bytes
 
 CURRICULUM_DIR = "curriculum"
 SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding the hamner package
@@ -62,12 +63,7 @@ def copy_curriculum(run_dir: Path, source: Path) -> Path:
     for old in folder.glob("*.toml"):  # a fresh run reusing a directory keeps one copy only
         old.unlink()
     target = folder / Path(source).name
-    tmp = folder / f".tmp-{target.name}-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(Path(source).read_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    replace_bytes(target, Path(source).read_bytes())
     return target
 
 

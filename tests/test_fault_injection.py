@@ -135,7 +135,7 @@ def assert_consistent(run_dir: Path, reference: list[tuple[str, ...]]) -> bool:
 
 def assert_no_temporaries(run_dir: Path) -> None:
     left = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
-    left += [p.name for p in run_dir.glob(".*.tmp")]
+    left += [p.name for p in [*run_dir.glob(".*.tmp"), *run_dir.glob("*/.*.tmp")]]
     assert not left, left
 
 

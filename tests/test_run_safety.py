@@ -82,11 +82,14 @@ def test_a_run_without_a_complete_checkpoint_starts_afresh(tmp_path):
     leftover = run / "checkpoints" / ".tmp-step-00000002-999"
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"partial")
+    torn_copy = run / "curriculum" / ".curriculum.toml.tmp"  # an atomic rewrite a kill interrupted
+    torn_copy.write_bytes(b"partial")
     with pytest.raises(TrainError, match="no complete checkpoint.*start it afresh"):
         train(resume_settings(run, {"max_steps": 2}))
     train(tiny_settings(run, curriculum, max_steps=2))
     assert [int(r["step"]) for r in metrics(run)] == [1, 2]
     assert not leftover.exists() and ckpt.resolve_checkpoint(run).name == "step-00000002"
+    assert not torn_copy.exists()
 
 
 def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes_later(tmp_path, monkeypatch, capsys):
