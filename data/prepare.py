@@ -3,7 +3,9 @@
 Reads documents from local files or a streamed Hugging Face dataset (see data.text_sources),
 tokenizes them in parallel batches, ends every document with the tokenizer's end-of-text token,
 puts every k-th document into the validation split, and writes ~100M-token shards plus meta.json
-(written last, once every shard is in place). Bad input prints `error: ...` and exits with 2.
+(written last, once every shard is in place). A shard holding conversations (chat `messages`
+records, or text already in the chat format) also gets a loss-mask sidecar marking the tokens of
+the assistant's replies (see data.loss_masks). Bad input prints `error: ...` and exits with 2.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hamner.data.errors import DataError
-from hamner.data.shards import META, shard_paths, write_meta, write_shard
+from hamner.data.loss_masks import tokens_and_masks
+from hamner.data.shards import MASK_SUFFIX, META, mask_path, shard_paths, write_mask, write_meta, write_shard
 from hamner.data.text_sources import BLANK, EOT, ReadOptions, iter_documents
 
 BATCH_DOCS = 512
@@ -35,29 +38,37 @@ or a Hugging Face dataset name (streamed; needs the network)."""
 
 
 class ShardWriter:
-    """Collects one split's tokens and writes a full shard every `shard_tokens` tokens."""
+    """Collects one split's tokens and loss masks and writes a full shard every `shard_tokens` tokens.
+
+    A shard gets a mask sidecar only when some of its tokens do not count."""
 
     def __init__(self, directory: Path, split: str, shard_tokens: int) -> None:
         self.directory, self.split = directory, split
         self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.mask = np.empty(shard_tokens, dtype=np.uint8)
         self.fill = 0
         self.tokens = 0
         self.documents = 0
         self.shards: list[str] = []
+        self.masked_shards: list[str] = []
 
-    def add(self, tokens: np.ndarray) -> None:
+    def add(self, tokens: np.ndarray, mask: np.ndarray) -> None:
         while tokens.size:
             n = min(tokens.size, self.buf.size - self.fill)
             self.buf[self.fill : self.fill + n] = tokens[:n]
+            self.mask[self.fill : self.fill + n] = mask[:n]
             self.fill += n
             self.tokens += n
-            tokens = tokens[n:]
+            tokens, mask = tokens[n:], mask[n:]
             if self.fill == self.buf.size:
                 self.flush()
 
     def flush(self) -> None:
         if self.fill:
             name = f"{self.split}_{len(self.shards):06d}.bin"
+            if not self.mask[: self.fill].all():
+                write_mask(self.directory / name, self.mask[: self.fill])
+                self.masked_shards.append(mask_path(name).name)
             write_shard(self.directory / name, self.buf[: self.fill])
             self.shards.append(name)
             self.fill = 0
@@ -96,18 +107,16 @@ def prepare(sources: list[str], out: Path, tokenizer, opts: ReadOptions, val_fra
     from tqdm import tqdm
 
     writers = {s: ShardWriter(out, s, shard_tokens) for s in ("train", "val")}
-    eos = np.array([tokenizer.eos_id], dtype=np.uint16)
     index, total = 0, 0
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing -> {out}", mininterval=0.5,
                disable=None if progress else True, file=sys.stderr)  # None: shown on a terminal only
     try:
         for batch in _batches(_source_documents(sources, opts)):
-            for ids in tokenizer.encode_batch(batch):
-                tokens = np.concatenate([np.asarray(ids, dtype=np.uint16), eos])
+            for tokens, mask in tokens_and_masks(tokenizer, batch):
                 if max_tokens is not None:
-                    tokens = tokens[: max_tokens - total]
+                    tokens, mask = tokens[: max_tokens - total], mask[: max_tokens - total]
                 writer = writers["val" if is_val(index, val_fraction) else "train"]
-                writer.add(tokens)
+                writer.add(tokens, mask)
                 writer.documents += 1
                 index += 1
                 total += tokens.size
@@ -134,6 +143,7 @@ def prepare(sources: list[str], out: Path, tokenizer, opts: ReadOptions, val_fra
         "documents": {s: w.documents for s, w in writers.items()},
         "tokens": {s: w.tokens for s, w in writers.items()},
         "shards": {s: w.shards for s, w in writers.items()},
+        "loss_masks": {s: w.masked_shards for s, w in writers.items()},
         "sources": sources,
         "val_fraction": val_fraction,
     }
@@ -203,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.split_docs:
             raise DataError("--split-docs needs a non-empty separator")
         out: Path = args.out
-        old = shard_paths(out, "train") + shard_paths(out, "val") + ([out / META] if (out / META).exists() else [])
+        old = shard_paths(out, "train") + shard_paths(out, "val") + sorted(out.glob(f"*{MASK_SUFFIX}")) \
+            + ([out / META] if (out / META).exists() else [])
         if old and not args.overwrite:
             raise DataError(f"{out} already holds shards; pass --overwrite to replace them")
         tokenizer = load_tokenizer(args.tokenizer)

@@ -5,6 +5,12 @@ each), the synthetic-task difficulty, its learning-rate schedule and how it ends
 as TOML files in hamner/curricula/ so a user can copy one and edit it; every field is checked
 on load so that a typo stops the run with a one-line message instead of silently training on
 the wrong mixture. See hamner/curricula/hamner-v3.1.toml for a commented example.
+
+Run-level data options: `[sources.NAME]` tables say what a source's loss covers (`loss = "all"`,
+the default, or `"assistant"`: only the assistant's replies, from the data's loss masks);
+`packing = "document"` keeps attention inside each document of a packed row and restarts
+positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
+(a JSONL file or a built-in set, see hamner.probe) scored at every stage end.
 """
 from __future__ import annotations
 
@@ -24,14 +30,17 @@ SYNTHETIC_TASK_PREFIX = "synthetic/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 SCHEDULES = ("constant", "cosine")
+LOSS_MODES = ("all", "assistant")
+PACKINGS = ("stream", "document")
 
 _SOURCE_NAME = re.compile(r"^(synthetic/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
-    "requires_init", "eval_interval", "defaults", "stages",
+    "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe",
 }
+_SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
@@ -125,6 +134,13 @@ class Curriculum:
     eval_interval: int  # optimizer steps between validation evaluations
     stages: tuple[Stage, ...]
     path: Path
+    source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
+    packing: str  # "stream" or "document"
+    probe: str | None  # probe file or built-in probe name, scored at every stage end
+
+    def assistant_only_sources(self) -> list[str]:
+        """Sources whose loss counts the assistant's replies only."""
+        return sorted(name for name, loss in self.source_loss.items() if loss == "assistant")
 
     def sources(self) -> list[str]:
         """Every source with a positive weight in some stage, sorted."""
@@ -259,6 +275,10 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise ValueError(f"{path.name}: stage name {duplicate!r} is used twice")
+    packing = top.text("packing", "stream")
+    if packing not in PACKINGS:
+        raise top.fail("packing", f"must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    used = {name for stage in stages for name in stage.weights}
     return Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
@@ -270,7 +290,25 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         eval_interval=top.integer("eval_interval", 500, minimum=1),
         stages=stages,
         path=path,
+        source_loss=_parse_sources(raw.get("sources", {}), f"{path.name}: sources", used),
+        packing=packing,
+        probe=top.text("probe"),
     )
+
+
+def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
+    """The [sources.NAME] tables: per source, what its loss covers."""
+    _Fields(table, where, set(table) if isinstance(table, dict) else ())
+    loss = {}
+    for name, options in table.items():
+        if name not in used:
+            raise ValueError(f"{where}.{name}: no stage uses source {name!r}")
+        f = _Fields(options, f"{where}.{name}", _SOURCE_KEYS)
+        mode = f.text("loss", "all")
+        if mode not in LOSS_MODES:
+            raise f.fail("loss", f"must be one of {', '.join(LOSS_MODES)}, got {mode!r}")
+        loss[name] = mode
+    return loss
 
 
 def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
