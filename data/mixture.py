@@ -29,6 +29,7 @@ from hamner.data.row_source import CursorSource, MaskedCursorSource, MaskedRowSo
 from hamner.data.windows import ShardSource
 
 SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
+CONCEPTS = "concepts"  # "concepts" or "concepts/<kind>": trained items of the built-in concept set
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
 BUILTIN = {
     "synthetic": ("hamner.data.synthetic", "SyntheticSource"),
@@ -150,7 +151,8 @@ class MixtureSampler:
 
 
 def open_sources(names: Iterable[str], data_root: str | None, tokenizer) -> dict[str, RowSource]:
-    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat") or DATA_ROOT/<name> train shards."""
+    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat",
+    "concepts", "concepts/<kind>") or DATA_ROOT/<name> train shards."""
     return {name: _open(name, data_root, tokenizer, "train") for name in dict.fromkeys(names)}
 
 
@@ -167,6 +169,10 @@ def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
         if task not in TASKS:
             raise DataError(f"source {name!r}: unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
         return SyntheticSource(tokenizer, task=task)
+    if name == CONCEPTS or name.startswith(CONCEPTS + "/"):
+        from hamner.data.concepts import ConceptSource, parse_source_name
+
+        return ConceptSource(tokenizer, parse_source_name(name))
     if name in BUILTIN:
         module, cls = BUILTIN[name]
         return getattr(importlib.import_module(module), cls)(tokenizer)

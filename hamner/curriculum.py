@@ -24,16 +24,18 @@ from typing import Any
 CURRICULA_DIR = Path(__file__).resolve().parent / "curricula"
 
 # Sources made on the fly by the data layer; every other source is a shard directory under --data.
-BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat")
+BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat", "concepts")
 # "synthetic/<task>" is the synthetic generator restricted to one task (e.g. synthetic/arithmetic).
 SYNTHETIC_TASK_PREFIX = "synthetic/"
+# "concepts/<kind>" is the built-in concept set restricted to one kind (e.g. concepts/opposites).
+CONCEPTS_PREFIX = "concepts/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 SCHEDULES = ("constant", "cosine")
 LOSS_MODES = ("all", "assistant")
 PACKINGS = ("stream", "document")
 
-_SOURCE_NAME = re.compile(r"^(synthetic/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SOURCE_NAME = re.compile(r"^(synthetic/|concepts/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
@@ -162,7 +164,7 @@ def is_synthetic_source(name: str) -> bool:
 
 def is_builtin_source(name: str) -> bool:
     """Sources the data layer generates; every other name is a prepared shard directory."""
-    return name in BUILTIN_SOURCES or is_synthetic_source(name)
+    return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
 
 
 def available_curricula() -> list[str]:
@@ -368,7 +370,8 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
     weights = {}
     for name in table:
         if not _SOURCE_NAME.match(name):
-            raise f.fail(name, "source names are directory names (letters, digits, _ . -) or synthetic/<task>")
+            raise f.fail(name, "source names are directory names (letters, digits, _ . -), synthetic/<task> "
+                               "or concepts/<kind>")
         weights[name] = f.number(name, low=0.0)
     if sum(weights.values()) <= 0:
         raise ValueError(f"{where}: all weights are zero")

@@ -1,4 +1,5 @@
-"""The run directory's text outputs: config.json, metrics.csv, task_accuracy.csv, samples.jsonl, train.log.
+"""The run directory's text outputs: config.json, metrics.csv, task_accuracy.csv, samples.jsonl, train.log,
+and probe.csv for runs whose curriculum names a probe.
 
 Only rank 0 writes (a RunDir built with `enabled=False` does nothing). Files are appended to and
 flushed line by line so a crash loses at most the line being written. On resume, rows past the
@@ -17,6 +18,7 @@ METRICS_COLUMNS: tuple[str, ...] = (
     "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
 )
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
+PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
 
 
 class CsvLog:
@@ -53,13 +55,14 @@ class CsvLog:
 class RunDir:
     """All text outputs of one training run."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, probe: bool = False) -> None:
         self.path = Path(path)
         self.enabled = enabled
         if enabled:
             self.path.mkdir(parents=True, exist_ok=True)
         self.metrics = CsvLog(self.path / "metrics.csv", METRICS_COLUMNS, enabled)
         self.task_accuracy = CsvLog(self.path / "task_accuracy.csv", TASK_COLUMNS, enabled)
+        self.probe = CsvLog(self.path / "probe.csv", PROBE_COLUMNS, enabled and probe)
 
     def write_config(self, config: dict[str, Any]) -> None:
         """The run's full settings (model, tokenizer, curriculum, CLI) as config.json."""
@@ -86,6 +89,7 @@ class RunDir:
         """Forget CSV rows written after `step` by an interrupted run."""
         self.metrics.truncate_after(step)
         self.task_accuracy.truncate_after(step)
+        self.probe.truncate_after(step)
 
 
 def _fmt(value: Any) -> str:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from hamner.data import chat_format
 from hamner.data.errors import DataError
 from hamner.data.loader import Prefetcher
+from hamner.data.loss_masks import targets_from_mask
 from hamner.data.mixture import MixtureSampler, open_sources, open_validation
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner import checkpoint as ckpt
@@ -43,6 +44,8 @@ from hamner.eval_loss import utf8_bytes
 from hamner.generate import generate
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
+from hamner.packing import document_ids
+from hamner.probe import format_probe, load_probe, score_probe
 from hamner.run_dir import RunDir
 from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
@@ -109,13 +112,15 @@ class Trainer:
         # Data first: a missing source stops the run before anything is built or written.
         names = self.curriculum.sources()
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
-                                      rank=self.dist.rank, world_size=self.dist.world_size)
+                                      rank=self.dist.rank, world_size=self.dist.world_size,
+                                      assistant_only=self.curriculum.assistant_only_sources())
+        self.probe_items = load_probe(self.curriculum.probe) if self.curriculum.probe else None
         self.validation, notes = self._open_validation(names)
         run_path = self._run_path()
         if not s.resume and ckpt.checkpoints_dir(run_path).is_dir():
             raise TrainError(f"{run_path} already holds checkpoints; resume it with --resume {run_path} "
                              "or pick another --out")
-        self.rundir = RunDir(run_path, enabled=self.dist.is_main)
+        self.rundir = RunDir(run_path, enabled=self.dist.is_main, probe=self.probe_items is not None)
         for note in notes:
             self.rundir.log(note)
 
@@ -325,7 +330,7 @@ class Trainer:
             # losses needed), so it depends on t only and resumed runs draw the same rows.
             ahead = micro // accum - plan.global_step
             self.sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-            return self.sampler.batch(micro, self.s.batch_size, self.s.seq_len + 1)
+            return self.sampler.labeled_batch(micro, self.s.batch_size, self.s.seq_len + 1)
 
         self._batches = Prefetcher(make_batch, start_step=self.step * accum, device=self.device)
         self.stage_scales = self.controller.layer_lr_scales()
@@ -346,7 +351,7 @@ class Trainer:
             no_sync = self.train_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
             with no_sync:
                 with self._autocast():
-                    loss = self.train_model(idx, targets)
+                    loss = self.train_model(idx, targets, segment_ids=self._segments(idx))
                 self.scaler.scale(loss / s.grad_accum).backward()
             loss_sum += loss.detach().float()
         loss = loss_sum / s.grad_accum
@@ -462,13 +467,15 @@ class Trainer:
         bytes_per_token: list[float] = []
         difficulty = self.controller.difficulty() if not self.controller.finished else 1.0
         for name, source in sorted(self.validation.items()):
-            rows = np.asarray(source.rows(s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED, difficulty),
-                              dtype=np.int64)
+            shape = (s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED, difficulty)
+            rows, masks = source.masked_rows(*shape) if name in self.sampler.assistant_only else (source.rows(*shape), None)
+            rows = np.asarray(rows, dtype=np.int64)
+            targets = torch.from_numpy(targets_from_mask(rows, masks)).to(self.device)
             total = 0.0
-            for batch in np.split(rows, s.eval_batches):
-                w = torch.from_numpy(batch).to(self.device)
+            for batch, target in zip(np.split(rows, s.eval_batches), targets.chunk(s.eval_batches)):
+                idx = torch.from_numpy(batch[:, :-1]).to(self.device)
                 with self._autocast():
-                    total += float(self.model(w[:, :-1], w[:, 1:]))
+                    total += float(self.model(idx, target, segment_ids=self._segments(idx)))
             per_source[name] = total / s.eval_batches
             if self.curriculum.bits_per_byte:
                 bytes_per_token.append(utf8_bytes(self.tokenizer, rows[:, 1:]) / rows[:, 1:].size)
@@ -503,6 +510,7 @@ class Trainer:
                   f"{self.step} ({reason})")
         self._samples(finished_stage)
         self._last_tasks = (self.step, self._tasks(finished_stage))
+        self._probe(finished_stage)
         if not self.controller.finished:
             self._restart_batches()
         self.meter.exclude(time.perf_counter() - t0)
@@ -536,6 +544,22 @@ class Trainer:
         self.model.train()
         return results
 
+    def _segments(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Document ids of the rows with document packing, else None (attention spans the whole row)."""
+        return document_ids(idx, self.tokenizer.eos_id) if self.curriculum.packing == "document" else None
+
+    def _probe(self, stage: int) -> None:
+        """The curriculum's probe, trained and held-out accuracy per kind, into probe.csv (rank 0)."""
+        if not self.dist.is_main or self.probe_items is None:
+            return
+        self.model.eval()
+        rows = score_probe(self.model, self.tokenizer, self.probe_items,
+                           document_start=self.curriculum.packing == "document")
+        self.model.train()
+        for row in rows:
+            self.rundir.probe.write({"step": self.step, "stage": self.curriculum.stages[stage].name, **row})
+        self._say(f"probe {self.curriculum.probe} at step {self.step}:\n{format_probe(rows)}")
+
     def _finish(self, reason: str) -> None:
         """The end of a run: a last checkpoint (unless a stage end just wrote one), samples, task accuracy."""
         self._drain()
@@ -548,6 +572,7 @@ class Trainer:
             self._save([ckpt.step_name(self.step)])
             self._samples(stage)
             self.final_tasks = self._tasks(stage)
+            self._probe(stage)
         if self.final_tasks:
             self._say("exact-match accuracy on held-out synthetic tasks:\n" + format_table(self.final_tasks))
         self._say(f"done: {self.step} steps, {self.tokens:,} tokens in {self.elapsed:.0f}s; run directory "
