@@ -8,6 +8,8 @@ Writes a JSON report and prints it as tables:
   needle       recall of a planted fact per prompt length and depth (`hamner.eval_needle`);
   length       loss and perplexity of W-token chunks at k x W positions, k up to 20, read in one
                pass past the training context (`hamner.eval_length`).
+With `--probe FILE_OR_NAME` it scores only that probe (`hamner.probe`): exact-match accuracy on
+prompt/answer pairs, trained and held-out items apart.
 The pieces are plain functions of (model, tokenizer, ...) so the training loop's periodic
 evaluation calls the same code.
 """
@@ -30,6 +32,7 @@ from hamner.eval_loss import read_split, source_val_metrics
 from hamner.eval_needle import DEPTHS, default_lengths, needle_recall
 from hamner.inference import InferenceError, load_for_inference, pick_device
 from hamner.model import HamnerModel
+from hamner.probe import format_probe, load_probe, score_probe
 from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 
 REPORT_NAME = "eval.json"
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, help="length-generalisation window W (default: the model's context)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out samples and needles (default 0)")
+    parser.add_argument("--probe", metavar="FILE_OR_NAME", help="score only this probe: a JSONL file of "
+                        "{prompt, answer, trained[, kind]} or a built-in set (concepts, concepts/<kind>)")
     args = parser.parse_args(argv)
     for name in ("window", "samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -188,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         model, config, tokenizer = load_for_inference(args.checkpoint, device)
         report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
                   "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
-        report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
-                               samples=args.samples, difficulties=difficulties, seed=args.seed))
+        if args.probe:
+            report["probe"] = {"name": args.probe, "rows": score_probe(model, tokenizer, load_probe(args.probe))}
+        else:
+            report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
+                                   samples=args.samples, difficulties=difficulties, seed=args.seed))
         report["elapsed_s"] = time.perf_counter() - start
         out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InferenceError, ValueError, OSError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    print(format_probe(report["probe"]["rows"]) if args.probe else format_report(report))
     print(f"\nreport written to {out}")
     return 0
 

@@ -271,3 +271,18 @@ def test_probe_files_are_checked(tmp_path):
     with pytest.raises(DataError, match="neither a file nor a built-in probe"):
         load_probe(str(tmp_path / "missing.jsonl"))
     assert {i.kind for i in load_probe("concepts")} == set(KINDS)
+
+
+def test_fine_tuning_starts_from_a_hugging_face_directory(convo_data, tmp_path, single_thread):
+    from hamner.export import export_hf
+    from hamner.train_settings import TrainError
+
+    export_hf(HamnerModel(model_config("demo")), model_config("demo"), tmp_path / "hf", eos_id=256)
+    curriculum = tmp_path / "warm.toml"
+    curriculum.write_text("requires_init = true\n" + SFT_CURRICULUM.format(loss="assistant", steps=2, packing="document"))
+    settings = dict(data=str(convo_data / "data"), batch_size=2, seq_len=32, max_steps=1)
+    with pytest.raises(TrainError, match="give --init-from"):
+        train(tiny_settings(tmp_path / "cold", curriculum, **settings))
+    result = train(tiny_settings(tmp_path / "warm", curriculum, init_from=str(tmp_path / "hf"), **settings))
+    assert result.step == 1
+    assert f"initialised from {tmp_path / 'hf'}" in (result.run_dir / "train.log").read_text()
