@@ -12,7 +12,7 @@ Sources: "concepts" (all kinds) and "concepts/<kind>" (one kind), trained items 
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 from hamner.data.chat_format import format_conversation, prompt_for_reply
@@ -75,7 +75,7 @@ KINDS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def concept_items(kind: str | None = None) -> tuple[ConceptItem, ...]:
     """Every item of one kind (or of all kinds, kind=None), trained ones first within a kind."""
     if kind is None:

@@ -37,7 +37,8 @@ class GeneratedTextSource:
         """[n_rows, row_len] int32: documents 0, 1, ... each followed by end-of-text, packed back to back."""
         return self._pack(n_rows, row_len, seed, masks=False)[0]
 
-    def masked_rows(self, n_rows: int, row_len: int, seed: int, difficulty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def masked_rows(self, n_rows: int, row_len: int, seed: int,
+                    difficulty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """`rows` and their uint8 loss masks."""
         return self._pack(n_rows, row_len, seed, masks=True)
 

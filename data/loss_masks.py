@@ -51,7 +51,7 @@ def reply_mask(text: str, starts: np.ndarray) -> np.ndarray:
 
 
 def targets_from_mask(tokens: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Next-token targets of rows of T + 1 tokens: tokens[:, 1:] with positions the mask leaves out set to IGNORE_INDEX."""
+    """Next-token targets of rows of T + 1 tokens: tokens[:, 1:], IGNORE_INDEX where the mask leaves a token out."""
     targets = np.array(tokens[:, 1:], dtype=np.int64)
     if mask is not None:
         targets[mask[:, 1:] == 0] = IGNORE_INDEX

@@ -142,7 +142,8 @@ class HFTokenizer(Tokenizer):
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-        return [(e.ids, [start for start, _ in e.offsets]) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [(e.ids, [start for start, _ in e.offsets]) for e in encodings]
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -54,7 +54,8 @@ class ShardSource:
             self._read(self.shards, start, out[r])
         return out
 
-    def masked_rows(self, n_rows: int, row_len: int, seed: int, difficulty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def masked_rows(self, n_rows: int, row_len: int, seed: int,
+                    difficulty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """`rows` and their uint8 loss masks."""
         return self.masked_windows(np.arange(n_rows), row_len, seed)
 

@@ -53,7 +53,7 @@ def load_probe(spec: str) -> list[ProbeItem]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read probe {path}: {e}")
+        raise DataError(f"cannot read probe {path}: {e}") from None
     for n, line in enumerate(lines, 1):
         if line.strip():
             items.append(_item(line, f"{path} line {n}"))
@@ -66,7 +66,7 @@ def _item(line: str, where: str) -> ProbeItem:
     try:
         record = json.loads(line)
     except ValueError as e:
-        raise DataError(f"{where}: invalid JSON ({e})")
+        raise DataError(f"{where}: invalid JSON ({e})") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object with prompt, answer and trained")
     for key, kind in (("prompt", str), ("answer", str), ("trained", bool)):

@@ -12,6 +12,8 @@ sees key s only when both carry the same id. CUDA runs that as a FlexAttention b
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -80,8 +82,12 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, segme
         keep = segment_ids[b, q_idx] == segment_ids[b, kv_idx]
         return keep & (kv_idx <= q_idx) if causal else keep
 
-    batch, n = segment_ids.shape
-    block_mask = create_block_mask(same_document, batch, None, n, n, device=q.device)
+    global _LAST_BLOCK_MASK
+    cached_ids, cached_causal, block_mask = _LAST_BLOCK_MASK
+    if cached_ids() is not segment_ids or cached_causal != causal:  # every layer of a forward shares one mask
+        batch, n = segment_ids.shape
+        block_mask = create_block_mask(same_document, batch, None, n, n, device=q.device)
+        _LAST_BLOCK_MASK = (weakref.ref(segment_ids), causal, block_mask)
     run = _compiled_flex() if q.is_cuda else flex_attention
     out = run(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
               enable_gqa=q.shape[2] != k.shape[2])
@@ -89,6 +95,7 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, segme
 
 
 _COMPILED_FLEX = None
+_LAST_BLOCK_MASK: tuple = (lambda: None, False, None)  # (weak ref to the segment ids, causal, block mask)
 
 
 def _compiled_flex():

@@ -37,7 +37,7 @@ CONVERSATIONS = [
 
 
 def expected_counted(messages: list[dict], eot: str) -> str:
-    """The text a mask should count: each reply, its newline and the next turn's marker; end-of-text after a last reply."""
+    """What a mask should count: each reply, its newline and the next turn's marker (end-of-text after a last reply)."""
     out = ""
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
@@ -98,6 +98,23 @@ def test_mask_sidecar_is_validated_and_optional(tmp_path):
     mask_path(shard).write_bytes(b"\0" * 100)
     with pytest.raises(DataError, match="not a loss mask"):
         read_mask(shard, read_shard(shard).size)
+
+
+def test_windows_read_masks_across_shards(tmp_path):
+    tokenizer = load_tokenizer("bytes")
+    path = _write_inputs(tmp_path, "messages.jsonl")
+    prepare([str(path)] * 3, tmp_path / "chats", tokenizer, ReadOptions(), val_fraction=0.0, shard_tokens=40,
+            progress=False)
+    shards = shard_paths(tmp_path / "chats", "train")
+    assert len(shards) > 3
+    tokens = np.concatenate([np.asarray(read_shard(p)) for p in shards])
+    masks = np.concatenate([np.ones(t.size, np.uint8) if m is None else m for p in shards
+                            for t in [read_shard(p)] for m in [read_mask(p, t.size)]])
+    source = open_sources(["chats"], str(tmp_path), tokenizer)["chats"]
+    rows, row_masks = source.masked_windows(np.arange(3), 70, seed=5)
+    for row, row_mask in zip(rows, row_masks):
+        start = next(i for i in range(tokens.size - 69) if np.array_equal(tokens[i:i + 70], row))
+        assert np.array_equal(masks[start:start + 70], row_mask)
 
 
 def test_targets_ignore_masked_positions_and_sources_without_masks_are_refused():
@@ -245,7 +262,8 @@ def test_probe_of_a_fine_tuned_model_scores_trained_items_and_reports_held_out_a
     random.Random(0).shuffle(trained)
     with open(tmp_path / "train.jsonl", "w") as f:
         for q, a in trained:
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+            turns = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            f.write(json.dumps({"messages": turns}) + "\n")
     prepare([str(tmp_path / "train.jsonl")], tmp_path / "data" / "facts", load_tokenizer("bytes"), ReadOptions(),
             val_fraction=0.0, progress=False)
     curriculum = tmp_path / "facts.toml"
@@ -255,7 +273,8 @@ def test_probe_of_a_fine_tuned_model_scores_trained_items_and_reports_held_out_a
     result = train(tiny_settings(tmp_path / "run", curriculum, data=str(tmp_path / "data"), batch_size=4,
                                  seq_len=128, log_interval=50))
     model, _ = load_model(result.run_dir)
-    rows = {(r["kind"], r["split"]): r for r in score_probe(model.eval(), load_tokenizer("bytes"), load_probe(str(probe)))}
+    scored = score_probe(model.eval(), load_tokenizer("bytes"), load_probe(str(probe)))
+    rows = {(r["kind"], r["split"]): r for r in scored}
     assert rows["facts", "trained"]["accuracy"] == 1.0 and rows["facts", "trained"]["total"] == 4
     assert rows["all", "held_out"]["total"] == 2
     logged = (result.run_dir / "probe.csv").read_text().splitlines()
@@ -279,7 +298,8 @@ def test_fine_tuning_starts_from_a_hugging_face_directory(convo_data, tmp_path, 
 
     export_hf(HamnerModel(model_config("demo")), model_config("demo"), tmp_path / "hf", eos_id=256)
     curriculum = tmp_path / "warm.toml"
-    curriculum.write_text("requires_init = true\n" + SFT_CURRICULUM.format(loss="assistant", steps=2, packing="document"))
+    sft = SFT_CURRICULUM.format(loss="assistant", steps=2, packing="document")
+    curriculum.write_text("requires_init = true\n" + sft)
     settings = dict(data=str(convo_data / "data"), batch_size=2, seq_len=32, max_steps=1)
     with pytest.raises(TrainError, match="give --init-from"):
         train(tiny_settings(tmp_path / "cold", curriculum, **settings))
