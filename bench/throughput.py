@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -44,11 +44,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
 
 from environment import environment  # noqa: E402
+
+from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.errors import HamnerError  # noqa: E402
+from hamner.kernels import dispatch  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
 from hamner.throughput import peak_flops  # noqa: E402
-from hamner.kernels import dispatch  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "a": "hamner (ours)",
@@ -63,8 +66,8 @@ RESULTS_DIR = ROOT / "bench" / "results"
 CPU_NOTE = "note: no GPU, so these CPU timings are NOT meaningful; they only show the benchmark runs"
 
 
-class BenchError(Exception):
-    """A bad setting; the message is one line for the user."""
+class BenchError(HamnerError):
+    """A bad benchmark setting; the message is one line for the user."""
 
 
 @dataclass
@@ -91,7 +94,7 @@ def _hf_model(config: HamnerConfig, device: torch.device, liger: bool) -> torch.
     """LlamaForCausalLM with our config and our initial weights (tied embeddings, SDPA attention)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hamner.export import hf_config, to_hf_state_dict
+    from hamner.hf import hf_config, to_hf_state_dict
 
     hf = LlamaForCausalLM(LlamaConfig(**hf_config(config, eos_id=0), attn_implementation="sdpa"))
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(_hamner_model(config, "cpu").state_dict(), config),
@@ -256,19 +259,12 @@ def choose_variants(spec: str | None, device: torch.device) -> tuple[list[str], 
 def default_out(preset: str, env: dict) -> Path:
     """bench/results/throughput-<preset>-<gpu or cpu>-<UTC time>.json"""
     slug = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return RESULTS_DIR / f"throughput-{preset}-{slug}-{stamp}.json"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error style: one `error: ...` line, exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see python bench/throughput.py --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bench/throughput.py",
+    p = ArgumentParser(prog="python bench/throughput.py",
                 description="Tokens/s, MFU and peak memory of one training step (forward, backward, optimizer):\n"
                             "ours against plain PyTorch, torch.compile and Hugging Face Llama (+ Liger-Kernel),\n"
                             "on the same batches. Prints a table of ratios and writes a JSON record.",
@@ -308,16 +304,14 @@ def _tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
+    """Measure the variants the flags name, print the table and write the JSON record."""
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = model_config(args.preset)
-    try:
-        _check(args, config)
-        variants, skipped = choose_variants(args.variants, device)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _check(args, config)
+    variants, skipped = choose_variants(args.variants, device)
     env = environment(device)
     with torch.device("meta"):  # parameter counts only, no memory
         flops_per_token = HamnerModel(config).flops_per_token(args.seq_len)
@@ -345,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         print(CPU_NOTE)
     record = {
         "benchmark": "training throughput (forward, backward, optimizer)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         **env,
         "preset": args.preset, "config": config.to_dict(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,

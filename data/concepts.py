@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from hamner.data.chat_format import format_conversation, prompt_for_reply
 from hamner.data.chat_gen import BY_SIZE, COLORS, GREETINGS, LEGS, OPPOSITES, SOUNDS, THANKS, number_words
-from hamner.data.errors import DataError
 from hamner.data.generated_text import GeneratedTextSource
+from hamner.errors import DataError
 
 PREFIX = "concepts"
 ITEMS_PER_KIND = 40  # at most; a quarter of them held out

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from hamner.data.errors import DataError
 from hamner.data.row_source import CursorSource, MaskedCursorSource, MaskedRowSource, RowSource
 from hamner.data.windows import ShardSource
+from hamner.errors import DataError
 
 SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
 CONCEPTS = "concepts"  # "concepts" or "concepts/<kind>": trained items of the built-in concept set

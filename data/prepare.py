@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from hamner.data.errors import DataError
+from hamner.cli import ArgumentParser, command
 from hamner.data.loss_masks import tokens_and_masks
 from hamner.data.shards import MASK_SUFFIX, META, mask_path, shard_paths, write_mask, write_meta, write_shard
 from hamner.data.text_sources import BLANK, EOT, ReadOptions, iter_documents
+from hamner.errors import DataError
 
 BATCH_DOCS = 512
 BATCH_CHARS = 4 << 20
@@ -155,7 +156,7 @@ def _int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
@@ -165,15 +166,15 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m hamner.data.prepare",
+def build_parser(prog: str = "python -m hamner.data.prepare") -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog=prog,
         description="Tokenize text files or a Hugging Face dataset into llm.c uint16 shards for training.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,33 +204,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@command(interrupted="interrupted; the shards written so far are complete, meta.json is not written")
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.data.prepare") -> int:
+    """Tokenize the sources the flags name into shards and print what was written."""
+    args = build_parser(prog).parse_args(argv)
     if args.workers:
         os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # read when the tokenizer's thread pool starts
-    try:
-        from hamner.data.tokenizer import load_tokenizer
+    from hamner.data.tokenizer import load_tokenizer
 
-        if not args.split_docs:
-            raise DataError("--split-docs needs a non-empty separator")
-        out: Path = args.out
-        old = shard_paths(out, "train") + shard_paths(out, "val") + sorted(out.glob(f"*{MASK_SUFFIX}")) \
-            + ([out / META] if (out / META).exists() else [])
-        if old and not args.overwrite:
-            raise DataError(f"{out} already holds shards; pass --overwrite to replace them")
-        tokenizer = load_tokenizer(args.tokenizer)
-        for path in sorted(old, key=lambda p: p.name != META):  # meta.json first: the directory is no longer complete
-            path.unlink()
-        opts = ReadOptions(separator=args.split_docs, whole=args.whole, text_field=args.text_field,
-                           hf_config=args.hf_config, hf_split=args.hf_split)
-        meta = prepare(args.sources, out, tokenizer, opts, args.val_fraction, args.max_tokens, args.shard_tokens,
-                       progress=not args.quiet)
-    except (DataError, OSError) as e:  # OSError: an unwritable --out, a full disk
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the shards written so far are complete, meta.json is not written", file=sys.stderr)
-        return 130
+    if not args.split_docs:
+        raise DataError("--split-docs needs a non-empty separator")
+    out: Path = args.out
+    old = shard_paths(out, "train") + shard_paths(out, "val") + sorted(out.glob(f"*{MASK_SUFFIX}")) \
+        + ([out / META] if (out / META).exists() else [])
+    if old and not args.overwrite:
+        raise DataError(f"{out} already holds shards; pass --overwrite to replace them")
+    tokenizer = load_tokenizer(args.tokenizer)
+    for path in sorted(old, key=lambda p: p.name != META):  # meta.json first: the directory is no longer complete
+        path.unlink()
+    opts = ReadOptions(separator=args.split_docs, whole=args.whole, text_field=args.text_field,
+                       hf_config=args.hf_config, hf_split=args.hf_split)
+    meta = prepare(args.sources, out, tokenizer, opts, args.val_fraction, args.max_tokens, args.shard_tokens,
+                   progress=not args.quiet)
     docs, toks = meta["documents"], meta["tokens"]
     shards = len(meta["shards"]["train"])
     print(f"wrote {toks['train']:,} train tokens ({docs['train']:,} documents, {shards} shard(s)) "

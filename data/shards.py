@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 MAGIC = 20240520
 MASK_MAGIC = 20240521
@@ -80,7 +80,7 @@ def _read_array(path: Path, magic: int, dtype: str, what: str) -> np.ndarray:
         with open(path, "rb") as f:
             header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
     except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e.strerror or e}")
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if header.size < 3 or header[0] != magic:
         raise DataError(f"{path} is not a {'token shard' if magic == MAGIC else what} (bad magic number)")
     if header[1] != VERSION:
@@ -114,7 +114,7 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}")
+        raise DataError(f"cannot read {path}: {e}") from None
 
 
 def check_source_dir(directory: str | os.PathLike, tokenizer=None) -> dict | None:
@@ -126,7 +126,8 @@ def check_source_dir(directory: str | os.PathLike, tokenizer=None) -> dict | Non
     if tokenizer is None:
         return meta
     if meta is None:
-        warnings.warn(f"{directory} has no {META}; cannot check that its shards use tokenizer {tokenizer.name}")
+        warnings.warn(f"{directory} has no {META}; cannot check that its shards use tokenizer {tokenizer.name}",
+                      stacklevel=2)
         return None
     if meta.get("tokenizer_fingerprint") != tokenizer.fingerprint:
         raise DataError(

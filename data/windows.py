@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.errors import DataError
 from hamner.data.shards import check_source_dir, read_mask, read_shard, shard_paths
+from hamner.errors import DataError
 
 
 class ShardSource:

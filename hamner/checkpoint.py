@@ -25,7 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hamner.config import HamnerConfig
-from hamner.hf_import import is_hf_dir, load_hf_model
+from hamner.errors import CheckpointError
+from hamner.hf import is_hf_dir, load_hf_model
 from hamner.model import HamnerModel
 
 FORMAT = "hamner-checkpoint"
@@ -35,10 +36,6 @@ CONFIG = "config.json"
 TRAINER = "trainer.pt"
 LATEST = "latest"
 BEST = "best"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, truncated or not ours; the message is one line for the user."""
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -83,13 +80,13 @@ def prune_periodic(run_dir: Path, keep: int) -> list[Path]:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory that `path` names: a run directory (its latest), a checkpoint
-    directory, or a file inside one (e.g. model.safetensors)."""
+    directory, a Hugging Face Llama directory (one weights file or shards), or a file inside one."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
     if path.is_file():
         path = path.parent
-    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
+    if is_hf_dir(path) or ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
         return path
     root = checkpoints_dir(path)
     if root.is_dir():
@@ -129,7 +126,7 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.dev
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
     """(model, config) from a run directory (its latest checkpoint), a checkpoint directory, or a
-    Hugging Face Llama directory (as `hamner.export` writes it).
+    Hugging Face Llama directory (see `hamner.hf`).
 
     This is the one entry point for reading trained models (chat, eval, export, --init-from): other
     formats are recognised here, before the Hamner layout."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,10 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from hamner import kernels
 from hamner.config import HamnerConfig
+from hamner.kv_cache import KVCache
 from hamner.packing import document_positions
-
-if TYPE_CHECKING:
-    from hamner.generate import KVCache
 
 
 class RMSNorm(nn.Module):

@@ -15,13 +15,10 @@ from typing import Any
 import torch
 
 from hamner.device import pick_device as resolve_device
+from hamner.errors import TrainError
 from hamner.run_dir import RunDir
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class TrainError(Exception):
-    """A bad setting or a run that cannot go on; the message is one line for the user."""
 
 
 @dataclass
@@ -106,7 +103,7 @@ def validate(settings: TrainSettings) -> None:
         value = getattr(settings, name)
         if value is not None and value < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name in ("keep_checkpoints", "task_samples", "sample_tokens", "stage"):
+    for name in ("keep_checkpoints", "task_samples", "sample_tokens", "stage", "seed"):
         value = getattr(settings, name)
         if value is not None and value < 0:
             raise TrainError(f"--{name.replace('_', '-')} must not be negative, got {value}")
@@ -114,6 +111,8 @@ def validate(settings: TrainSettings) -> None:
         raise TrainError(f"--lr must be a positive number, got {settings.lr}")
     if settings.dtype is not None and settings.dtype not in DTYPES:
         raise TrainError(f"--dtype must be one of {', '.join(DTYPES)}, got {settings.dtype!r}")
+    if settings.out is not None and Path(settings.out).exists() and not Path(settings.out).is_dir():
+        raise TrainError(f"--out {settings.out} is a file; the run needs a directory there")
 
 
 def resume_settings(run_dir: Path, given: dict[str, Any]) -> TrainSettings:

@@ -29,27 +29,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hamner.data import chat_format
-from hamner.data.errors import DataError
-from hamner.data.loader import Prefetcher
-from hamner.data.loss_masks import targets_from_mask
-from hamner.data.mixture import MixtureSampler, open_sources, open_validation
-from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.config import HamnerConfig, model_config
 from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum, is_synthetic_source, load_curriculum
-from hamner.eval_loss import utf8_bytes
+from hamner.data import chat_format
+from hamner.data.loader import Prefetcher
+from hamner.data.loss_masks import targets_from_mask
+from hamner.data.mixture import MixtureSampler, open_sources, open_validation
+from hamner.data.tokenizer import Tokenizer, load_tokenizer
+from hamner.errors import DataError, TrainError
+from hamner.eval.loss import utf8_bytes
+from hamner.eval.probe import format_probe, load_probe, score_probe
+from hamner.eval.tasks import format_table, held_out_seed, task_accuracy
 from hamner.generate import generate
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.packing import document_ids
-from hamner.probe import format_probe, load_probe, score_probe
 from hamner.run_dir import RunDir
-from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
-from hamner.train_settings import DTYPES, TrainError, TrainSettings, fill_defaults, pick_device, validate
+from hamner.train_settings import DTYPES, TrainSettings, fill_defaults, pick_device, validate
 
 # Fixed prompts generated at every stage end, so samples.jsonl shows the same questions over time.
 SAMPLE_PROMPTS: tuple[str, ...] = (
@@ -468,7 +468,8 @@ class Trainer:
         difficulty = self.controller.difficulty() if not self.controller.finished else 1.0
         for name, source in sorted(self.validation.items()):
             shape = (s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED, difficulty)
-            rows, masks = source.masked_rows(*shape) if name in self.sampler.assistant_only else (source.rows(*shape), None)
+            masked = name in self.sampler.assistant_only
+            rows, masks = source.masked_rows(*shape) if masked else (source.rows(*shape), None)
             rows = np.asarray(rows, dtype=np.int64)
             targets = torch.from_numpy(targets_from_mask(rows, masks)).to(self.device)
             total = 0.0

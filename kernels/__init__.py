@@ -9,10 +9,10 @@ from hamner.kernels.attention_dispatch import attention, attention_backend
 from hamner.kernels.dispatch import TRITON_INSTALLED
 
 if TRITON_INSTALLED:
+    from hamner.kernels.activations import swiglu
     from hamner.kernels.cross_entropy import fused_linear_cross_entropy
     from hamner.kernels.norms import add_rms_norm, rms_norm
     from hamner.kernels.rope import apply_rope, rope_cache
-    from hamner.kernels.activations import swiglu
 else:  # no triton (macOS, Windows): every op is its PyTorch reference
     from hamner.kernels.reference import (
         add_rms_norm,

@@ -4,15 +4,14 @@ import subprocess
 
 import pytest
 import torch
+from tiny_checkpoint import tiny_config
 
-from hamner.data.tokenizer import load_tokenizer
 from hamner.checkpoint import save_checkpoint
 from hamner.config import HamnerConfig
-from hamner.export import byte_tokenizer_json, export_hf
+from hamner.data.tokenizer import load_tokenizer
 from hamner.export import main as export_main
-from hamner.hf_import import load_hf_model
+from hamner.hf import byte_tokenizer_json, export_hf, load_hf_model
 from hamner.model import HamnerModel
-from tiny_checkpoint import tiny_config
 
 
 def trained_looking(config: HamnerConfig) -> HamnerModel:

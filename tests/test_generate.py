@@ -4,7 +4,6 @@ import torch
 
 from hamner import HamnerConfig, HamnerModel
 from hamner.generate import (
-    KVCache,
     Sampling,
     filter_top_k,
     filter_top_p,
@@ -14,7 +13,7 @@ from hamner.generate import (
     stream,
 )
 from hamner.kernels import dispatch
-
+from hamner.kv_cache import KVCache
 
 # Tiny models run much faster on one thread than on two contended ones.
 pytestmark = pytest.mark.usefixtures("single_thread")

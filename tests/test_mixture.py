@@ -117,7 +117,8 @@ def test_open_sources(tmp_path, shared_data, monkeypatch):
     tok = load_tokenizer("bytes")
     _shard_dir(tmp_path, tok, "tinystories")
     made = {}
-    builtins = [("hamner.data.synthetic", "SyntheticSource"), ("hamner.data.stories", "StorySource"), ("hamner.data.chat_gen", "ChatSource")]
+    builtins = [("hamner.data.synthetic", "SyntheticSource"), ("hamner.data.stories", "StorySource"),
+                ("hamner.data.chat_gen", "ChatSource")]
     for module, cls in builtins:
         fake = types.ModuleType(module)
         setattr(fake, cls, lambda tokenizer, cls=cls: made.setdefault(cls, (tokenizer, Counting(cls, 1)))[1])

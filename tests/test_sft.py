@@ -13,17 +13,17 @@ from hamner.curriculum import load_curriculum
 from hamner.data.chat_format import MARKERS, format_conversation
 from hamner.data.chat_gen import ChatSource
 from hamner.data.concepts import KINDS, concept_items
-from hamner.data.errors import DataError
 from hamner.data.loss_masks import IGNORE_INDEX, targets_from_mask
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.data.prepare import prepare
 from hamner.data.shards import mask_path, read_mask, read_shard, shard_paths, write_mask
 from hamner.data.text_sources import ReadOptions
 from hamner.data.tokenizer import load_tokenizer
+from hamner.errors import DataError, TrainError
+from hamner.eval.probe import load_probe, score_probe
 from hamner.kernels import attention_dispatch, reference
 from hamner.model import HamnerModel
 from hamner.packing import document_ids, document_positions
-from hamner.probe import load_probe, score_probe
 from hamner.train_settings import resume_settings
 from hamner.trainer import train
 
@@ -293,8 +293,7 @@ def test_probe_files_are_checked(tmp_path):
 
 
 def test_fine_tuning_starts_from_a_hugging_face_directory(convo_data, tmp_path, single_thread):
-    from hamner.export import export_hf
-    from hamner.train_settings import TrainError
+    from hamner.hf import export_hf
 
     export_hf(HamnerModel(model_config("demo")), model_config("demo"), tmp_path / "hf", eos_id=256)
     curriculum = tmp_path / "warm.toml"

@@ -9,14 +9,14 @@ import pytest
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from hamner.data.synthetic import TASKS
 from hamner import checkpoint as ckpt
 from hamner.config import model_config
+from hamner.data.synthetic import TASKS
+from hamner.errors import TrainError
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.run_dir import METRICS_COLUMNS
 from hamner.throughput import IntervalMeter
-from hamner.train_settings import TrainError
 from hamner.trainer import train
 
 

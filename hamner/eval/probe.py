@@ -7,22 +7,20 @@ seven kinds of data.concepts) or "concepts/<kind>". The model decodes greedily a
 end-of-text, a newline or a chat turn marker, and scores an item when what it wrote, stripped,
 is exactly the answer. Items marked trained measure memorisation; the others generalisation.
 
-`python -m hamner.probe RUN --probe FILE_OR_NAME` (also `python -m hamner.eval RUN --probe ...`)
-prints the table; a curriculum's `probe = ...` scores it at every stage end into probe.csv.
+`hamner eval RUN --probe FILE_OR_NAME` prints the table; a curriculum's `probe = ...` scores it
+at every stage end into probe.csv.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hamner.data.chat_format import STOP_STRINGS
-from hamner.data.errors import DataError
 from hamner.data.tokenizer import Tokenizer
+from hamner.errors import DataError
 from hamner.generate import generate
 
 SPLITS = ("trained", "held_out")
@@ -109,36 +107,3 @@ def format_probe(rows: list[dict]) -> str:
     lines = ["kind".ljust(width) + "".join(f"{s:>18}" for s in SPLITS)]
     lines += [k.ljust(width) + "".join(f"{cells.get((k, s), '-'):>18}" for s in SPLITS) for k in kinds]
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hamner.probe",
-                                description="Exact-match accuracy of a model on a probe's prompt/answer pairs, "
-                                            "trained and held-out items reported apart.")
-    p.add_argument("checkpoint", help="run directory, checkpoint directory or Hugging Face Llama directory")
-    p.add_argument("--probe", required=True, metavar="FILE_OR_NAME",
-                   help="JSONL file of {prompt, answer, trained[, kind]} or a built-in set: concepts, concepts/<kind>")
-    p.add_argument("--document-start", action="store_true",
-                   help="prompts start at position 0 with no end-of-text before them (document-packed training)")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from hamner.inference import InferenceError, load_for_inference, pick_device
-
-    try:
-        items = load_probe(args.probe)
-        model, _, tokenizer = load_for_inference(args.checkpoint, pick_device(args.device))
-        rows = score_probe(model, tokenizer, items, document_start=args.document_start)
-    except (InferenceError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(rows, indent=2) if args.json else format_probe(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
