@@ -35,7 +35,8 @@ EXAMPLES = """examples:
 
 sources: .txt/.md (split into documents), .jsonl and .parquet (a text field, or chat
 `messages: [{role, content}]`), .vtt/.srt subtitles (one document per file), folders of those,
-or a Hugging Face dataset name (streamed; needs the network)."""
+or a Hugging Face dataset name (streamed; needs the network). Shards holding conversations get a
+loss-mask sidecar (train_000000.mask) marking the assistant's replies, for loss = "assistant"."""
 
 
 class ShardWriter:

@@ -290,6 +290,11 @@ def test_probe_files_are_checked(tmp_path):
     with pytest.raises(DataError, match="neither a file nor a built-in probe"):
         load_probe(str(tmp_path / "missing.jsonl"))
     assert {i.kind for i in load_probe("concepts")} == set(KINDS)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"prompt": p, "answer": "x", "trained": t}) + "\n"
+                             for p, t in (("a", True), ("b", True), ("c", False))))
+    rows = score_probe(HamnerModel(model_config("demo")).eval(), load_tokenizer("bytes"), load_probe(str(plain)))
+    assert [(r["kind"], r["split"], r["total"]) for r in rows] == [("all", "trained", 2), ("all", "held_out", 1)]
 
 
 def test_fine_tuning_starts_from_a_hugging_face_directory(convo_data, tmp_path, single_thread):

@@ -91,7 +91,7 @@ def score_probe(model: torch.nn.Module, tokenizer: Tokenizer, items: list[ProbeI
         for item, out in zip(batch, outs):
             correct = int(tokenizer.decode(out).strip() == item.answer.strip())
             split = SPLITS[0] if item.trained else SPLITS[1]
-            for kind in (item.kind, "all"):
+            for kind in dict.fromkeys((item.kind, "all")):
                 hits.setdefault((kind, split), []).append(correct)
     kinds = list(dict.fromkeys(item.kind for item in items if item.kind != "all")) + ["all"]
     return [{"kind": kind, "split": split, "correct": sum(hits[kind, split]), "total": len(hits[kind, split]),
