@@ -14,11 +14,10 @@ optimizer) for:
 
 All variants see the same random token batches (one seeded generator), run the same number of
 steps after the same warm-up (excluded from the timing), in this one process, one after another,
-under bf16 autocast on a GPU (fp32 on CPU, as the training loop does). The training loop's step is
-a method of its Trainer, which needs a curriculum and data, so the step is restated here the way
-the loop does it (hamner/trainer.py, Trainer._train_step with grad_accum=1): autocast forward,
-backward, clip_grad_norm_(1.0), AdamW step skipped on a non-finite loss (on CUDA through the fused
-kernel's found_inf, without a host sync), zero_grad(set_to_none=True).
+under bf16 autocast on a GPU (fp32 on CPU, as the training loop does). Every variant is stepped by
+the training loop's own step function, `hamner.step.train_step` (with grad_accum=1): autocast
+forward, backward, clip_grad_norm_(1.0), optimizer step skipped on a non-finite loss (on CUDA
+through the fused kernel's found_inf, without a host sync), zero_grad(set_to_none=True).
 
 The table gives each variant's figures and (a)'s speed-up over it; a JSON file with the device,
 driver, versions, config and figures goes to bench/results/. CPU runs work (use a tiny shape:
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 
 from environment import environment  # noqa: E402
 
+from hamner import step as hamner_step  # noqa: E402
 from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
 from hamner.errors import HamnerError  # noqa: E402
@@ -72,10 +72,9 @@ class BenchError(HamnerError):
 
 @dataclass
 class Setup:
-    """One variant ready to train: the loss of a batch, its parameters, its optimizer, its context."""
+    """One variant ready to train: the loss of a batch, its optimizer, its context."""
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     context: Callable[[], contextlib.AbstractContextManager]
 
@@ -116,8 +115,7 @@ def build(variant: str, config: HamnerConfig, device: torch.device) -> Setup:
         optimizer = build_optimizer(model, LR, device)
         run = torch.compile(model) if variant == "c" else model
         plain = variant != "a"
-        return Setup(lambda idx, targets: run(idx, targets), list(model.parameters()), optimizer,
-                     lambda: dispatch.reference_only(plain))
+        return Setup(lambda idx, targets: run(idx, targets), optimizer, lambda: dispatch.reference_only(plain))
     hf = _hf_model(config, device, liger=variant == "d-liger")
     decay = [p for p in hf.parameters() if p.dim() >= 2]
     no_decay = [p for p in hf.parameters() if p.dim() < 2]
@@ -128,27 +126,7 @@ def build(variant: str, config: HamnerConfig, device: torch.device) -> Setup:
         # shift_labels: targets are already the next tokens (the same windows our model gets).
         return hf(input_ids=idx, labels=targets, shift_labels=targets, use_cache=False).loss
 
-    return Setup(loss, list(hf.parameters()), optimizer, contextlib.nullcontext)
-
-
-def train_step(setup: Setup, idx: torch.Tensor, targets: torch.Tensor, autocast: bool) -> torch.Tensor:
-    """One step as the training loop takes it; returns the loss (still on the device)."""
-    device = idx.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = setup.loss(idx, targets)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
-    finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-    if device.type == "cuda":
-        setup.optimizer.found_inf = (~finite).float()
-        try:
-            setup.optimizer.step()
-        finally:
-            del setup.optimizer.found_inf
-    elif bool(finite):
-        setup.optimizer.step()
-    setup.optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return Setup(loss, optimizer, contextlib.nullcontext)
 
 
 def make_batches(config: HamnerConfig, batch: int, seq_len: int, count: int,
@@ -173,15 +151,16 @@ def measure(variant: str, config: HamnerConfig, batches: list, warmup: int, devi
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup = build(variant, config, device)
-    autocast = device.type == "cuda"
+    dtype = torch.bfloat16 if device.type == "cuda" else None
     losses = []
     with setup.context():
         for idx, targets in batches[:warmup]:
-            train_step(setup, idx, targets, autocast)
+            hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer, autocast_dtype=dtype)
         _sync(device)
         start = time.perf_counter()
         for idx, targets in batches[warmup:]:
-            losses.append(train_step(setup, idx, targets, autocast))
+            losses.append(hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer,
+                                                 autocast_dtype=dtype).loss)
         _sync(device)
         seconds = time.perf_counter() - start
     steps = len(batches) - warmup
