@@ -2,8 +2,9 @@
 
 This module only wires the parts together. Their homes: settings (train_settings), checks of what a
 run is built from (train_setup), the step (step), resumable state (train_state), metrics between
-rows (train_metrics), validation / samples / task accuracy (train_eval), reporting (loggers), the
-run's record (run_record), checkpoints (checkpoint), run outputs (run_dir), ranks (distributed).
+rows (train_metrics), validation / samples / task accuracy / probe (train_eval), reporting
+(loggers), the run's record (run_record), checkpoints (checkpoint), run outputs (run_dir), ranks
+(distributed), document packing (packing).
 
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
