@@ -5,7 +5,9 @@ tokenizes them in parallel batches, ends every document with the tokenizer's end
 puts every k-th document into the validation split, and writes ~100M-token shards plus meta.json.
 The output directory holds an INCOMPLETE marker (written first, which also proves the directory
 writable before any tokenizing) until meta.json is in place, so an interrupted prepare never looks
-finished to the trainer. Bad input prints `error: ...` and exits with 2.
+finished to the trainer. A shard holding conversations (chat `messages` records, or text already
+in the chat format) also gets a loss-mask sidecar marking the tokens of the assistant's replies
+(see data.loss_masks). Bad input prints `error: ...` and exits with 2.
 """
 from __future__ import annotations
 
@@ -18,7 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from hamner.cli import ArgumentParser, command
-from hamner.data.shards import INCOMPLETE, META, mark_complete, mark_incomplete, shard_paths, write_meta, write_shard
+from hamner.data.loss_masks import tokens_and_masks
+from hamner.data.shards import (
+    INCOMPLETE,
+    MASK_SUFFIX,
+    META,
+    mark_complete,
+    mark_incomplete,
+    mask_path,
+    shard_paths,
+    write_mask,
+    write_meta,
+    write_shard,
+)
 from hamner.data.text_sources import BLANK, EOT, ReadOptions, iter_documents
 from hamner.errors import DataError
 
@@ -34,34 +48,43 @@ EXAMPLES = """examples:
 
 sources: .txt/.md (split into documents), .jsonl and .parquet (a text field, or chat
 `messages: [{role, content}]`), .vtt/.srt subtitles (one document per file), folders of those,
-or a Hugging Face dataset name (streamed; needs the network)."""
+or a Hugging Face dataset name (streamed; needs the network). Shards holding conversations get a
+loss-mask sidecar (train_000000.mask) marking the assistant's replies, for loss = "assistant"."""
 
 
 class ShardWriter:
-    """Collects one split's tokens and writes a full shard every `shard_tokens` tokens."""
+    """Collects one split's tokens and loss masks and writes a full shard every `shard_tokens` tokens.
+
+    A shard gets a mask sidecar only when some of its tokens do not count."""
 
     def __init__(self, directory: Path, split: str, shard_tokens: int) -> None:
         self.directory, self.split = directory, split
         self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.mask = np.empty(shard_tokens, dtype=np.uint8)
         self.fill = 0
         self.tokens = 0
         self.documents = 0
         self.shards: list[str] = []
         self.max_ids: dict[str, int] = {}  # largest token id per shard, for the trainer's vocabulary check
+        self.masked_shards: list[str] = []
 
-    def add(self, tokens: np.ndarray) -> None:
+    def add(self, tokens: np.ndarray, mask: np.ndarray) -> None:
         while tokens.size:
             n = min(tokens.size, self.buf.size - self.fill)
             self.buf[self.fill : self.fill + n] = tokens[:n]
+            self.mask[self.fill : self.fill + n] = mask[:n]
             self.fill += n
             self.tokens += n
-            tokens = tokens[n:]
+            tokens, mask = tokens[n:], mask[n:]
             if self.fill == self.buf.size:
                 self.flush()
 
     def flush(self) -> None:
         if self.fill:
             name = f"{self.split}_{len(self.shards):06d}.bin"
+            if not self.mask[: self.fill].all():
+                write_mask(self.directory / name, self.mask[: self.fill])
+                self.masked_shards.append(mask_path(name).name)
             write_shard(self.directory / name, self.buf[: self.fill])
             self.shards.append(name)
             self.max_ids[name] = int(self.buf[: self.fill].max())
@@ -117,21 +140,20 @@ def _tokenize_into(sources: list[str], out: Path, tokenizer, opts: ReadOptions, 
                    max_tokens: int | None, shard_tokens: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    for old in [out / META] + shard_paths(out, "train") + shard_paths(out, "val"):  # meta.json first
+    shards = shard_paths(out, "train") + shard_paths(out, "val")
+    for old in [out / META] + shards + sorted(out.glob(f"*{MASK_SUFFIX}")):  # meta.json first
         old.unlink(missing_ok=True)
     writers = {s: ShardWriter(out, s, shard_tokens) for s in ("train", "val")}
-    eos = np.array([tokenizer.eos_id], dtype=np.uint16)
     index, total = 0, 0
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing -> {out}", mininterval=0.5,
                disable=None if progress else True, file=sys.stderr)  # None: shown on a terminal only
     try:
         for batch in _batches(_source_documents(sources, opts)):
-            for ids in tokenizer.encode_batch(batch):
-                tokens = np.concatenate([np.asarray(ids, dtype=np.uint16), eos])
+            for tokens, mask in tokens_and_masks(tokenizer, batch):
                 if max_tokens is not None:
-                    tokens = tokens[: max_tokens - total]
+                    tokens, mask = tokens[: max_tokens - total], mask[: max_tokens - total]
                 writer = writers["val" if is_val(index, val_fraction) else "train"]
-                writer.add(tokens)
+                writer.add(tokens, mask)
                 writer.documents += 1
                 index += 1
                 total += tokens.size
@@ -159,6 +181,7 @@ def _tokenize_into(sources: list[str], out: Path, tokenizer, opts: ReadOptions, 
         "tokens": {s: w.tokens for s, w in writers.items()},
         "shards": {s: w.shards for s, w in writers.items()},
         "max_token_id": {**writers["train"].max_ids, **writers["val"].max_ids},
+        "loss_masks": {s: w.masked_shards for s, w in writers.items()},
         "sources": sources,
         "val_fraction": val_fraction,
     }
@@ -231,8 +254,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.data.prepa
     if not args.split_docs:
         raise DataError("--split-docs needs a non-empty separator")
     out: Path = args.out
-    old = shard_paths(out, "train") + shard_paths(out, "val") + [p for p in (out / META, out / INCOMPLETE)
-                                                                 if p.exists()]
+    old = shard_paths(out, "train") + shard_paths(out, "val") + sorted(out.glob(f"*{MASK_SUFFIX}")) \
+        + [p for p in (out / META, out / INCOMPLETE) if p.exists()]
     if old and not args.overwrite:
         raise DataError(f"{out} already holds shards (or an unfinished prepare); pass --overwrite to replace them")
     tokenizer = load_tokenizer(args.tokenizer)

@@ -8,6 +8,11 @@ size. While prepare writes a directory it holds an `INCOMPLETE` marker, removed 
 meta.json is in place; readers refuse a directory that still has it. Shards from llm.c or
 modded-nanogpt tools (`fineweb_train_000001.bin`, no meta.json) read the same way; their largest
 token id is found by one vectorised scan when they are opened.
+
+A shard may have a loss-mask sidecar beside it (`train_000000.mask`: the same header with magic
+20240521, then one uint8 per token, 1 where the token counts as a training target; see
+data.loss_masks). It is written before its shard and must match the shard's token count; a
+shard without one counts every token.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ import numpy as np
 from hamner.errors import DataError
 
 MAGIC = 20240520
+MASK_MAGIC = 20240521
 VERSION = 1
+MASK_SUFFIX = ".mask"
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 META = "meta.json"
@@ -42,24 +49,53 @@ def write_shard(path: str | os.PathLike, tokens) -> None:
 
 def read_shard(path: str | os.PathLike) -> np.memmap:
     """The tokens of one shard as a read-only uint16 memmap, after checking magic, version and size."""
-    path = Path(path)
+    return _read_array(Path(path), MAGIC, "<u2", "shard")
+
+
+def mask_path(shard: str | os.PathLike) -> Path:
+    """Where the loss-mask sidecar of a shard lives (`train_000000.bin` -> `train_000000.mask`)."""
+    return Path(shard).with_suffix(MASK_SUFFIX)
+
+
+def write_mask(shard: str | os.PathLike, mask) -> None:
+    """Write the loss-mask sidecar of `shard` (one 0/1 per token), atomically; write it before the shard."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (MASK_MAGIC, VERSION, mask.size)
+    _atomic_write(mask_path(shard), [header.tobytes(), mask.tobytes()])
+
+
+def read_mask(shard: str | os.PathLike, tokens: int) -> np.ndarray | None:
+    """The loss mask of a shard of `tokens` tokens as a uint8 memmap, or None when it has no sidecar."""
+    path = mask_path(shard)
+    if not path.exists():
+        return None
+    mask = _read_array(path, MASK_MAGIC, "u1", "loss mask")
+    if mask.size != tokens:
+        raise DataError(f"{path} holds {mask.size:,} mask entries but its shard holds {tokens:,} tokens")
+    return mask
+
+
+def _read_array(path: Path, magic: int, dtype: str, what: str) -> np.ndarray:
+    """The payload of a shard-format file after checking magic, version and exact size."""
+    itemsize = np.dtype(dtype).itemsize
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
     except OSError as e:
-        raise DataError(f"cannot read shard {path}: {e.strerror or e}") from None
-    if header.size < 3 or header[0] != MAGIC:
-        raise DataError(f"{path} is not a token shard (bad magic number)")
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if header.size < 3 or header[0] != magic:
+        raise DataError(f"{path} is not a {'token shard' if magic == MAGIC else what} (bad magic number)")
     if header[1] != VERSION:
-        raise DataError(f"{path}: unsupported shard version {header[1]} (expected {VERSION})")
+        raise DataError(f"{path}: unsupported {what} version {header[1]} (expected {VERSION})")
     count = int(header[2])
-    if size != HEADER_BYTES + 2 * count:
-        held = (size - HEADER_BYTES) // 2
+    if size != HEADER_BYTES + itemsize * count:
+        held = (size - HEADER_BYTES) // itemsize
         raise DataError(f"{path} is truncated or corrupt: header says {count:,} tokens, file holds {held:,}")
     if count == 0:
-        return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
 def shard_paths(directory: str | os.PathLike, split: str) -> list[Path]:

@@ -5,6 +5,12 @@ each), the synthetic-task difficulty, its learning-rate schedule and how it ends
 as TOML files in hamner/curricula/ so a user can copy one and edit it; every field is checked
 on load so that a typo stops the run with a one-line message instead of silently training on
 the wrong mixture. See hamner/curricula/hamner-v3.1.toml for a commented example.
+
+Run-level data options: `[sources.NAME]` tables say what a source's loss covers (`loss = "all"`,
+the default, or `"assistant"`: only the assistant's replies, from the data's loss masks);
+`packing = "document"` keeps attention inside each document of a packed row and restarts
+positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
+(a JSONL file or a built-in set, see hamner.probe) scored at every stage end.
 """
 from __future__ import annotations
 
@@ -20,20 +26,25 @@ from hamner.errors import CurriculumError
 CURRICULA_DIR = Path(__file__).resolve().parent / "curricula"
 
 # Sources made on the fly by the data layer; every other source is a shard directory under --data.
-BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat")
+BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat", "concepts")
 # "synthetic/<task>" is the synthetic generator restricted to one task (e.g. synthetic/arithmetic).
 SYNTHETIC_TASK_PREFIX = "synthetic/"
+# "concepts/<kind>" is the built-in concept set restricted to one kind (e.g. concepts/opposites).
+CONCEPTS_PREFIX = "concepts/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 SCHEDULES = ("constant", "cosine")
+LOSS_MODES = ("all", "assistant")
+PACKINGS = ("stream", "document")
 
-_SOURCE_NAME = re.compile(r"^(synthetic/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SOURCE_NAME = re.compile(r"^(synthetic/|concepts/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
-    "requires_init", "eval_interval", "defaults", "stages",
+    "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe",
 }
+_SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
@@ -127,6 +138,13 @@ class Curriculum:
     eval_interval: int  # optimizer steps between validation evaluations
     stages: tuple[Stage, ...]
     path: Path
+    source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
+    packing: str  # "stream" or "document"
+    probe: str | None  # probe file or built-in probe name, scored at every stage end
+
+    def assistant_only_sources(self) -> list[str]:
+        """Sources whose loss counts the assistant's replies only."""
+        return sorted(name for name, loss in self.source_loss.items() if loss == "assistant")
 
     def sources(self) -> list[str]:
         """Every source with a positive weight in some stage, sorted."""
@@ -148,7 +166,7 @@ def is_synthetic_source(name: str) -> bool:
 
 def is_builtin_source(name: str) -> bool:
     """Sources the data layer generates; every other name is a prepared shard directory."""
-    return name in BUILTIN_SOURCES or is_synthetic_source(name)
+    return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
 
 
 def available_curricula() -> list[str]:
@@ -261,6 +279,10 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
+    packing = top.text("packing", "stream")
+    if packing not in PACKINGS:
+        raise top.fail("packing", f"must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    used = {name for stage in stages for name in stage.weights}
     return Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
@@ -272,7 +294,25 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         eval_interval=top.integer("eval_interval", 500, minimum=1),
         stages=stages,
         path=path,
+        source_loss=_parse_sources(raw.get("sources", {}), f"{path.name}: sources", used),
+        packing=packing,
+        probe=top.text("probe"),
     )
+
+
+def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
+    """The [sources.NAME] tables: per source, what its loss covers."""
+    _Fields(table, where, set(table) if isinstance(table, dict) else ())
+    loss = {}
+    for name, options in table.items():
+        if name not in used:
+            raise CurriculumError(f"{where}.{name}: no stage uses source {name!r}")
+        f = _Fields(options, f"{where}.{name}", _SOURCE_KEYS)
+        mode = f.text("loss", "all")
+        if mode not in LOSS_MODES:
+            raise f.fail("loss", f"must be one of {', '.join(LOSS_MODES)}, got {mode!r}")
+        loss[name] = mode
+    return loss
 
 
 def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
@@ -332,7 +372,8 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
     weights = {}
     for name in table:
         if not _SOURCE_NAME.match(name):
-            raise f.fail(name, "source names are directory names (letters, digits, _ . -) or synthetic/<task>")
+            raise f.fail(name, "source names are directory names (letters, digits, _ . -), synthetic/<task> "
+                               "or concepts/<kind>")
         weights[name] = f.number(name, low=0.0)
     if sum(weights.values()) <= 0:
         raise CurriculumError(f"{where}: all weights are zero")

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from hamner import kernels
 from hamner.config import HamnerConfig
 from hamner.kv_cache import KVCache
+from hamner.packing import document_positions
 
 
 class RMSNorm(nn.Module):
@@ -58,7 +59,8 @@ class Attention(nn.Module):
         self.out = nn.Linear(q_dim, config.hidden_size, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
@@ -66,11 +68,17 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = kernels.apply_rope(q, k, cos, sin)
+        if cos.dim() == 3:  # a position per token ([B, T, D/2]): rotate the B x T tokens as one sequence
+            q, k = kernels.apply_rope(q.reshape(1, B * T, self.n_heads, self.head_dim),
+                                      k.reshape(1, B * T, self.n_kv_heads, self.head_dim),
+                                      cos.reshape(B * T, -1), sin.reshape(B * T, -1))
+            q, k = q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv_heads, self.head_dim)
+        else:
+            q, k = kernels.apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         # A single new query sees every cached key; otherwise queries are the last T of the keys.
-        y = kernels.attention(q, k, v, causal=T > 1)
+        y = kernels.attention(q, k, v, causal=T > 1, segment_ids=segment_ids)
         return self.out(y.reshape(B, T, q_dim))
 
 
@@ -105,9 +113,10 @@ class Block(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, x = self.attn_norm(x, delta)
-        h, x = self.mlp_norm(x, self.attn(h, cos, sin, cache, layer))
+        h, x = self.mlp_norm(x, self.attn(h, cos, sin, cache, layer, segment_ids))
         return x, self.mlp(h)
 
 
@@ -157,25 +166,34 @@ class HamnerModel(nn.Module):
         self._refresh_rope()
         return self
 
-    def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None,
+                      segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final normed hidden states [B, T, C] for token ids `idx` [B, T].
 
         With `cache`, `idx` holds the next tokens after the cached ones: their K/V are written into
         the cache at its position, RoPE uses the rows from that position on, and the position advances.
+        With `segment_ids` [B, T] (document packing, see hamner.packing), each document attends only
+        to itself and its RoPE positions start at 0.
         """
         T = idx.shape[1]
         start = 0 if cache is None else cache.pos
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids are for training rows; cached decoding has one document")
+            positions = document_positions(segment_ids)
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        else:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x, delta = self.embed(idx), None
         checkpointing = (self.config.activation_checkpointing and self.training and cache is None
                          and torch.is_grad_enabled())
         for i, layer in enumerate(self.layers):
             if checkpointing:
-                x, delta = checkpoint(layer, x, delta, cos, sin, use_reentrant=False)
+                x, delta = checkpoint(layer, x, delta, cos, sin, None, i, segment_ids, use_reentrant=False)
             else:
-                x, delta = layer(x, delta, cos, sin, cache, i)
+                x, delta = layer(x, delta, cos, sin, cache, i, segment_ids)
         if cache is not None:
             cache.advance(T)
         return self.norm(x, delta)[0]
@@ -185,15 +203,18 @@ class HamnerModel(nn.Module):
         return F.linear(hidden, self.embed.weight).float()
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss (scalar) when `targets` is given, else float32 logits [B, T, V].
 
         `targets[b, t]` is the token that follows `idx[b, t]` (-100 = ignored): callers cut
         windows of T + 1 tokens into idx = w[:-1], targets = w[1:]; the model never shifts.
-        The loss goes through `kernels.fused_linear_cross_entropy`, so logits are never materialised.
+        The loss is the mean over the targets that are not ignored, through
+        `kernels.fused_linear_cross_entropy`, so logits are never materialised.
+        `segment_ids`: see `hidden_states`.
         """
-        hidden = self.hidden_states(idx, cache=cache)
+        hidden = self.hidden_states(idx, cache=cache, segment_ids=segment_ids)
         if targets is None:
             return self.logits(hidden)
         if targets.shape != idx.shape:

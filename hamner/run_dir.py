@@ -1,5 +1,6 @@
 """The run directory: its text outputs (config.json, metrics.csv, task_accuracy.csv, samples.jsonl,
-train.log) and the lock that lets one process at a time use it.
+train.log, and probe.csv for runs whose curriculum names a probe) and the lock that lets one process
+at a time use it.
 
 Only rank 0 writes (a RunDir built with `enabled=False` does nothing). Nothing is created on disk
 before `open()`, which the trainer calls once a run really starts, so a failed start leaves no
@@ -33,6 +34,7 @@ METRICS_COLUMNS: tuple[str, ...] = (
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
+PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
 
 
 class CsvLog:
@@ -64,11 +66,12 @@ class CsvLog:
 class RunDir:
     """All text outputs of one training run, and its lock."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, probe: bool = False) -> None:
         self.path = Path(path)
         self.enabled = enabled
         self.metrics = CsvLog(self.path / "metrics.csv", METRICS_COLUMNS, enabled)
         self.task_accuracy = CsvLog(self.path / "task_accuracy.csv", TASK_COLUMNS, enabled)
+        self.probe = CsvLog(self.path / "probe.csv", PROBE_COLUMNS, enabled and probe)
         self.samples = self.path / "samples.jsonl"
         self._lock_fd: int | None = None
 
@@ -131,6 +134,7 @@ class RunDir:
             return
         self.metrics.truncate_after(step)
         self.task_accuracy.truncate_after(step)
+        self.probe.truncate_after(step)
         trim_lines(self.samples, lambda line: _json_step(line) <= step, header_lines=0)
 
 

@@ -1,11 +1,14 @@
-"""Evaluation during training: validation loss at eval intervals, samples and task accuracy at stage ends.
+"""Evaluation during training: validation loss at eval intervals; samples, task accuracy and the
+curriculum's probe at stage ends.
 
 Validation rows of a synthetic source are drawn at one fixed difficulty per source for the whole
 run (the highest its curriculum trains it at, recorded in config.json), from held-out seeds, so
 validation losses stay comparable across stages even when a stage ramps the difficulty up; other
 generated sources ignore difficulty, and shard sources read their val split. The mean over sources
 is averaged over ranks, so every rank takes the same best-checkpoint and early-stop decisions.
-Samples and task accuracy run on rank 0 only.
+Validation counts what training counts: an assistant-only source's loss covers the replies only, and
+document packing keeps attention inside each document. Samples, task accuracy and the probe run on
+rank 0 only.
 """
 from __future__ import annotations
 
@@ -18,11 +21,14 @@ import torch
 from hamner import distributed as dist
 from hamner.curriculum import Curriculum, is_synthetic_source
 from hamner.data import chat_format
+from hamner.data.loss_masks import targets_from_mask
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer
 from hamner.eval.loss import utf8_bytes
+from hamner.eval.probe import ProbeItem, score_probe
 from hamner.eval.tasks import held_out_seed, task_accuracy
 from hamner.generate import generate
+from hamner.packing import row_segments
 from hamner.step import autocast
 from hamner.train_settings import RunSettings
 
@@ -72,14 +78,16 @@ class Validation:
 
 
 class TrainEvaluator:
-    """Validation, samples and task accuracy of the model being trained."""
+    """Validation, samples, task accuracy and probe of the model being trained."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, curriculum: Curriculum,
                  sources: dict[str, RowSource], settings: RunSettings, dtype: torch.dtype,
-                 info: dist.DistInfo, device: torch.device) -> None:
+                 info: dist.DistInfo, device: torch.device, probe: list[ProbeItem] | None = None) -> None:
         self.model, self.tokenizer, self.curriculum = model, tokenizer, curriculum
         self.sources, self.s, self.dtype, self.dist, self.device = sources, settings, dtype, info, device
+        self.probe_items = probe
         self.difficulty = validation_difficulties(curriculum, sorted(sources))
+        self.assistant_only = set(curriculum.assistant_only_sources())
 
     @torch.no_grad()
     def validate(self) -> Validation:
@@ -89,13 +97,16 @@ class TrainEvaluator:
         per_source: dict[str, float] = {}
         bytes_per_token: list[float] = []
         for name, source in sorted(self.sources.items()):
-            rows = np.asarray(source.rows(s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED,
-                                          self.difficulty.get(name, 1.0)), dtype=np.int64)
+            shape = (s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED, self.difficulty.get(name, 1.0))
+            rows, masks = source.masked_rows(*shape) if name in self.assistant_only else (source.rows(*shape), None)
+            rows = np.asarray(rows, dtype=np.int64)
+            targets = torch.from_numpy(targets_from_mask(rows, masks)).to(self.device)
             total = 0.0
-            for batch in np.split(rows, s.eval_batches):
-                w = torch.from_numpy(batch).to(self.device)
+            for batch, target in zip(np.split(rows, s.eval_batches), targets.chunk(s.eval_batches)):
+                idx = torch.from_numpy(batch[:, :-1]).to(self.device)
+                segments = row_segments(idx, self.tokenizer.eos_id, self.curriculum.packing)
                 with autocast(self.device, self.dtype):
-                    total += float(self.model(w[:, :-1], w[:, 1:]))
+                    total += float(self.model(idx, target, segment_ids=segments))
             per_source[name] = total / s.eval_batches
             if self.curriculum.bits_per_byte:
                 bytes_per_token.append(utf8_bytes(self.tokenizer, rows[:, 1:]) / rows[:, 1:].size)
@@ -128,3 +139,13 @@ class TrainEvaluator:
                 results.setdefault(task, {})[difficulty] = accuracy
         self.model.train()
         return results
+
+    def probe(self) -> list[dict]:
+        """The curriculum's probe: per kind and split, correct / total / accuracy (rank 0; [] without a probe)."""
+        if not self.dist.is_main or self.probe_items is None:
+            return []
+        self.model.eval()
+        rows = score_probe(self.model, self.tokenizer, self.probe_items,
+                           document_start=self.curriculum.packing == "document")
+        self.model.train()
+        return rows

@@ -2,8 +2,9 @@
 
 This module only wires the parts together. Their homes: settings (train_settings), checks of what a
 run is built from (train_setup), the step (step), resumable state (train_state), metrics between
-rows (train_metrics), validation / samples / task accuracy (train_eval), reporting (loggers), the
-run's record (run_record), checkpoints (checkpoint), run outputs (run_dir), ranks (distributed).
+rows (train_metrics), validation / samples / task accuracy / probe (train_eval), reporting
+(loggers), the run's record (run_record), checkpoints (checkpoint), run outputs (run_dir), ranks
+(distributed), document packing (packing).
 
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
@@ -34,10 +35,12 @@ from hamner.curriculum import Curriculum
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.errors import CheckpointError, TrainError
+from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
 from hamner.loggers import ReportError, open_loggers
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer
+from hamner.packing import row_segments
 from hamner.run_dir import RunDir
 from hamner.run_record import copy_curriculum, environment, new_run_id
 from hamner.step import train_step
@@ -100,9 +103,12 @@ class Trainer:
         # Data first: a missing source stops the run before anything is built or written.
         names = curriculum.sources()
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
-                                      rank=info.rank, world_size=info.world_size)
+                                      rank=info.rank, world_size=info.world_size,
+                                      assistant_only=curriculum.assistant_only_sources())
         validation, self._notes = validation_sources(names, s.data, self.tokenizer)
-        self.rundir = RunDir(Path(s.out), enabled=info.is_main)  # touches the disk only once opened
+        probe = load_probe(curriculum.probe) if curriculum.probe else None
+        # touches the disk only once opened
+        self.rundir = RunDir(Path(s.out), enabled=info.is_main, probe=probe is not None)
 
         torch.manual_seed(s.seed)
         self.model = HamnerModel(self.config).to(device)
@@ -119,7 +125,7 @@ class Trainer:
                            ("rng", RngState(device))):
             self.state.register(name, part)
         self.evaluator = TrainEvaluator(self.model, self.tokenizer, curriculum, validation, s, self.dtype, info,
-                                        device)
+                                        device, probe=probe)
         self.last_lr = 0.0
         self._last_tasks: tuple[int, dict[str, dict[float, float]]] | None = None  # (step, results)
         self._bar = tqdm(disable=True)  # the real bar exists inside run()
@@ -238,12 +244,12 @@ class Trainer:
         plan = copy.copy(self.controller)
         accum = self.s.grad_accum
 
-        def make_batch(micro: int) -> np.ndarray:
+        def make_batch(micro: int) -> tuple[np.ndarray, np.ndarray | None]:
             # The mixture of step t is read off a frozen copy of the controller (plain fields, no
             # losses needed), so it depends on t only and resumed runs draw the same rows.
             ahead = micro // accum - plan.global_step
             self.sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-            return self.sampler.batch(micro, self.s.batch_size, self.s.seq_len + 1)
+            return self.sampler.labeled_batch(micro, self.s.batch_size, self.s.seq_len + 1)
 
         self._batches = Prefetcher(make_batch, start_step=self.progress.step * accum, device=self.device)
         self.stage_scales = self.controller.layer_lr_scales()
@@ -254,13 +260,18 @@ class Trainer:
             apply_lr(optimizer, self.last_lr, self.stage_scales)
         batches = [self._batches.next() for _ in range(self.s.grad_accum)]
         no_sync = self.train_model.no_sync if self.dist.enabled else None
-        result = train_step(self.train_model, batches, self.optim.optimizers, scaler=self.scaler,
+        result = train_step(self._loss, batches, self.optim.optimizers, scaler=self.scaler,
                             autocast_dtype=self.dtype, no_sync=no_sync)
         self.window.add(result)
         self.controller.step_done()
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         self.meter.add_tokens(self.tokens_per_step)
+
+    def _loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one micro-batch; document packing keeps attention inside each document."""
+        segments = row_segments(idx, self.tokenizer.eos_id, self.curriculum.packing)
+        return self.train_model(idx, targets, segment_ids=segments)
 
     def _drain(self) -> None:
         """Read the device-side window (one sync) and feed the losses to the controller."""
@@ -334,13 +345,19 @@ class Trainer:
         self.meter.exclude(time.perf_counter() - t0)
 
     def _stage_outputs(self, stage: str) -> dict[str, dict[float, float]]:
-        """Samples into samples.jsonl and task accuracy to the loggers; returns the accuracies."""
+        """Samples into samples.jsonl, task accuracy to the loggers, the curriculum's probe into probe.csv;
+        returns the task accuracies."""
         step = self.progress.step
         for prompt, completion in self.evaluator.samples():
             self.rundir.add_sample({"step": step, "stage": stage, "prompt": prompt, "completion": completion})
         results = self.evaluator.tasks()
         if results:
             self.loggers.task_accuracy(step, stage, results)
+        probe = self.evaluator.probe()
+        for row in probe:
+            self.rundir.probe.write({"step": step, "stage": stage, **row})
+        if probe:
+            self._say(f"probe {self.curriculum.probe} at step {step}:\n{format_probe(probe)}")
         return results
 
     def _finish(self) -> dict[str, dict[float, float]]:

@@ -5,8 +5,14 @@ With causal=True and fewer queries than keys (cached decoding), the queries are 
 positions: query j sits at position Tk - Tq + j and sees keys 0..Tk - Tq + j. flash-attn aligns
 the causal mask that way already; SDPA's is_causal aligns it to the start, so that case gets an
 explicit mask.
+
+`segment_ids` [B, T] (document-aware packing) keeps each query inside its own document: query t
+sees key s only when both carry the same id. CUDA runs that as a FlexAttention block mask; CPU
+(and `reference_only()`) as an SDPA boolean mask.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +59,61 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         )
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+def _check_segments(q: torch.Tensor, k: torch.Tensor, segment_ids: torch.Tensor) -> None:
+    if segment_ids.shape != q.shape[:2] or q.shape[1] != k.shape[1]:
+        raise ValueError(f"segment_ids {tuple(segment_ids.shape)} need self-attention with one id per position "
+                         f"of q {tuple(q.shape)} and k {tuple(k.shape)}")
+
+
+def document_mask(segment_ids: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[B, 1, T, T] boolean: query t may see key s (same document, and s <= t when causal)."""
+    mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    if causal:
+        n = segment_ids.shape[1]
+        mask = mask & torch.ones(n, n, dtype=torch.bool, device=segment_ids.device).tril()
+    return mask
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, segment_ids: torch.Tensor) -> torch.Tensor:
+    """Document-masked attention through FlexAttention (compiled on CUDA, eager elsewhere)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def same_document(b, h, q_idx, kv_idx):
+        keep = segment_ids[b, q_idx] == segment_ids[b, kv_idx]
+        return keep & (kv_idx <= q_idx) if causal else keep
+
+    global _LAST_BLOCK_MASK
+    cached_ids, cached_causal, block_mask = _LAST_BLOCK_MASK
+    if cached_ids() is not segment_ids or cached_causal != causal:  # every layer of a forward shares one mask
+        batch, n = segment_ids.shape
+        block_mask = create_block_mask(same_document, batch, None, n, n, device=q.device)
+        _LAST_BLOCK_MASK = (weakref.ref(segment_ids), causal, block_mask)
+    run = _compiled_flex() if q.is_cuda else flex_attention
+    out = run(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+              enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
+
+
+_COMPILED_FLEX = None
+_LAST_BLOCK_MASK: tuple = (lambda: None, False, None)  # (weak ref to the segment ids, causal, block mask)
+
+
+def _compiled_flex():
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+          segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     n_queries, n_keys = q.shape[1], k.shape[1]
     mask = None
-    if causal and 1 < n_queries < n_keys:
+    if segment_ids is not None:
+        mask, causal = document_mask(segment_ids, causal), False
+    elif causal and 1 < n_queries < n_keys:
         mask = torch.ones(n_queries, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - n_queries)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
@@ -71,13 +128,20 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> to
     return out.transpose(1, 2)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+              segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention of q [B, Tq, Hq, D] over k, v [B, Tk, Hkv, D]; returns [B, Tq, Hq, D].
 
     Scores are scaled by 1/sqrt(D). With causal=True, Tq <= Tk and the queries are the last Tq
-    positions of the keys.
+    positions of the keys. `segment_ids` [B, T] (self-attention only) restricts every query to
+    the keys of its own segment (document).
     """
     _check_shapes(q, k, v, causal)
+    if segment_ids is not None:
+        _check_segments(q, k, segment_ids)
+        if q.is_cuda and not dispatch.reference_forced():
+            return _flex(q, k, v, causal, segment_ids)
+        return _sdpa(q, k, v, causal, segment_ids)
     use_flash = _flash_attn_func is not None and q.is_cuda and q.dtype in _FLASH_DTYPES
     if use_flash and not dispatch.reference_forced():
         return _flash_attn_func(q, k, v, causal=causal)

@@ -75,8 +75,11 @@ def fused_linear_cross_entropy(
     return F.cross_entropy(logits.to(_compute_dtype(logits.dtype)), targets, ignore_index=ignore_index)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv)."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+              segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv).
+
+    `segment_ids` [B, T]: a query sees only keys with its own id (documents packed in one row)."""
     group = q.shape[2] // k.shape[2]
     qh = q.transpose(1, 2)
     kh = k.repeat_interleave(group, dim=2).transpose(1, 2)
@@ -87,5 +90,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         # Queries are the last tq positions of the tk keys (matters for cached decoding).
         mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
         scores = scores.masked_fill(~mask, float("-inf"))
+    if segment_ids is not None:
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        scores = scores.masked_fill(~same, float("-inf"))
     probs = scores.softmax(-1).to(v.dtype)
     return (probs @ vh).transpose(1, 2)

@@ -2,6 +2,8 @@
 
 The sections are described in `hamner.eval.report`; this module reads the command line, loads the
 model, writes the JSON report (NaN and infinity as strings, so it stays valid JSON) and prints its tables.
+With `--probe FILE_OR_NAME` it scores only that probe (`hamner.eval.probe`): exact-match accuracy
+on prompt/answer pairs, trained and held-out items apart.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from hamner.checkpoint import resolve_checkpoint
 from hamner.cli import ArgumentParser, command
 from hamner.errors import DataError
+from hamner.eval.probe import format_probe, load_probe, score_probe
 from hamner.eval.report import evaluate, format_report
 from hamner.inference import load_for_inference, pick_device
 
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
     parser.add_argument("--window", type=int, help="length-generalisation window W (default: the model's context)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out samples and needles (default 0)")
+    parser.add_argument("--probe", metavar="FILE_OR_NAME", help="score only this probe, trained and held-out items "
+                        "apart: a JSONL file of {prompt, answer, trained[, kind]} or concepts, concepts/<kind>")
+    parser.add_argument("--document-start", action="store_true", help="probe prompts start a document, with no "
+                        "end-of-text before them (for models trained with packing = \"document\")")
     args = parser.parse_args(argv)
     for name in ("window", "samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -90,12 +97,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
     model, config, tokenizer = load_for_inference(args.checkpoint, device)
     report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
               "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
-    report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
-                           samples=args.samples, difficulties=difficulties, seed=args.seed))
+    if args.probe:
+        rows = score_probe(model, tokenizer, load_probe(args.probe), document_start=args.document_start)
+        report["probe"] = {"name": args.probe, "rows": rows}
+    else:
+        report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
+                               samples=args.samples, difficulties=difficulties, seed=args.seed))
     report["elapsed_s"] = time.perf_counter() - start
     out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    print(format_report(report))
+    print(format_probe(report["probe"]["rows"]) if args.probe else format_report(report))
     print(f"\nreport written to {out}")
     return 0
