@@ -31,6 +31,13 @@ class HamnerConfig:
     scale_residual_init: bool = False
     activation_checkpointing: bool = False
     tokenizer: str = "bytes"
+    # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
+    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
+    hebbian_plasticity: float = 0.99
+    # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
+    # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
+    ttt_mini_batch: int = 16
+    ttt_base_lr: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
