@@ -113,6 +113,6 @@ def test_fp32_island_under_bf16_autocast_and_gradients_reach_every_parameter(mon
 
 def test_config_checks():
     with pytest.raises(ValueError, match="ttt_mini_batch must be a positive integer"):
-        TTTLinear.check_config(tiny_config(ttt_mini_batch=0))
+        tiny_config(mixer="ttt_linear", ttt_mini_batch=0)
     with pytest.raises(ValueError, match="ttt_base_lr must be positive"):
-        TTTLinear.check_config(tiny_config(ttt_base_lr=-1.0))
+        tiny_config(mixer="swa+ttt_linear", window=4, ttt_base_lr=-1.0)

@@ -64,13 +64,6 @@ class HebbianMemory(nn.Module):
         self.decay_logit = nn.Parameter(torch.zeros(self.n_heads))  # theta
         self.register_buffer("plasticity", torch.tensor(float(config.hebbian_plasticity)))
 
-    @classmethod
-    def check_config(cls, config: HamnerConfig) -> None:
-        """One-line errors for settings this mixer cannot use."""
-        alpha = config.hebbian_plasticity
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise ValueError(f"hebbian_plasticity must be in (0, 1], got {alpha!r}")
-
     @torch.no_grad()
     def init_weights(self) -> None:
         """theta = 0 (decay alpha * 0.995) and the configured plasticity; the Linears are the model's."""

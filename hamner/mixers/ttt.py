@@ -68,16 +68,6 @@ class TTTLinear(nn.Module):
         self.out = nn.Linear(H * D, C, bias=False)
         self.init_weights()
 
-    @classmethod
-    def check_config(cls, config: HamnerConfig) -> None:
-        """One-line errors for settings this mixer cannot use."""
-        size = config.ttt_mini_batch
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"ttt_mini_batch must be a positive integer, got {size!r}")
-        lr = config.ttt_base_lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"ttt_base_lr must be positive, got {lr!r}")
-
     @torch.no_grad()
     def init_weights(self) -> None:
         """As the reference: W ~ N(0, init_std), b = 0, inner LayerNorm identity, gate bias 0,
