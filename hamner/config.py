@@ -189,6 +189,15 @@ PRESETS: dict[str, HamnerConfig] = {
     # curriculum's ~2.5M tokens train in about three minutes on 2 CPU cores.
     "demo": HamnerConfig(vocab_size=257, hidden_size=128, n_layers=4, n_heads=4, n_kv_heads=2,
                          intermediate_size=344, max_seq_len=256, tokenizer="bytes"),
+    # AGIFORMER, byte-level: every layer runs sliding-window attention and the Hebbian memory side by
+    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. 31,005,744 parameters.
+    "agiformer-31m": HamnerConfig(vocab_size=257, hidden_size=512, n_layers=6, n_heads=8, n_kv_heads=8,
+                                  intermediate_size=1984, max_seq_len=1024, tokenizer="bytes",
+                                  mixer="swa+hebbian", window=128),
+    # TTT-Linear in every layer (mini-batches of 16 tokens), the shape of swa-125m. 123,449,424 parameters.
+    "ttt-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
+                             intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                             mixer="ttt_linear"),
 }
 
 

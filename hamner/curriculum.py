@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,14 +137,15 @@ class Curriculum:
         """The sources that must exist as prepared shard directories under --data."""
         return [s for s in self.sources() if not is_builtin_source(s)]
 
-    def check_model_knobs(self, known: Collection[str]) -> None:
-        """One-line ValueError naming the field when a stage sets a knob the model does not declare."""
+    def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
+        """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
+        ValueError comes back as one line naming the field."""
         for i, stage in enumerate(self.stages):
-            for name in stage.model_knobs:
-                if name not in known:
-                    has = f"its knobs: {', '.join(sorted(known))}" if known else "it has no knobs"
-                    raise ValueError(f"{self.path.name}: stages[{i}].model.{name}: the model has no knob "
-                                     f"{name!r} ({has})")
+            for name, value in stage.model_knobs.items():
+                try:
+                    check(name, value)
+                except ValueError as exc:
+                    raise ValueError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
 
     def uses_synthetic(self) -> bool:
         """Whether any stage draws synthetic-task samples (mixed or of one task)."""

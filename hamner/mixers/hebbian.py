@@ -70,12 +70,16 @@ class HebbianMemory(nn.Module):
         self.decay_logit.zero_()
         self.plasticity.fill_(self.initial_plasticity)
 
-    def set_knob(self, name: str, value: float) -> None:
-        """Set the knob `name` ("plasticity": alpha in (0, 1])."""
+    def check_knob(self, name: str, value: float) -> None:
+        """ValueError unless `name` is "plasticity" and `value` lies in (0, 1]."""
         if name not in self.KNOBS:
             raise ValueError(f"unknown knob {name!r} for the Hebbian memory (knobs: {', '.join(self.KNOBS)})")
         if not 0 < value <= 1:
             raise ValueError(f"plasticity must be in (0, 1], got {value!r}")
+
+    def set_knob(self, name: str, value: float) -> None:
+        """Set the knob `name` ("plasticity": alpha in (0, 1])."""
+        self.check_knob(name, value)
         self.plasticity.fill_(value)
 
     def log_decay(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
