@@ -57,6 +57,7 @@ def moe_experts(
     counts = torch.zeros(n_experts, dtype=torch.int64, device=x.device)
     counts.index_add_(0, flat_experts, torch.ones_like(flat_experts))
     offsets = counts.cumsum(0).to(torch.int32)  # end row of each expert's block
+    dispatch.record_launch("moe_grouped_mm")
     hidden = _GROUPED_MM(x[tokens], w_gate_up.transpose(1, 2), offs=offsets)
     gate, up = hidden.chunk(2, dim=-1)
     out = _GROUPED_MM(swiglu(gate, up).contiguous(), w_down.transpose(1, 2), offs=offsets)
