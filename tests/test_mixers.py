@@ -287,3 +287,22 @@ def test_config_validates_mixer_names_without_importing_torch(python, subprocess
             "assert 'diff_attention' in MIXERS and PRESETS['swa-125m'].window == 64; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([python, "-c", code], env=subprocess_env, check=True, timeout=60)
+
+
+def test_compile_traces_every_new_op_in_one_graph():
+    """Window attention, differential attention and the grouped-matmul MoE under fullgraph=True."""
+    torch.manual_seed(0)
+    config = HamnerConfig(**TINY, layer_mixers=["swa", "diff_attention"], window=4, mlp="moe", n_experts=4,
+                          moe_intermediate_size=32)
+    model = HamnerModel(config).train()
+    idx = torch.randint(0, 97, (2, 12))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss = compiled(idx, idx)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    eager = model(idx, idx)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
