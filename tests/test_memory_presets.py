@@ -159,3 +159,19 @@ def test_agiformer_31m_trains_on_agiformer_3stage_from_prepared_byte_shards(tmp_
     result = train(tiny_settings(run, "agiformer-3stage", preset="agiformer-31m", data=str(data),
                                  max_steps=2, batch_size=1, seq_len=32))
     assert result.step == 2 and plasticities(run) == {0.10}
+
+
+def test_compile_traces_the_memory_and_ttt_in_one_graph():
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY["agiformer-31m"], layer_mixers=["hebbian", "ttt_linear"], ttt_mini_batch=4)
+    model = HamnerModel(config).train()
+    idx = torch.randint(0, 97, (2, 10))  # the last TTT mini-batch is partial
+    loss = torch.compile(model, backend="aot_eager", fullgraph=True)(idx, idx)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    eager = model(idx, idx)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
