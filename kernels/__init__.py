@@ -1,4 +1,4 @@
-"""Fused Triton kernels with autograd for Llama-style training, and attention dispatch.
+"""Fused Triton kernels with autograd for Llama-style training, attention dispatch and MoE experts.
 
 Every op has a plain PyTorch twin in `kernels.reference` with the same signature. CUDA tensors
 run the Triton kernels; CPU tensors run the reference unless TRITON_INTERPRET=1 is set, in
