@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner.config import HamnerConfig
+from hamner import kernels
 from hamner.kernels import reference
 from hamner.kernels.linear_attention import chunked_decayed_linear_attention, decayed_linear_attention
 from hamner.mixers import hebbian
@@ -136,7 +137,7 @@ def test_fp32_island_under_bf16_autocast(monkeypatch):
         seen.append({t.dtype for t in args if t is not None})
         return decayed_linear_attention(*args)
 
-    monkeypatch.setattr(hebbian, "decayed_linear_attention", recording)
+    monkeypatch.setattr(kernels, "decayed_linear_attention", recording)
     with torch.no_grad():
         fp32 = m(x, None, None)
         for alpha in (0.01, 0.99):

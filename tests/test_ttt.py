@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from hamner.config import HamnerConfig
+from hamner import kernels
 from hamner.kernels import reference
 from hamner.kernels.ttt import layer_norm_l2_grad, ttt_linear
-from hamner.mixers import ttt
 from hamner.mixers.ttt import TTTLinear
 from kernel_checks import rel_error
 
@@ -99,7 +99,7 @@ def test_fp32_island_under_bf16_autocast_and_gradients_reach_every_parameter(mon
         seen.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
         return ttt_linear(*args)
 
-    monkeypatch.setattr(ttt, "ttt_linear", recording)
+    monkeypatch.setattr(kernels, "ttt_linear", recording)
     with torch.no_grad():
         fp32 = m(x, None, None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
