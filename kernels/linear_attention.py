@@ -174,5 +174,6 @@ def decayed_linear_attention(
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {tuple(log_decay.shape)}"
         )
     if q.is_cuda and _fla_chunk_simple_gla is not None and not dispatch.reference_forced():
+        q, k, v, log_decay = (t.contiguous() for t in (q, k, v, log_decay))
         return _fla_forward(q, k, v, log_decay, initial_state)
     return chunked_decayed_linear_attention(q, k, v, log_decay, initial_state)
