@@ -39,7 +39,7 @@ def island_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class HebbianState:
-    """Decoding state: memory and normaliser together, [B, H, D, D + 1] float32 (z is the last column)."""
+    """Decoding state: memory and normaliser, [B, H, D, D + 1], at least float32 (z: the last column)."""
 
     def __init__(self, memory: torch.Tensor) -> None:
         self.memory = memory

@@ -34,7 +34,7 @@ INNER_NORM_EPS = 1e-6
 
 
 class TTTState:
-    """Decoding state, float32: inner weights [B, H, D, D], bias [B, H, D] after the last complete
+    """Decoding state, at least float32: inner weights [B, H, D, D], bias [B, H, D] after the last complete
     mini-batch, and k, v [B, n, H, D], lr [B, n, H] of the n < mini-batch tokens read since."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
