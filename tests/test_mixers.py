@@ -15,7 +15,7 @@ from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
 from hamner.mixers import MIXERS
 from hamner.model import HamnerModel
-from hamner.train_settings import TrainError
+from hamner.train_settings import TrainError, resume_settings
 from hamner.trainer import train
 from train_helpers import tiny_settings, write_curriculum
 
@@ -182,11 +182,14 @@ def test_bad_block_choices_are_one_line_errors_naming_the_field(fields, message)
     assert "\n" not in str(info.value)
 
 
+# The HamnerConfig fields of checkpoints written before the mixer and MLP choices existed.
+LEGACY_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "max_seq_len",
+                 "rope_theta", "norm_eps", "init_std", "scale_residual_init", "activation_checkpointing", "tokenizer")
+
+
 def test_configs_saved_before_the_mixer_fields_load_and_compare_equal():
     config = model_config("v3-50m")
-    saved = {k: v for k, v in config.to_dict().items() if k in
-             ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "max_seq_len",
-              "rope_theta", "norm_eps", "init_std", "scale_residual_init", "activation_checkpointing", "tokenizer")}
+    saved = {k: v for k, v in config.to_dict().items() if k in LEGACY_FIELDS}
     assert HamnerConfig.from_dict(saved).to_dict() == config.to_dict()
     assert config.llama_compatible and not model_config("swa-125m").llama_compatible
 
@@ -273,6 +276,17 @@ def test_training_from_a_model_file(tmp_path):
     assert saved["model"]["layer_mixers"] == ["swa+attention", "diff_attention"]
     assert saved["active_parameters"] < saved["parameters"]
     assert "expert load max" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_run_saved_before_the_mixer_fields_resumes(tmp_path):
+    curriculum = write_curriculum(tmp_path, first=2, second=2)
+    train(tiny_settings(tmp_path / "run", curriculum, max_steps=2))
+    new_fields = {f.name for f in dataclasses.fields(HamnerConfig)} - set(LEGACY_FIELDS)
+    for meta_file in (tmp_path / "run" / "checkpoints").glob("*/config.json"):
+        meta = json.loads(meta_file.read_text())
+        meta["model"] = {k: v for k, v in meta["model"].items() if k not in new_fields}
+        meta_file.write_text(json.dumps(meta))
+    assert train(resume_settings(tmp_path / "run", {"max_steps": 3})).step == 3
 
 
 def test_a_bad_model_file_stops_training_with_one_line(tmp_path):
