@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="A fast trainer for small Llama-style language models with a staged curriculum",
     python_requires=">=3.10",
-    packages=["hamner", "hamner.kernels", "hamner.data"],
+    packages=["hamner", "hamner.kernels", "hamner.data", "hamner.mixers", "hamner.mlps"],
     package_data={"hamner": ["curricula/*.toml"]},
     install_requires=[
         "torch>=2.5",
