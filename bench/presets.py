@@ -1,10 +1,11 @@
 """Training throughput of presets side by side: `python bench/presets.py` (see --help).
 
 Each named preset is timed with its dense twin (the same shape with attention + SwiGLU, named
-after the preset it equals, e.g. v3-50m for diffattn-50m and moe-50m), one after another in this one process, on the same random
-batches: our training step (forward, backward, clipping, AdamW) as `bench/throughput.py` times
-variant (a). Prints tokens/s, step time and peak memory (GPU), and each preset's speed relative
-to its dense twin; a JSON record goes to bench/results/. On CPU the figures are only indicative.
+after the preset it equals, e.g. v3-50m for diffattn-50m and moe-50m), one after another in this
+one process, on the same random batches: our training step (forward, backward, clipping, AdamW)
+as `bench/throughput.py` times variant (a). Prints tokens/s, step time and peak memory (GPU), and
+each preset's speed relative to its dense twin; a JSON record goes to bench/results/. On CPU the
+figures are only indicative.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from environment import environment  # noqa: E402
 from throughput import RESULTS_DIR, _release, make_batches, measure  # noqa: E402
+
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.throughput import peak_flops  # noqa: E402
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<26} {r['parameters']:>13,} {r['active_parameters']:>13,} {r['tokens_per_s']:>10,.0f} "
               f"{ratio:>13.2f}x {memory:>9}")
     slug = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    out = args.out or RESULTS_DIR / f"presets-{slug}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.out or RESULTS_DIR / f"presets-{slug}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for r in results.values():
         del r["identity"], r["twin"]

@@ -23,7 +23,7 @@ Other mixers and MLPs keep the `attn` / `mlp` prefixes; several mixers in one la
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,11 +32,9 @@ from torch.utils.checkpoint import checkpoint
 
 from hamner import kernels
 from hamner.config import HamnerConfig
+from hamner.decoding_cache import DecodingCache
 from hamner.mixers import build_mixer
 from hamner.mlps import build_mlp
-
-if TYPE_CHECKING:
-    from hamner.generate import DecodingCache
 
 
 class RMSNorm(nn.Module):
@@ -224,6 +222,11 @@ class HamnerModel(nn.Module):
                 if hasattr(m, "num_active_parameters"):
                     total += m.num_active_parameters() - sum(p.numel() for p in m.parameters())
         return total
+
+    def describe_parameters(self) -> str:
+        """E.g. "51,234,816 parameters", with the count active per token when it differs (MoE)."""
+        total, active = self.num_parameters(), self.num_parameters(active=True)
+        return f"{total:,} parameters" + (f" ({active:,} active per token)" if active != total else "")
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), for MFU.

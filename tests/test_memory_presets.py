@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from train_helpers import tiny_settings
 
 from hamner import HamnerConfig, HamnerModel, model_config
 from hamner.checkpoint import load_model
@@ -16,7 +17,6 @@ from hamner.data.tokenizer import load_tokenizer
 from hamner.generate import generate
 from hamner.train_settings import TrainError, resume_settings
 from hamner.trainer import train
-from train_helpers import tiny_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,18 +6,18 @@ import subprocess
 
 import pytest
 import torch
-
 from kernel_checks import rel_error
-from hamner.config import HamnerConfig, PRESETS, load_model_file, model_config
-from hamner.export import export_hf
-from hamner.generate import DecodingCache, generate
+from train_helpers import tiny_settings, write_curriculum
+
+from hamner.config import PRESETS, HamnerConfig, load_model_file, model_config
+from hamner.decoding_cache import DecodingCache
+from hamner.generate import generate
+from hamner.hf import export_hf
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
-from hamner.mixers import MIXERS
 from hamner.model import HamnerModel
 from hamner.train_settings import TrainError, resume_settings
 from hamner.trainer import train
-from train_helpers import tiny_settings, write_curriculum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
