@@ -33,8 +33,9 @@ from torch.utils.checkpoint import checkpoint
 from hamner import kernels
 from hamner.config import HamnerConfig
 from hamner.decoding_cache import DecodingCache
-from hamner.mixers import build_mixer
-from hamner.mlps import build_mlp
+from hamner.mixers import MIXERS
+from hamner.mixers.parallel import ParallelMixers
+from hamner.mlps import MLPS
 
 
 class RMSNorm(nn.Module):
@@ -50,6 +51,19 @@ class RMSNorm(nn.Module):
         if delta is None:
             return kernels.rms_norm(x, self.weight, self.eps), x
         return kernels.add_rms_norm(delta, x, self.weight, self.eps)
+
+
+def build_mixer(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
+    """The mixer `name` for layer `layer_index`; several names joined by "+" give a `ParallelMixers`."""
+    parts = name.split("+")
+    if len(parts) == 1:
+        return MIXERS[name](config, layer_index)
+    return ParallelMixers({part: MIXERS[part](config, layer_index) for part in parts})
+
+
+def build_mlp(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
+    """The MLP `name` ("swiglu", "moe") for layer `layer_index`."""
+    return MLPS[name](config, layer_index)
 
 
 class Block(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 
 from hamner.curriculum import LayerLrScale, available_curricula, load_curriculum
 
-SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo"}
+SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin"}
 
 
 def test_every_shipped_curriculum_loads():

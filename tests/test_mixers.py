@@ -16,7 +16,7 @@ from hamner.hf import export_hf
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
 from hamner.model import HamnerModel
-from hamner.train_settings import TrainError, resume_settings
+from hamner.train_settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
 from hamner.trainer import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -254,6 +254,15 @@ def test_a_tiny_model_of_each_preset_learns_in_30_steps(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["swa-125m", "diffattn-50m", "moe-50m", "agiformer-31m", "ttt-125m"])
+def test_the_new_presets_train_built_in_sources_by_default(name):
+    resolved, curriculum, _ = resolve_run(TrainSettings(preset=name, device="cpu"))
+    assert resolved.curriculum == "builtin" and curriculum.data_sources() == []
+    assert curriculum.tokenizer in (None, PRESETS[name].tokenizer)
+    assert (preset_curriculum("v3-50m"), preset_curriculum("v2-164m"), preset_curriculum("demo")) == \
+        ("hamner-v3.1", "hamner-v3.1", "demo")
 
 
 def test_export_refuses_a_non_llama_model(tmp_path):
