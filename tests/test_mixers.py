@@ -7,10 +7,12 @@ import subprocess
 import pytest
 import torch
 from kernel_checks import rel_error
+from tiny_checkpoint import save_tiny_run, tiny_config
 from train_helpers import tiny_settings, write_curriculum
 
 from hamner.config import PRESETS, HamnerConfig, load_model_file, model_config
 from hamner.decoding_cache import DecodingCache
+from hamner.export import main as export_command
 from hamner.generate import generate
 from hamner.hf import export_hf
 from hamner.kernels import reference
@@ -270,6 +272,15 @@ def test_export_refuses_a_non_llama_model(tmp_path):
     with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: the model uses mixer") as info:
         export_hf(HamnerModel(config), config, tmp_path / "hf", eos_id=0)
     assert "\n" not in str(info.value) and not (tmp_path / "hf").exists()
+
+
+def test_the_export_command_refuses_a_non_llama_checkpoint_with_one_line(tmp_path, capsys):
+    save_tiny_run(tmp_path / "run", tiny_config(mixer="swa", window=8))
+    assert export_command([str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot export to Hugging Face Llama: the model uses mixer(s) swa") and \
+        err.count("\n") == 1
+    assert not (tmp_path / "hf").exists()
 
 
 # ----- train.py --model -----
