@@ -291,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     config = model_config(args.preset)
     _check(args, config)
     variants, skipped = choose_variants(args.variants, device)
+    if not config.llama_compatible:  # (d) loads our weights into a transformers Llama
+        for name in [v for v in variants if v.startswith("d")]:
+            variants.remove(name)
+            skipped[name] = "the preset's mixers or MLP have no transformers Llama equivalent"
     env = environment(device)
     with torch.device("meta"):  # parameter counts only, no memory
         flops_per_token = HamnerModel(config).flops_per_token(args.seq_len)

@@ -36,6 +36,10 @@ class InferenceError(HamnerError):
     """A model that cannot be loaded for use (missing, truncated or foreign checkpoint), or an unusable device."""
 
 
+class ExportError(HamnerError, ValueError):
+    """A model that has no equivalent in the format it is exported to (e.g. a mixer Hugging Face Llama lacks)."""
+
+
 class EvalError(HamnerError, ValueError):
     """An evaluation that cannot run on the given model or data (too few tokens, a context too short)."""
 

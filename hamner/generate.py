@@ -1,4 +1,4 @@
-"""Text generation from a HamnerModel: a preallocated KV cache, sampling, batching and streaming.
+"""Text generation from a HamnerModel: a decoding cache, sampling, batching and streaming.
 
 Decoding is prefill-then-one-token-at-a-time. With the cache, each step runs only the new token
 through the model; without it, each step re-runs the whole context (the ground truth the
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hamner.kv_cache import KVCache
+from hamner.decoding_cache import DecodingCache
 from hamner.model import HamnerModel
 
 
@@ -83,7 +83,7 @@ def next_tokens(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def _last_logits(model: HamnerModel, context: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+def _last_logits(model: HamnerModel, context: torch.Tensor, cache: DecodingCache | None) -> torch.Tensor:
     """Logits after the last token of `context` [B, T]; with a cache only the newest token is run when it fits."""
     window = model.config.max_seq_len
     if cache is not None and 0 < cache.pos < cache.max_len:
@@ -128,7 +128,7 @@ def _decode_group(
     context = torch.tensor(prompts, dtype=torch.long, device=device)
     seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool, device=device)
     seen.scatter_(1, context, True)
-    cache = KVCache.for_model(model, len(prompts)) if use_cache else None
+    cache = DecodingCache(model, len(prompts)) if use_cache else None
     outs: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))  # prompt index of each batch row
     logits = _last_logits(model, context, cache)

@@ -7,7 +7,8 @@ fields plus the Hamner tokenizer spec), `model.safetensors` and the tokenizer fi
 `transformers.AutoModelForCausalLM.from_pretrained(DIR)` with the same logits as ours. An import
 accepts what transformers itself saves (one weights file or shards) as long as Hamner can represent
 it (tied embeddings, no biases, SiLU, plain RoPE); anything else is refused with a message naming the
-field. `hamner.checkpoint.load_model` reads such directories; `hamner export` writes them.
+field. A model with other mixers or MLPs than attention + SwiGLU has no Llama equivalent and is refused.
+`hamner.checkpoint.load_model` reads such directories; `hamner export` writes them.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from hamner.config import HamnerConfig
+from hamner.errors import ExportError
 from hamner.model import HamnerModel
 
 # config.json key that records the Hamner tokenizer spec, so an import restores the exact tokenizer.
@@ -294,7 +296,15 @@ def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
 
 
 def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos_id: int) -> Path:
-    """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory."""
+    """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory.
+
+    Only the plain Llama block (attention + SwiGLU in every layer) has a Llama equivalent; other
+    mixers and MLPs are refused with an ExportError before anything is written.
+    """
+    if not config.llama_compatible:
+        mixers = sorted({m for i in range(config.n_layers) for m in config.layer_mixer_names(i)})
+        raise ExportError(f"cannot export to Hugging Face Llama: the model uses mixer(s) {'+'.join(mixers)} and "
+                          f"MLP {config.mlp}; only attention + swiglu has a Llama equivalent")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu() for name, t in model.state_dict().items()}

@@ -19,6 +19,8 @@ from hamner.trainer import train
 PROG = "python train.py"
 EPILOG = """examples:
   python train.py --preset demo                      # CPU demo on built-in data, a few minutes
+  python train.py --preset agiformer-31m --batch-size 4 --seq-len 256   # any preset on built-in data
+  python train.py --preset agiformer-31m --curriculum agiformer-3stage --data DATA
   python train.py --data DATA                        # Hamner V3.1 on one GPU (shards under DATA/)
   python train.py --curriculum hamner-4phase --init-from runs/v3-50m-.../ --data DATA
   python train.py --resume runs/v3-50m-20260101-120000

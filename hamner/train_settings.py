@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hamner.config import PRESETS
 from hamner.curriculum import Curriculum, load_curriculum
 from hamner.device import pick_device as resolve_device
 from hamner.errors import TrainError
@@ -45,8 +46,11 @@ def setting(default: Any, help_text: str, group: str, metavar: str | None = None
 class TrainSettings:
     """Everything `python train.py` accepts; None means "the preset's or curriculum's default"."""
 
-    preset: str = setting("v3-50m", "model preset: v3-50m, v2-164m or demo (CPU-sized, byte-level; also picks "
-                          "the demo curriculum and CPU-sized defaults)", WHAT)
+    preset: str = setting("v3-50m", f"model preset: {', '.join(PRESETS)}; demo is CPU-sized and byte-level, and "
+                          "also picks the demo curriculum and CPU-sized defaults", WHAT)
+    model: str | None = setting(None, "model file: HamnerConfig fields (e.g. mixer = \"swa\", window = 64, "
+                                "mlp = \"moe\") that override the preset's; see README, Model file", WHAT,
+                                metavar="FILE.toml")
     curriculum: str | None = setting(None, "curriculum name from hamner/curricula/ or a path to a .toml file",
                                      WHAT)
     tokenizer: str | None = setting(None, "tokenizer instead of the preset's: a tokenizer.json path (same "
@@ -97,6 +101,7 @@ class RunSettings:
     """TrainSettings of one run with every default resolved (see `resolve`); one field per TrainSettings field."""
 
     preset: str
+    model: str | None  # None: the preset's shape as it is
     curriculum: str
     tokenizer: str | None  # None: the preset's
     data: str | None  # None: built-in sources only
@@ -139,9 +144,13 @@ class PresetDefaults:
 
 GPU_DEFAULTS = PresetDefaults(curriculum="hamner-v3.1", batch_size=24, seq_len=1024, log_interval=10,
                               eval_batches=20, task_samples=50)
+# Presets whose setup differs from GPU_DEFAULTS. Presets without a curriculum of their own train the
+# built-in sources (any tokenizer, no --data), so `python train.py --preset NAME` runs as it is.
 PRESET_DEFAULTS: dict[str, PresetDefaults] = {
     "demo": PresetDefaults(curriculum="demo", batch_size=12, seq_len=128, log_interval=100,
                            eval_batches=2, task_samples=100),
+    **{name: replace(GPU_DEFAULTS, curriculum="builtin")
+       for name in ("swa-125m", "diffattn-50m", "moe-50m", "agiformer-31m", "ttt-125m")},
 }
 # Flags that may differ from the original run when resuming it.
 RESUMABLE_OVERRIDES = {"max_steps", "device", "compile", "log_interval", "eval_interval", "eval_batches",
@@ -157,8 +166,12 @@ def flag(name: str) -> str:
 def default_text(name: str) -> str | None:
     """How `--help` states a field's default (None when its help text says it, or it has none)."""
     if name in {f.name for f in fields(PresetDefaults)}:
-        demo = PRESET_DEFAULTS["demo"]
-        return f"default {getattr(GPU_DEFAULTS, name)}; {getattr(demo, name)} for --preset demo"
+        presets_by_value: dict[Any, list[str]] = {}
+        for preset, defaults in PRESET_DEFAULTS.items():
+            if getattr(defaults, name) != getattr(GPU_DEFAULTS, name):
+                presets_by_value.setdefault(getattr(defaults, name), []).append(preset)
+        return f"default {getattr(GPU_DEFAULTS, name)}" + "".join(
+            f"; {value} for --preset {', '.join(presets)}" for value, presets in presets_by_value.items())
     default = next(f.default for f in fields(TrainSettings) if f.name == name)
     return None if default in (None, False) or not isinstance(default, (int, float, str)) else f"default {default}"
 

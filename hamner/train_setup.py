@@ -9,20 +9,23 @@ import torch
 
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
-from hamner.config import HamnerConfig, model_config
+from hamner.config import HamnerConfig, load_model_file, model_config
 from hamner.curriculum import Curriculum
 from hamner.data.mixture import open_validation
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import DataError, RunDirError, TrainError
+from hamner.model import HamnerModel
 from hamner.run_dir import RunDir
 from hamner.train_settings import RunSettings
 
 
 def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig:
-    """The preset's model config (with --tokenizer), checked against the curriculum and settings."""
+    """The preset's model config (with --model and --tokenizer), checked against the curriculum and settings."""
     try:
         config = model_config(s.preset)
+        if s.model is not None:
+            config = load_model_file(s.model, base=config)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
     if s.tokenizer is not None:  # a file is recorded by absolute path, so checkpoints find it anywhere
@@ -41,6 +44,20 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
         raise TrainError(f"--stage {s.stage} does not exist: curriculum {curriculum.name!r} has "
                          f"stages 0..{len(curriculum.stages) - 1}")
     return config
+
+
+def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.device) -> HamnerModel:
+    """A fresh model of `config` on `device`, refused when a curriculum stage sets a model knob it lacks
+    (or a value the knob does not accept), or asks for document packing its mixers cannot keep apart."""
+    model = HamnerModel(config).to(device)
+    try:
+        curriculum.check_model_knobs(model.check_knob)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if curriculum.packing == "document" and not model.keeps_documents_apart():
+        raise TrainError(f"curriculum {curriculum.name!r} packs documents, but mixer {config.mixer!r} carries its "
+                         "state across them; use an attention mixer or packing = \"stream\"")
+    return model
 
 
 def checked_tokenizer(config: HamnerConfig) -> Tokenizer:
@@ -62,6 +79,13 @@ def validation_sources(names: list[str], data: str | None,
         except DataError as exc:
             notes.append(f"no validation for {name}: {exc}")
     return sources, notes
+
+
+def check_same_model(saved: dict, config: HamnerConfig, run_dir: Path, preset: str) -> None:
+    """Refuse to resume a run whose checkpoint holds another model than `config`. The saved config goes
+    through `from_dict`, so one saved before a field existed compares with that field's default."""
+    if HamnerConfig.from_dict(saved).to_dict() != config.to_dict():
+        raise TrainError(f"cannot resume {run_dir}: its model config differs from preset {preset!r}")
 
 
 def load_init_weights(model: torch.nn.Module, path: str, config: HamnerConfig, tokenizer: Tokenizer,

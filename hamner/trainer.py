@@ -38,7 +38,6 @@ from hamner.errors import CheckpointError, TrainError
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
 from hamner.loggers import ReportError, open_loggers
-from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer
 from hamner.packing import row_segments
 from hamner.run_dir import RunDir
@@ -50,6 +49,8 @@ from hamner.train_eval import TrainEvaluator
 from hamner.train_metrics import DeviceWindow, MetricsWindow, format_row
 from hamner.train_settings import DTYPES, RunSettings, TrainSettings, resolve_run
 from hamner.train_setup import (
+    check_same_model,
+    checked_model,
     checked_model_config,
     checked_tokenizer,
     load_init_weights,
@@ -111,7 +112,7 @@ class Trainer:
         self.rundir = RunDir(Path(s.out), enabled=info.is_main, probe=probe is not None)
 
         torch.manual_seed(s.seed)
-        self.model = HamnerModel(self.config).to(device)
+        self.model = checked_model(self.config, curriculum, device)
         self.controller = CurriculumController(curriculum, n_layers=self.config.n_layers)
         self.lr_factor = s.lr / curriculum.stages[0].lr
         self.optim = OptimizerSlot(lambda: build_optimizer(self.model, curriculum.stages[0].lr, device))
@@ -172,13 +173,14 @@ class Trainer:
             "curriculum_copy": str(copy_curriculum(self.rundir.path, self.curriculum.path).relative_to(s.out)),
             "validation_difficulty": self.evaluator.difficulty,
             "parameters": self.model.num_parameters(),
+            "active_parameters": self.model.num_parameters(active=True),
             "world_size": self.dist.world_size,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "environment": environment(),
         }
         self.rundir.write_config(record)
-        self.rundir.log(f"start: preset {s.preset}, {record['parameters']:,} parameters, curriculum "
+        self.rundir.log(f"start: preset {s.preset}, {self.model.describe_parameters()}, curriculum "
                         f"{record['curriculum']}, device {record['device']}, dtype {self.dtype}, "
                         f"world {record['world_size']}")
         return record
@@ -187,8 +189,7 @@ class Trainer:
         """Weights and every registered part from the latest checkpoint. Returns the run's record."""
         open_run_dir(self.rundir, self.dist, resume=True, notes=self._notes)
         target = ckpt.resolve_checkpoint(run_dir)
-        if ckpt.read_meta(target)["model"] != self.config.to_dict():
-            raise TrainError(f"cannot resume {run_dir}: its model config differs from preset {self.s.preset!r}")
+        check_same_model(ckpt.read_meta(target)["model"], self.config, run_dir, self.s.preset)
         state = ckpt.load_trainer_state(target)
         ckpt.load_weights(self.model, target, device=self.device)
         try:
@@ -253,6 +254,8 @@ class Trainer:
 
         self._batches = Prefetcher(make_batch, start_step=self.progress.step * accum, device=self.device)
         self.stage_scales = self.controller.layer_lr_scales()
+        for name, value in self.controller.model_knobs().items():  # the stage's knobs, also after a resume
+            self.model.set_knob(name, value)
 
     def _train_step(self) -> None:
         self.last_lr = self.controller.lr() * self.lr_factor
@@ -305,7 +308,7 @@ class Trainer:
                                     tokens=self.progress.tokens, tokens_per_s=rate, mfu=mfu,
                                     elapsed_s=round(self.progress.elapsed, 2))
         self.loggers.metrics(row)
-        line = format_row(row, self.metrics.bad_total)
+        line = format_row(row, self.metrics.bad_total, self.model.expert_load())
         self.rundir.log(line)
         if self.dist.is_main:
             loss = row["loss"] if row["loss"] is not None else float("nan")

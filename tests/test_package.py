@@ -1,9 +1,12 @@
-"""The package's shape: no import cycle anywhere, and every kernel op has its reference's signature."""
+"""The package's shape: every subpackage installs, no import cycle anywhere, and every kernel op has its
+reference's signature."""
 import ast
 import inspect
+import tomllib
 from pathlib import Path
 
 import pytest
+from setuptools import find_packages
 
 import hamner.kernels as kernels
 from hamner.kernels import reference
@@ -73,11 +76,19 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_pyproject_installs_every_subpackage():
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    installed = set(find_packages(str(ROOT), include=find["include"]))
+    subpackages = {"hamner." + p.parent.name for p in (ROOT / "hamner").glob("*/__init__.py")}
+    assert {"hamner.mixers", "hamner.mlps", "hamner.eval", "hamner.kernels", "hamner.data"} <= subpackages
+    assert subpackages <= installed
+
+
 def test_the_package_has_no_import_cycle():
     modules = package_modules()
     assert {"hamner.cli", "hamner.kernels.reference", "hamner.data.prepare", "hamner.eval.cli"} <= set(modules)
     graph = {name: imported_modules(name, path, set(modules)) for name, path in modules.items()}
-    assert "hamner.kv_cache" in graph["hamner.model"] and "hamner.hf" in graph["hamner.checkpoint"]
+    assert "hamner.decoding_cache" in graph["hamner.model"] and "hamner.hf" in graph["hamner.checkpoint"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -92,8 +103,11 @@ def test_function_level_imports_count(tmp_path):
     assert imported_modules("hamner.x", tmp_path / "x.py", {"hamner", "hamner.x", "hamner.y"}) == {"hamner.y"}
 
 
+NOT_OPS = {"reference", "attention_backend", "linear_attention_backend"}  # which backend runs, not ops
+
+
 @pytest.mark.skipif(not TRITON_INSTALLED, reason="without triton every op is its reference")
-@pytest.mark.parametrize("op", sorted(set(kernels.__all__) - {"reference", "attention_backend"}))
+@pytest.mark.parametrize("op", sorted(set(kernels.__all__) - NOT_OPS))
 def test_each_op_takes_what_its_reference_takes(op):
     ours, theirs = inspect.signature(getattr(kernels, op)), inspect.signature(getattr(reference, op))
     assert [(p.name, p.kind) for p in ours.parameters.values()] == \

@@ -19,7 +19,7 @@ from hamner.train_settings import RunSettings, TrainSettings, flag, resolve, res
 from hamner.trainer import train as run_training
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = {"tokenizer", "data", "init_from", "resume", "max_steps", "threads"}  # None = really absent
+OPTIONAL = {"model", "tokenizer", "data", "init_from", "resume", "max_steps", "threads"}  # None = really absent
 
 
 def test_every_setting_has_one_flag_with_its_help_and_every_flag_a_setting():
