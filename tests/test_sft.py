@@ -170,7 +170,8 @@ def test_document_mask_backends_agree():
     q, k, v = torch.randn(2, 24, 4, 8), torch.randn(2, 24, 2, 8), torch.randn(2, 24, 2, 8)
     segments = document_ids(torch.randint(0, 4, (2, 24)), 0)
     expected = reference.attention(q.double(), k.double(), v.double(), True, segment_ids=segments).float()
-    torch.testing.assert_close(attention_dispatch.attention(q, k, v, True, segment_ids=segments), expected, atol=1e-5, rtol=1e-5)
+    out = attention_dispatch.attention(q, k, v, True, segment_ids=segments)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     with pytest.warns(UserWarning):  # FlexAttention runs eagerly (unfused) off CUDA
         flex = attention_dispatch._flex(q, k, v, True, segments)
     torch.testing.assert_close(flex, expected, atol=1e-5, rtol=1e-5)
