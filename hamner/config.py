@@ -2,12 +2,22 @@
 
 A `HamnerConfig` is everything needed to rebuild a model (checkpoints store `to_dict()`), plus
 the tokenizer spec its vocabulary belongs to, so a checkpoint always knows how to read text.
+The token mixer(s) and MLP of the blocks are named choices from the registries in
+`hamner.mixers` and `hamner.mlps`; the defaults give the plain Llama block.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from hamner.mixers import MIXERS
+from hamner.mlps import MLPS
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -16,6 +26,12 @@ class HamnerConfig:
 
     `tokenizer` is the spec string the data layer's `load_tokenizer` understands: "bytes", a
     tokenizer.json path or a Hugging Face hub name.
+
+    `mixer` names the token mixer of every block ("attention", "swa", "diff_attention", ... see
+    `hamner.mixers.MIXERS`); several joined by "+" (e.g. "swa+hebbian") run side by side on the
+    same normed input and their outputs are summed. `layer_mixers` (one such name per layer)
+    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu" or "moe", `hamner.mlps.MLPS`).
+    The remaining fields are settings of particular mixers and MLPs and are ignored by the others.
     """
 
     vocab_size: int
@@ -31,12 +47,24 @@ class HamnerConfig:
     scale_residual_init: bool = False
     activation_checkpointing: bool = False
     tokenizer: str = "bytes"
+    mixer: str = "attention"
+    layer_mixers: list[str] | None = None
+    mlp: str = "swiglu"
+    # Sliding-window attention ("swa"): each query sees the last `window` keys, itself included.
+    window: int | None = None
+    # Mixture-of-experts MLP ("moe"): experts of width moe_intermediate_size (default
+    # intermediate_size), moe_top_k of them per token, and the weights of the auxiliary losses.
+    n_experts: int = 8
+    moe_top_k: int = 2
+    moe_intermediate_size: int | None = None
+    moe_balance_weight: float = 0.01
+    moe_z_weight: float = 0.001
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
                      "intermediate_size", "max_seq_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
@@ -45,8 +73,68 @@ class HamnerConfig:
         if self.head_dim % 2:
             raise ValueError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
         for name in ("rope_theta", "norm_eps", "init_std"):
-            if not getattr(self, name) > 0:
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        """The mixer and MLP choices exist, and each accepts its settings (one-line errors naming the field)."""
+        if self.layer_mixers is not None:
+            if not isinstance(self.layer_mixers, list) or len(self.layer_mixers) != self.n_layers:
+                raise ValueError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
+                                 f"got {self.layer_mixers!r}")
+        names = [self.mixer] if self.layer_mixers is None else self.layer_mixers
+        field = "mixer" if self.layer_mixers is None else "layer_mixers"
+        used: set[str] = set()
+        for spec in names:
+            if not isinstance(spec, str):
+                raise ValueError(f"{field}: expected a mixer name (several joined by '+'), got {spec!r}")
+            parts = spec.split("+")
+            for part in parts:
+                if part not in MIXERS:
+                    raise ValueError(f"{field}: unknown mixer {part!r}; choose from {', '.join(MIXERS)} "
+                                     "(several joined by '+')")
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"{field}: {spec!r} names a mixer twice")
+            used.update(parts)
+        if not isinstance(self.mlp, str) or self.mlp not in MLPS:
+            raise ValueError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
+        if "swa" in used and not _positive_int(self.window):
+            raise ValueError(f"window must be a positive integer for the swa mixer, got {self.window!r}")
+        if "diff_attention" in used and (self.n_heads % 2 or self.n_kv_heads % 2):
+            raise ValueError(f"n_heads ({self.n_heads}) and n_kv_heads ({self.n_kv_heads}) must be even for "
+                             "diff_attention (it pairs heads)")
+        if self.mlp == "moe":
+            self._check_moe()
+
+    def _check_moe(self) -> None:
+        for name in ("n_experts", "moe_top_k"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.moe_top_k > self.n_experts:
+            raise ValueError(f"moe_top_k ({self.moe_top_k}) must not exceed n_experts ({self.n_experts})")
+        if self.moe_intermediate_size is not None and not _positive_int(self.moe_intermediate_size):
+            raise ValueError(f"moe_intermediate_size must be a positive integer, got {self.moe_intermediate_size!r}")
+        for name in ("moe_balance_weight", "moe_z_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+    def layer_mixer_names(self, layer_index: int) -> list[str]:
+        """The mixers of layer `layer_index`, in order ("swa+hebbian" -> ["swa", "hebbian"])."""
+        spec = self.mixer if self.layer_mixers is None else self.layer_mixers[layer_index]
+        return spec.split("+")
+
+    @property
+    def residual_init_std(self) -> float:
+        """Init std of projections that write into the residual stream (init_std / sqrt(2 n_layers) if scaled)."""
+        return self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else self.init_std
+
+    @property
+    def llama_compatible(self) -> bool:
+        """True when every block is plain attention + SwiGLU, the shape a Hugging Face Llama holds."""
+        return self.mlp == "swiglu" and all(
+            self.layer_mixer_names(i) == ["attention"] for i in range(self.n_layers))
 
     @property
     def head_dim(self) -> int:
@@ -59,7 +147,10 @@ class HamnerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HamnerConfig:
-        """Inverse of `to_dict`; unknown keys are an error (they mean a foreign or newer config)."""
+        """Inverse of `to_dict`; unknown keys are an error (they mean a foreign or newer config).
+
+        Missing keys take their defaults, so configs saved before a field existed still load.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

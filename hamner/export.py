@@ -147,7 +147,15 @@ def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
 
 
 def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos_id: int) -> Path:
-    """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory."""
+    """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory.
+
+    Only the plain Llama block (attention + SwiGLU in every layer) has a Llama equivalent; other
+    mixers and MLPs are refused with a ValueError before anything is written.
+    """
+    if not config.llama_compatible:
+        mixers = sorted({m for i in range(config.n_layers) for m in config.layer_mixer_names(i)})
+        raise ValueError(f"cannot export to Hugging Face Llama: the model uses mixer(s) {'+'.join(mixers)} and "
+                         f"MLP {config.mlp}; only attention + swiglu has a Llama equivalent")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu() for name, t in model.state_dict().items()}
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, config, tokenizer = load_for_inference(args.checkpoint, "cpu")
         out = export_hf(model, config, args.out_dir, tokenizer.eos_id)
-    except (InferenceError, OSError) as exc:
+    except (InferenceError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")

@@ -242,7 +242,8 @@ class Trainer:
     def _restore(self, run_dir: Path) -> None:
         target = ckpt.resolve_checkpoint(run_dir)
         meta = ckpt.read_meta(target)
-        if meta["model"] != self.config.to_dict():
+        # Through from_dict, so configs saved before a field existed compare with its default.
+        if HamnerConfig.from_dict(meta["model"]).to_dict() != self.config.to_dict():
             raise TrainError(f"cannot resume {run_dir}: its model config differs from preset {self.s.preset!r}")
         state = ckpt.load_trainer_state(target)
         ckpt.load_weights(self.model, target, device=self.device)

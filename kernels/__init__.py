@@ -5,8 +5,9 @@ run the Triton kernels; CPU tensors run the reference unless TRITON_INTERPRET=1 
 which case they run the Triton kernels in the interpreter (see `kernels.dispatch`).
 """
 from hamner.kernels import reference
-from hamner.kernels.attention_dispatch import attention, attention_backend
+from hamner.kernels.attention_dispatch import attention, attention_backend, differential_attention
 from hamner.kernels.dispatch import TRITON_INSTALLED
+from hamner.kernels.moe import moe_experts
 
 if TRITON_INSTALLED:
     from hamner.kernels.cross_entropy import fused_linear_cross_entropy
@@ -28,7 +29,9 @@ __all__ = [
     "apply_rope",
     "attention",
     "attention_backend",
+    "differential_attention",
     "fused_linear_cross_entropy",
+    "moe_experts",
     "reference",
     "rms_norm",
     "rope_cache",

@@ -70,17 +70,73 @@ def fused_linear_cross_entropy(
     return F.cross_entropy(logits.to(_compute_dtype(logits.dtype)), targets, ignore_index=ignore_index)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv)."""
+def causal_mask(n_queries: int, n_keys: int, window: int | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool [n_queries, n_keys], True where a query may see a key.
+
+    Queries are the last n_queries positions of the keys: query j sits at n_keys - n_queries + j
+    and sees the keys at or before it, and with `window` only the last `window` of those.
+    """
+    offset = n_keys - n_queries
+    mask = torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
+    if window is not None:
+        mask = mask.triu(diagonal=offset - window + 1)
+    return mask
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, window: int | None = None
+) -> torch.Tensor:
+    """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv).
+
+    With `window` (causal only), each query sees just the last `window` keys up to itself.
+    """
     group = q.shape[2] // k.shape[2]
     qh = q.transpose(1, 2)
     kh = k.repeat_interleave(group, dim=2).transpose(1, 2)
     vh = v.repeat_interleave(group, dim=2).transpose(1, 2)
     scores = (qh @ kh.transpose(-1, -2)).to(_compute_dtype(q.dtype)) / math.sqrt(q.shape[-1])
     if causal:
-        tq, tk = scores.shape[-2], scores.shape[-1]
         # Queries are the last tq positions of the tk keys (matters for cached decoding).
-        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+        mask = causal_mask(scores.shape[-2], scores.shape[-1], window, device=q.device)
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(-1).to(v.dtype)
     return (probs @ vh).transpose(1, 2)
+
+
+def differential_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    """(softmax(q1 k1^T / sqrt(d)) - lam softmax(q2 k2^T / sqrt(d))) v, the two maps formed explicitly.
+
+    q [B, Tq, 2, H, d] and k [B, Tk, 2, Hkv, d] hold the two components; v is [B, Tk, Hkv, 2d];
+    `lam` a scalar tensor. Returns [B, Tq, H, 2d]; component j of head h reads KV head h // (H // Hkv).
+    """
+    group = q.shape[3] // k.shape[3]
+    dtype = _compute_dtype(q.dtype)
+    maps = []
+    for j in range(2):
+        qh = q[:, :, j].transpose(1, 2).to(dtype)
+        kh = k[:, :, j].repeat_interleave(group, dim=2).transpose(1, 2).to(dtype)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if causal:
+            mask = causal_mask(scores.shape[-2], scores.shape[-1], device=q.device)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        maps.append(scores.softmax(-1))
+    probs = maps[0] - lam.to(dtype) * maps[1]
+    vh = v.repeat_interleave(group, dim=2).transpose(1, 2).to(dtype)
+    return (probs @ vh).transpose(1, 2).to(v.dtype)
+
+
+def moe_experts(
+    x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor, w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+) -> torch.Tensor:
+    """Routed SwiGLU experts, one expert at a time: see `kernels.moe.moe_experts` for the shapes."""
+    out = torch.zeros_like(x)
+    for expert in range(w_down.shape[0]):
+        tokens, slots = (expert_ids == expert).nonzero(as_tuple=True)
+        gate, up = (x[tokens] @ w_gate_up[expert].T).chunk(2, dim=-1)
+        y = swiglu(gate, up) @ w_down[expert].T
+        out = out.index_add(0, tokens, y * weights[tokens, slots, None])
+    return out

@@ -4,7 +4,7 @@ import torch
 
 from hamner import HamnerConfig, HamnerModel
 from hamner.generate import (
-    KVCache,
+    DecodingCache,
     Sampling,
     filter_top_k,
     filter_top_p,
@@ -109,8 +109,8 @@ def test_cached_logits_use_rope_rows_offset_by_the_cache_position():
     model = random_model()
     idx = torch.randint(0, 97, (2, 14))
     full = model(idx)
-    cache = KVCache.for_model(model, batch_size=2)
-    assert cache.k[0].shape == (2, 64, 2, 16) and cache.k[0].dtype == torch.float64
+    cache = DecodingCache(model, batch_size=2)
+    assert cache.states[0].k.shape == (2, 64, 2, 16) and cache.states[0].k.dtype == torch.float64
     with torch.no_grad():
         torch.testing.assert_close(model(idx[:, :7], cache=cache), full[:, :7])
         for t in range(7, 10):  # one token at a time
@@ -123,7 +123,7 @@ def test_cached_logits_use_rope_rows_offset_by_the_cache_position():
 
 def test_cache_overflow_is_a_clear_error():
     model = random_model(max_seq_len=8)
-    cache = KVCache.for_model(model, batch_size=1)
+    cache = DecodingCache(model, batch_size=1)
     with torch.no_grad():
         model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="exceeds max_seq_len 8"):
