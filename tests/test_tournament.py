@@ -84,8 +84,8 @@ def test_resizing_lands_within_tolerance_and_refuses_a_coarse_knob(tmp_path):
     one, two = (model_size(dataclasses.replace(wide, n_layers=n), 16).non_embedding for n in (1, 2))
     with pytest.raises(ValueError, match="outside the tolerance"):
         match_size(wide, (one + two) / 2, "non_embedding", "n_layers", 16, 0.01)
-    by_flops = match_size(wide, model_size(spec.base, 16).flops_per_token, "flops_per_token",
-                          "intermediate_size", 16, 0.02)
+    by_flops = match_size(spec.entrant("deep").config, model_size(spec.base, 16).flops_per_token,
+                          "flops_per_token", "intermediate_size", 16, 0.02)
     assert abs(by_flops.error) <= 0.02
 
 

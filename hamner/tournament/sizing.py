@@ -7,16 +7,19 @@ so a new mixer or MLP is counted as it is built, not by a formula that could dri
                     only the experts a token is routed to (see `active_parameters`);
   flops_per_token   training FLOPs per token at the tournament's sequence length
                     (`HamnerModel.flops_per_token`).
-`match_size` moves one integer knob (`intermediate_size` or `n_layers`) by bisection until the
+`match_size` moves one integer knob (`intermediate_size` or `n_layers`) by a bracketing search until the
 entrant's measure is within `tolerance` (relative) of the base's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
 from hamner.config import HamnerConfig
 from hamner.model import HamnerModel
@@ -34,9 +37,27 @@ class Size:
         return float(getattr(self, name))
 
 
+_INIT_FUNCTIONS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "ones_",
+                   "zeros_", "constant_")
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """`torch.nn.init` does nothing: meta tensors hold no values, and initialising them costs
+    about as much as building the model."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
 def meta_model(config: HamnerConfig) -> HamnerModel:
-    """The model for `config` on the meta device: shapes only, nothing allocated."""
-    with torch.device("meta"):
+    """The model for `config` on the meta device: shapes only, nothing allocated or initialised."""
+    with torch.device("meta"), _no_init():
         return HamnerModel(config)
 
 
@@ -77,20 +98,27 @@ def match_size(config: HamnerConfig, target: float, measure: str, knob: str, seq
     The measure must grow with the knob (it does for the MLP width and the layer count); raises
     ValueError when even the closest value misses `target` by more than `tolerance` (relative).
     """
-    def value_of(n: int) -> float:
-        return model_size(dataclasses.replace(config, **{knob: n}), seq_len).measure(measure)
+    measured: dict[int, float] = {}
 
-    lo, hi = 1, max(1, getattr(config, knob))
+    def value_of(n: int) -> float:
+        if n not in measured:
+            measured[n] = model_size(dataclasses.replace(config, **{knob: n}), seq_len).measure(measure)
+        return measured[n]
+
+    lo, hi = 1, max(2, getattr(config, knob))
     while value_of(hi) < target:
         lo, hi = hi, hi * 2
         if hi > 1 << 24:
             raise ValueError(f"{knob} would have to exceed {1 << 24} to reach {measure} {target:,.0f}")
-    while hi - lo > 1:  # invariant: value_of(hi) >= target; value_of(lo) < target unless lo == 1
-        mid = (lo + hi) // 2
-        if value_of(mid) >= target:
-            hi = mid
+    # Regula falsi on whole numbers, keeping value_of(lo) < target <= value_of(hi) (unless lo == 1):
+    # the measures are close to linear in the knob, so this takes a handful of model builds.
+    while hi - lo > 1 and value_of(lo) < target:
+        guess = lo + round((target - value_of(lo)) * (hi - lo) / (value_of(hi) - value_of(lo)))
+        guess = min(max(guess, lo + 1), hi - 1)
+        if value_of(guess) >= target:
+            hi = guess
         else:
-            lo = mid
+            lo = guess
     best = min((lo, hi), key=lambda n: abs(value_of(n) - target))
     resized = dataclasses.replace(config, **{knob: best})
     size = model_size(resized, seq_len)

@@ -199,7 +199,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     rounds = _parse_rounds(raw["rounds"], f"{where}.rounds", len(entrants), seeds)
     return TournamentSpec(
         name=top.text("name", path.stem),
-        description=top.text("description", ""),
+        description=top.text("description") or "",
         base=base, base_name=base_name, baseline=baseline,
         measure=top.text("measure", "non_embedding", MEASURES),
         tolerance=top.number("tolerance", 0.02, 0.0, 1.0, low_open=True),
