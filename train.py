@@ -12,6 +12,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from hamner.config import PRESETS
 from hamner.data.errors import DataError
 from hamner.checkpoint import CheckpointError
 from hamner.train_settings import GPU_DEFAULTS, PRESET_DEFAULTS, TrainError, TrainSettings, resume_settings
@@ -41,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
     g = GPU_DEFAULTS
     what = p.add_argument_group("what to train")
-    what.add_argument("--preset", help="model preset: v3-50m (default), v2-164m or demo (CPU-sized, byte-level; "
-                      "also picks the demo curriculum and CPU-sized defaults)")
+    what.add_argument("--preset", help=f"model preset: {', '.join(PRESETS)} (default v3-50m); demo is CPU-sized "
+                      "and byte-level, and also picks the demo curriculum and CPU-sized defaults")
+    what.add_argument("--model", metavar="FILE.toml", help="model file: HamnerConfig fields (e.g. mixer = \"swa\", "
+                      "window = 64, mlp = \"moe\") that override the preset's; see README, Model file")
     what.add_argument("--curriculum", help="curriculum name from hamner/curricula/ or a path to a .toml file "
                       f"(default {g.curriculum}; {demo.curriculum} for --preset demo)")
     what.add_argument("--tokenizer", metavar="SPEC",

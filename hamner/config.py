@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hamner.mixers import MIXERS
@@ -171,7 +173,50 @@ PRESETS: dict[str, HamnerConfig] = {
     # curriculum's ~2.5M tokens train in about three minutes on 2 CPU cores.
     "demo": HamnerConfig(vocab_size=257, hidden_size=128, n_layers=4, n_heads=4, n_kv_heads=2,
                          intermediate_size=344, max_seq_len=256, tokenizer="bytes"),
+    # The TTT-125M study's sliding-window baseline (window 64): 122,702,592 parameters.
+    "swa-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
+                             intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                             mixer="swa", window=64),
+    # v3-50m with differential attention (4 differential heads per layer): 47,193,600 parameters.
+    "diffattn-50m": HamnerConfig(vocab_size=49152, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
+                                 intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                                 mixer="diff_attention"),
+    # v3-50m with an 8-expert top-2 MoE MLP; experts half as wide as its MLP (688, rounded up to a
+    # multiple of 16 for the grouped matmul), so a token uses about as many parameters as in v3-50m:
+    # 98,083,328 parameters, 47,358,464 active.
+    "moe-50m": HamnerConfig(vocab_size=49152, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
+                            intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                            mlp="moe", n_experts=8, moe_top_k=2, moe_intermediate_size=688),
 }
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list[str]": (list,), "None": (),
+}
+
+
+def load_model_file(path: str | Path, base: HamnerConfig) -> HamnerConfig:
+    """`base` with the fields a TOML model file sets (any HamnerConfig field, e.g. mixer = "swa", window = 64).
+
+    Every mistake is a ValueError of one line naming the file and the field.
+    """
+    try:
+        table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"model file {path}: cannot read it ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model file {path}: not valid TOML ({exc})") from None
+    fields = {f.name: f for f in dataclasses.fields(HamnerConfig)}
+    for name, value in table.items():
+        if name not in fields:
+            raise ValueError(f"model file {path}: unknown field {name!r}; known fields: {', '.join(fields)}")
+        allowed = tuple(t for part in str(fields[name].type).split(" | ") for t in _FIELD_TYPES[part])
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ValueError(f"model file {path}: field {name!r} must be {fields[name].type}, got {value!r}")
+    try:
+        return dataclasses.replace(base, **table)
+    except ValueError as exc:
+        raise ValueError(f"model file {path}: {exc}") from None
 
 
 def model_config(name: str) -> HamnerConfig:

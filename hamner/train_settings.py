@@ -29,6 +29,7 @@ class TrainSettings:
     """Everything `python train.py` accepts; None means "the preset's or curriculum's default"."""
 
     preset: str = "v3-50m"
+    model: str | None = None  # a TOML model file whose fields override the preset's
     curriculum: str | None = None
     tokenizer: str | None = None
     data: str | None = None

@@ -36,7 +36,7 @@ from hamner.data.mixture import MixtureSampler, open_sources, open_validation
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
-from hamner.config import HamnerConfig, model_config
+from hamner.config import HamnerConfig, load_model_file, model_config
 from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum, is_synthetic_source, load_curriculum
 from hamner.eval_loss import utf8_bytes
@@ -165,6 +165,8 @@ class Trainer:
         s = self.s
         try:
             config = model_config(s.preset)
+            if s.model is not None:
+                config = load_model_file(s.model, base=config)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
         if s.tokenizer is not None:  # a file is recorded by absolute path, so checkpoints find it anywhere
@@ -221,11 +223,14 @@ class Trainer:
             "curriculum": self.curriculum.name,
             "curriculum_path": str(self.curriculum.path),
             "parameters": self.model.num_parameters(),
+            "active_parameters": self.model.num_parameters(active=True),
             "world_size": self.dist.world_size,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         })
-        self.rundir.log(f"start: preset {s.preset}, {self.model.num_parameters():,} parameters, curriculum "
+        total, active = self.model.num_parameters(), self.model.num_parameters(active=True)
+        params = f"{total:,} parameters" + (f" ({active:,} active per token)" if active != total else "")
+        self.rundir.log(f"start: preset {s.preset}, {params}, curriculum "
                      f"{self.curriculum.name}, device {self.device}, dtype {self.dtype}, world {self.dist.world_size}")
 
     def _init_weights(self, path: str) -> None:
@@ -445,6 +450,9 @@ class Trainer:
             parts.append(f"mfu {100 * mfu:.1f}%")
         if self.bad_total:
             parts.append(f"{self.bad_total} skipped")
+        load = self.model.expert_load()
+        if load is not None:  # busiest expert's share relative to an even split (1.00 = balanced)
+            parts.append(f"expert load max {float(load.max()) * load.shape[1]:.2f}")
         line = " | ".join(parts)
         self.rundir.log(line)
         if self.dist.is_main:

@@ -5,7 +5,8 @@ block; `torch.nn.functional.grouped_mm` then runs all experts' gate/up and down 
 two grouped matmuls over those blocks, and the weighted outputs are summed back per token. Where
 the grouped matmul is unavailable (older torch, dtypes or widths it does not take, CUDA without
 bf16) and inside `dispatch.reference_only()`, the per-expert loop in `kernels.reference` runs.
-Everything is ordinary differentiable torch ops with static shapes, so torch.compile traces it.
+The grouped matmul is registered as the `hamner::grouped_mm` custom op (with its backward), so
+torch.compile(fullgraph=True) traces it whatever dtypes its own fake kernel would accept.
 """
 from __future__ import annotations
 
@@ -21,6 +22,45 @@ else:
 
 _GROUPED_MM = getattr(F, "grouped_mm", None)
 _CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@torch.library.custom_op("hamner::grouped_mm", mutates_args=())
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows offsets[g-1]:offsets[g] of a [M, K] times b[g] [K, N], stacked: [M, N]."""
+    dispatch.record_launch("moe_grouped_mm")
+    return _GROUPED_MM(a, b, offs=offsets)
+
+
+@_grouped_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return a.new_empty(a.shape[0], b.shape[-1])
+
+
+@torch.library.custom_op("hamner::grouped_mm_bwd", mutates_args=())
+def _grouped_mm_bwd(
+    grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(da, db): da = grad_g @ b[g]^T per row block, db[g] = a_g^T @ grad_g (a grouped matmul along M)."""
+    grad = grad.contiguous()  # grouped_mm rejects the stride-0 gradients of a sum
+    return _GROUPED_MM(grad, b.transpose(1, 2), offs=offsets), _GROUPED_MM(a.t(), grad, offs=offsets)
+
+
+@_grouped_mm_bwd.register_fake
+def _(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return a.new_empty(a.shape), b.new_empty(b.shape)
+
+
+def _grouped_mm_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad: torch.Tensor):
+    a, b, offsets = ctx.saved_tensors
+    da, db = _grouped_mm_bwd(grad, a, b, offsets)
+    return da, db, None
+
+
+_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 def _grouped_mm_usable(dtype: torch.dtype, device: torch.device, widths: tuple[int, ...]) -> bool:
@@ -57,8 +97,8 @@ def moe_experts(
     counts = torch.zeros(n_experts, dtype=torch.int64, device=x.device)
     counts.index_add_(0, flat_experts, torch.ones_like(flat_experts))
     offsets = counts.cumsum(0).to(torch.int32)  # end row of each expert's block
-    hidden = _GROUPED_MM(x[tokens], w_gate_up.transpose(1, 2), offs=offsets)
+    hidden = _grouped_mm(x[tokens], w_gate_up.transpose(1, 2), offsets)
     gate, up = hidden.chunk(2, dim=-1)
-    out = _GROUPED_MM(swiglu(gate, up).contiguous(), w_down.transpose(1, 2), offs=offsets)
+    out = _grouped_mm(swiglu(gate, up).contiguous(), w_down.transpose(1, 2), offsets)
     out = out * weights.reshape(-1)[order, None]
     return torch.zeros_like(x).index_add_(0, tokens, out)

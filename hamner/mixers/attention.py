@@ -49,8 +49,8 @@ class KVState:
         n = k.shape[1]
         if self.window is not None:
             k_all, v_all = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)
-            keep = self.window - 1
-            self.k, self.v = k_all[:, k_all.shape[1] - keep:], v_all[:, v_all.shape[1] - keep:]
+            start = max(0, k_all.shape[1] - (self.window - 1))
+            self.k, self.v = k_all[:, start:], v_all[:, start:]
             self.length += n
             return k_all, v_all
         end = self.length + n
