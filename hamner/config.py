@@ -22,6 +22,10 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class HamnerConfig:
     """Shape and initialisation of a Llama-style decoder (pre-norm, GQA, SwiGLU, RoPE, tied embeddings).
@@ -61,6 +65,13 @@ class HamnerConfig:
     moe_intermediate_size: int | None = None
     moe_balance_weight: float = 0.01
     moe_z_weight: float = 0.001
+    # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
+    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
+    hebbian_plasticity: float = 0.99
+    # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
+    # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
+    ttt_mini_batch: int = 16
+    ttt_base_lr: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
@@ -106,6 +117,13 @@ class HamnerConfig:
         if "diff_attention" in used and (self.n_heads % 2 or self.n_kv_heads % 2):
             raise ValueError(f"n_heads ({self.n_heads}) and n_kv_heads ({self.n_kv_heads}) must be even for "
                              "diff_attention (it pairs heads)")
+        if "hebbian" in used and not (_number(self.hebbian_plasticity) and 0 < self.hebbian_plasticity <= 1):
+            raise ValueError(f"hebbian_plasticity must be in (0, 1], got {self.hebbian_plasticity!r}")
+        if "ttt_linear" in used:
+            if not _positive_int(self.ttt_mini_batch):
+                raise ValueError(f"ttt_mini_batch must be a positive integer, got {self.ttt_mini_batch!r}")
+            if not (_number(self.ttt_base_lr) and self.ttt_base_lr > 0):
+                raise ValueError(f"ttt_base_lr must be positive, got {self.ttt_base_lr!r}")
         if self.mlp == "moe":
             self._check_moe()
 
@@ -187,6 +205,15 @@ PRESETS: dict[str, HamnerConfig] = {
     "moe-50m": HamnerConfig(vocab_size=49152, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
                             intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
                             mlp="moe", n_experts=8, moe_top_k=2, moe_intermediate_size=688),
+    # AGIFORMER, byte-level: every layer runs sliding-window attention and the Hebbian memory side by
+    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. 31,005,744 parameters.
+    "agiformer-31m": HamnerConfig(vocab_size=257, hidden_size=512, n_layers=6, n_heads=8, n_kv_heads=8,
+                                  intermediate_size=1984, max_seq_len=1024, tokenizer="bytes",
+                                  mixer="swa+hebbian", window=128),
+    # TTT-Linear in every layer (mini-batches of 16 tokens), the shape of swa-125m. 123,449,424 parameters.
+    "ttt-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
+                             intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                             mixer="ttt_linear"),
 }
 
 

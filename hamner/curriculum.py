@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ _TOP_KEYS = {
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale",
+    "layer_lr_scale", "model",
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
 _EARLY_STOP_KEYS = ("patience", "min_delta")
@@ -109,6 +110,8 @@ class Stage:
     early_stop: EarlyStop | None
     fresh_optimizer: bool
     layer_lr_scale: LayerLrScale | None
+    # Model knobs this stage sets (e.g. {"plasticity": 0.1}); they hold until a later stage changes them.
+    model_knobs: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,16 @@ class Curriculum:
     def data_sources(self) -> list[str]:
         """The sources that must exist as prepared shard directories under --data."""
         return [s for s in self.sources() if not is_builtin_source(s)]
+
+    def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
+        """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
+        ValueError comes back as one line naming the field."""
+        for i, stage in enumerate(self.stages):
+            for name, value in stage.model_knobs.items():
+                try:
+                    check(name, value)
+                except ValueError as exc:
+                    raise ValueError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
 
     def uses_synthetic(self) -> bool:
         """Whether any stage draws synthetic-task samples (mixed or of one task)."""
@@ -320,6 +333,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
         fresh_optimizer=f.flag("fresh_optimizer", False),
         layer_lr_scale=_parse_layer_scale(table["layer_lr_scale"], f"{where}.layer_lr_scale")
         if f.has("layer_lr_scale") else None,
+        model_knobs=_parse_model_knobs(table.get("model", {}), f"{where}.model"),
     )
 
 
@@ -335,6 +349,14 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
     if sum(weights.values()) <= 0:
         raise ValueError(f"{where}: all weights are zero")
     return weights
+
+
+def _parse_model_knobs(table: Any, where: str) -> dict[str, float]:
+    """`model = { knob = number, ... }`; whether the model has those knobs is checked when it is built."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: must be a table of knob = number, got {table!r}")
+    f = _Fields(table, where, set(table))
+    return {name: f.number(name) for name in table}
 
 
 def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:

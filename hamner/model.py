@@ -192,6 +192,27 @@ class HamnerModel(nn.Module):
         loads = [m.load for m in self.modules() if hasattr(m, "num_active_parameters")]
         return torch.stack(loads) if loads else None
 
+    def knob_names(self) -> list[str]:
+        """The knobs a curriculum stage may set on this model (declared by its mixers as `KNOBS`), sorted."""
+        return sorted({name for m in self.modules() for name in getattr(m, "KNOBS", ())})
+
+    def _knob_holders(self, name: str, value: float) -> list[nn.Module]:
+        holders = [m for m in self.modules() if name in getattr(m, "KNOBS", ())]
+        if not holders:
+            known = ", ".join(self.knob_names()) or "none"
+            raise ValueError(f"the model has no knob {name!r} (its knobs: {known})")
+        holders[0].check_knob(name, value)
+        return holders
+
+    def check_knob(self, name: str, value: float) -> None:
+        """ValueError (one line) unless `set_knob(name, value)` would be accepted."""
+        self._knob_holders(name, value)
+
+    def set_knob(self, name: str, value: float) -> None:
+        """Set knob `name` (e.g. "plasticity") on every module that declares it."""
+        for module in self._knob_holders(name, value):
+            module.set_knob(name, value)
+
     def num_parameters(self, active: bool = False) -> int:
         """Number of parameters, the tied embedding/output weight counted once.
 

@@ -122,6 +122,10 @@ class Trainer:
         torch.manual_seed(s.seed)
         self.model = HamnerModel(self.config).to(self.device)
         self.controller = CurriculumController(self.curriculum, n_layers=self.config.n_layers)
+        try:
+            self.curriculum.check_model_knobs(self.model.check_knob)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         self.lr_factor = 1.0 if s.lr is None else s.lr / self.curriculum.stages[0].lr
         self.fused = self.device.type == "cuda"
         self.optimizer = build_optimizer(self.model, self.curriculum.stages[0].lr, self.device)
@@ -335,6 +339,8 @@ class Trainer:
 
         self._batches = Prefetcher(make_batch, start_step=self.step * accum, device=self.device)
         self.stage_scales = self.controller.layer_lr_scales()
+        for name, value in self.controller.model_knobs().items():  # the stage's knobs, also after a resume
+            self.model.set_knob(name, value)
 
     def _autocast(self):
         if self.dtype == torch.float32:

@@ -104,6 +104,68 @@ def attention(
     return (probs @ vh).transpose(1, 2)
 
 
+def decayed_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token S_t = exp(g_t) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t on [B, T, H, D] tensors.
+
+    Returns (o [B, T, H, V], final state [B, H, K, V]); runs in the inputs' dtype.
+    """
+    B, T, H, K = q.shape
+    state = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(q.dtype)
+    outs = []
+    for t in range(T):
+        state = log_decay[:, t, :, None, None].exp() * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append((q[:, t, :, :, None] * state).sum(-2))
+    return torch.stack(outs, dim=1), state
+
+
+def ttt_linear(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    token_scale: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TTT-Linear in the primal form, token by token, with each token's gradient from autograd.
+
+    Same signature and result as `kernels.ttt.ttt_linear`: every token of a mini-batch reads out
+    with W_i = W_0 - s_i sum_{j <= i} lr_j dl_j/dW at W_0 (likewise b), l_j the LayerNorm
+    reconstruction loss 1/2 |LN(k_j W + b) - (v_j - k_j)|²; complete mini-batches move W_0, b_0.
+    """
+    T, K = q.shape[1], token_scale.shape[0]
+
+    def layer_norm(z: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(z, z.shape[-1:], eps=eps) * ln_weight + ln_bias
+
+    outs = []
+    for start in range(0, T, K):
+        acc_w, acc_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        for i in range(min(K, T - start)):
+            t = start + i
+            with torch.enable_grad():
+                w0, b0 = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+                z = (k[:, t, :, None, :] @ w0)[:, :, 0] + b0  # [B, H, D]
+                loss = 0.5 * (layer_norm(z) - (v[:, t] - k[:, t])).pow(2).sum()
+                grad_w, grad_b = torch.autograd.grad(loss, (w0, b0))
+            acc_w = acc_w + lr[:, t, :, None, None] * grad_w
+            acc_b = acc_b + lr[:, t, :, None] * grad_b
+            w_i, b_i = weight - token_scale[i] * acc_w, bias - token_scale[i] * acc_b
+            outs.append(q[:, t] + layer_norm((q[:, t, :, None, :] @ w_i)[:, :, 0] + b_i))
+            if i == K - 1:
+                weight, bias = w_i, b_i
+    return torch.stack(outs, dim=1), weight, bias
+
+
 def differential_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, causal: bool = True
 ) -> torch.Tensor:

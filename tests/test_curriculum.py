@@ -64,6 +64,7 @@ def test_agiformer_and_tinygpt_and_demo():
     assert [s.until_step for s in a.stages] == [3000, 8000, 20000]
     assert [list(s.weights) for s in a.stages] == [["dictionary"], ["children_stories"], ["encyclopedia"]]
     assert a.tokenizer == "bytes" and a.bits_per_byte
+    assert [s.model_knobs for s in a.stages] == [{"plasticity": 0.10}, {"plasticity": 0.50}, {"plasticity": 0.99}]
 
     t = load_curriculum("tinygpt-cosine")
     (stage,) = t.stages
@@ -142,6 +143,8 @@ steps = 100
      "until_step = 100\n[[stages]]\nname = \"b\"\nweights = { stories = 1 }\nuntil_step = 100\nlr = 1e-3",
      r"stages\[1\]\.until_step: must be after"),
     ('name = "t"', 'name = "t"\neval_interval = 0', "eval_interval: must be >= 1"),
+    ("steps = 100", 'steps = 100\nmodel = { plasticity = "high" }', r"stages\[0\]\.model\.plasticity: must be a finite"),
+    ("steps = 100", "steps = 100\nmodel = 0.5", r"stages\[0\]\.model: must be a table of knob = number"),
     ("synthetic = 1.0", '"../etc" = 1.0, synthetic = 1.0', "source names are directory names"),
     ("synthetic = 1.0", '"synthetic/a/b" = 1.0', "source names are directory names"),
     ("weights = {", "weights = {{", "not valid TOML"),
@@ -179,3 +182,21 @@ def test_one_task_synthetic_sources_are_built_in_and_need_a_difficulty(tmp_path:
     path.write_text(path.read_text().replace("difficulty = 1\n", ""))
     with pytest.raises(ValueError, match="difficulty: missing"):
         load_curriculum(path)
+
+
+def test_model_knobs_are_checked_by_the_model_and_errors_name_the_field(tmp_path: Path):
+    path = tmp_path / "knobs.toml"
+    path.write_text(GOOD + '[[stages]]\nname = "b"\nweights = { chat = 1 }\nlr = 1e-4\nsteps = 5\n'
+                    'model = { plasticity = 0.5, temperature = 2 }\n')
+    curriculum = load_curriculum(path)
+    assert [s.model_knobs for s in curriculum.stages] == [{}, {"plasticity": 0.5, "temperature": 2.0}]
+    seen = []
+    curriculum.check_model_knobs(lambda name, value: seen.append((name, value)))
+    assert seen == [("plasticity", 0.5), ("temperature", 2.0)]
+
+    def only_plasticity_up_to_one(name, value):
+        if name != "plasticity" or value > 1:
+            raise ValueError(f"no {name} = {value}")
+
+    with pytest.raises(ValueError, match=r"knobs.toml: stages\[1\]\.model\.temperature: no temperature = 2.0$"):
+        curriculum.check_model_knobs(only_plasticity_up_to_one)

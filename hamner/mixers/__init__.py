@@ -14,7 +14,9 @@ A mixer is an `nn.Module` built as `cls(config, layer_index)` with
 Optional: `init_weights()`, called by `HamnerModel.init_weights` after its generic init (every
 nn.Linear N(0, init_std), a projection named `out` or `down` scaled for the residual when
 `scale_residual_init`, norms ones) for parameters the generic init does not cover; `aux_loss`,
-a scalar tensor (or None) set by training forwards that the model adds to the training loss.
+a scalar tensor (or None) set by training forwards that the model adds to the training loss;
+`KNOBS` (names) with `set_knob(name, value)`, settings a curriculum stage may change mid-run
+(`HamnerModel.set_knob`; the Hebbian memory's "plasticity").
 Settings a mixer needs are `HamnerConfig` fields, checked in `HamnerConfig.__post_init__`.
 
 A layer with one mixer holds it at `layers.{i}.attn`; a layer with several holds them in a
@@ -36,6 +38,8 @@ MIXERS = LazyRegistry({
     "attention": "hamner.mixers.attention:Attention",
     "swa": "hamner.mixers.attention:SlidingWindowAttention",
     "diff_attention": "hamner.mixers.diff_attention:DifferentialAttention",
+    "hebbian": "hamner.mixers.hebbian:HebbianMemory",
+    "ttt_linear": "hamner.mixers.ttt:TTTLinear",
 })
 
 
