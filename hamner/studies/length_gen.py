@@ -264,9 +264,10 @@ def _multiples(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.studies.length_gen") -> int:
+    """Run the study on the run(s) the flags name; 2 on bad input."""
     parser = argparse.ArgumentParser(
-        prog="hamner eval RUN --length-gen",
+        prog=prog,
         description="Length generalisation: chunk perplexity at 1x..20x a window W, for a checkpoint or every "
         "checkpoint of a run, optionally compared with a second run (ratio RUN / OTHER per position).")
     parser.add_argument("run", help="run directory or checkpoint directory")

@@ -13,9 +13,10 @@ from hamner.tournament.spec import TournamentError, available_tournaments, load_
 from hamner.train_settings import TrainError
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.tournament") -> int:
+    """Run the tournament the spec names and write its report; 2 on bad input, 130 when interrupted."""
     parser = argparse.ArgumentParser(
-        prog="hamner tournament",
+        prog=prog,
         description="Architecture tournament: entrants resized to the base's size, trained on the same data in "
         "elimination rounds (optional LR sweep, several seeds in the final), then report.md, report.json and "
         "plots. Rerunning the same command skips finished runs and resumes interrupted ones.")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hamner.tournament.runs import RunPlan, RunResult, ensure_run
+from hamner.tournament.runs import RunPlan, RunResult, ensure_run, write_model_file
 from hamner.tournament.sizing import Resized, match_size, model_size
 from hamner.tournament.spec import Entrant, TournamentError, TournamentSpec
 
@@ -109,7 +109,9 @@ def curriculum_for(spec: TournamentSpec, out: Path, steps: int) -> str:
 def _plan(spec: TournamentSpec, out: Path, directory: Path, sized: SizedEntrant, tokens: int, lr: float,
           seed: int) -> RunPlan:
     steps, interval = steps_for(spec, tokens)
-    return RunPlan(directory=directory, config=sized.resized.config, curriculum=curriculum_for(spec, out, steps),
+    model_file = write_model_file(out / "models" / f"{sized.name}.toml", sized.resized.config, sized.entrant.preset)
+    return RunPlan(directory=directory, preset=sized.entrant.preset, model_file=model_file,
+                   curriculum=curriculum_for(spec, out, steps),
                    steps=steps, eval_interval=interval, lr=lr, seed=seed, batch_size=spec.batch_size,
                    seq_len=spec.seq_len, eval_batches=spec.eval_batches, task_samples=spec.task_samples,
                    threads=spec.threads, device=spec.device)

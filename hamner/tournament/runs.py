@@ -1,26 +1,26 @@
 """One tournament run: an ordinary Hamner run directory, trained, resumed or skipped, then read back.
 
-The only coupling to the trainer is `train_model`: it hands a model configuration to
-`hamner.trainer.train` under a temporary preset name. A run directory counts as finished when
+The only coupling to the trainer is `train_model`: it calls `hamner.trainer.train` with the
+entrant's preset and a model file (`write_model_file`) holding the fields that differ from it, so
+each run directory resumes by hand too (`python train.py --resume DIR`). A run counts as finished when
 it holds `tournament.json` (written atomically after training) or its latest checkpoint has
 reached the planned step; one with checkpoints short of that is resumed with `--resume`.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from hamner import checkpoint as ckpt
-from hamner.config import PRESETS, HamnerConfig
+from hamner.config import HamnerConfig, model_config
 from hamner.train_settings import TrainSettings
 
 MARKER = "tournament.json"
@@ -35,7 +35,8 @@ class RunPlan:
     """What one run trains: model, data (a curriculum file or name), length, LR and seed."""
 
     directory: Path
-    config: HamnerConfig
+    preset: str
+    model_file: Path  # the fields of the entrant's config that differ from the preset's
     curriculum: str
     steps: int
     eval_interval: int
@@ -68,30 +69,36 @@ class RunResult:
     wall_s: float | None = None
 
 
-@contextlib.contextmanager
-def _registered(config: HamnerConfig) -> Iterator[str]:
-    """A preset name that stands for `config` while the trainer runs."""
-    name = f"tournament-{os.getpid()}-{id(config):x}"
-    PRESETS[name] = config
-    try:
-        yield name
-    finally:
-        PRESETS.pop(name, None)
+def write_model_file(path: Path, config: HamnerConfig, preset: str) -> Path:
+    """A TOML model file that turns preset `preset` into `config` (rewritten only when it changes)."""
+    base = model_config(preset)
+    lines = [f"# {path.stem}: the fields that differ from preset {preset!r}"]
+    for f in dataclasses.fields(HamnerConfig):
+        value, default = getattr(config, f.name), getattr(base, f.name)
+        if value == default:
+            continue
+        if value is None:
+            raise ValueError(f"{path.stem}: {f.name} cannot be unset from the preset's {default!r} in a model file")
+        lines.append(f"{f.name} = {json.dumps(value)}")
+    text = "\n".join(lines) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    return path
 
 
 def train_model(plan: RunPlan, resume: bool) -> str:
     """Train (or resume) the run `plan` describes in-process; returns the trainer's end reason."""
     from hamner.trainer import train
 
-    with _registered(plan.config) as preset:
-        settings = TrainSettings(
-            preset=preset, curriculum=plan.curriculum, out=str(plan.directory), max_steps=plan.steps,
-            batch_size=plan.batch_size, seq_len=plan.seq_len, lr=plan.lr, seed=plan.seed, device=plan.device,
-            log_interval=max(1, plan.eval_interval // 2), eval_interval=plan.eval_interval,
-            eval_batches=plan.eval_batches, save_interval=plan.eval_interval, keep_checkpoints=1,
-            task_samples=plan.task_samples, sample_tokens=0, threads=plan.threads,
-            resume=str(plan.directory) if resume else None)
-        return train(settings).reason
+    settings = TrainSettings(
+        preset=plan.preset, model=str(plan.model_file), curriculum=plan.curriculum, out=str(plan.directory),
+        max_steps=plan.steps, batch_size=plan.batch_size, seq_len=plan.seq_len, lr=plan.lr, seed=plan.seed,
+        device=plan.device, log_interval=max(1, plan.eval_interval // 2), eval_interval=plan.eval_interval,
+        eval_batches=plan.eval_batches, save_interval=plan.eval_interval, keep_checkpoints=1,
+        task_samples=plan.task_samples, sample_tokens=0, threads=plan.threads,
+        resume=str(plan.directory) if resume else None)
+    return train(settings).reason
 
 
 def checkpoint_step(directory: Path) -> int | None:

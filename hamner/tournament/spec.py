@@ -41,6 +41,7 @@ class Entrant:
     """One contestant: its model before resizing, and whether/how it is resized to the base."""
 
     name: str
+    preset: str
     config: HamnerConfig
     knob: str
     resize: bool
@@ -190,8 +191,8 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     if curriculum is not None and "data" in raw:
         raise TournamentError(f"{where}: give either [data] or curriculum, not both")
     weights, difficulty = _parse_data(raw.get("data"), f"{where}.data") if curriculum is None else ({}, 1.0)
-    entrants = _parse_entrants(raw["entrants"], f"{where}.entrants", base, top.text("knob", "intermediate_size",
-                                                                                       KNOBS))
+    entrants = _parse_entrants(raw["entrants"], f"{where}.entrants", base, base_name,
+                               top.text("knob", "intermediate_size", KNOBS))
     names = [e.name for e in entrants]
     baseline = top.text("baseline", names[0])
     if baseline not in names:
@@ -272,7 +273,7 @@ def _parse_sweep(table: Any, where: str) -> LrSweep:
     return LrSweep(factors=tuple(sorted(float(f) for f in set(factors))), tokens=t.integer("tokens"))
 
 
-def _parse_entrants(tables: Any, where: str, base: HamnerConfig, knob: str) -> tuple[Entrant, ...]:
+def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str, knob: str) -> tuple[Entrant, ...]:
     if not isinstance(tables, list) or not tables:
         raise TournamentError(f"{where}: must be a non-empty array of [[entrants]] tables")
     entrants: list[Entrant] = []
@@ -283,11 +284,12 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, knob: str) -> t
             raise t.fail("name", f"must be a name of letters, digits, _ . - (it names run directories), got {name!r}")
         if name in (e.name for e in entrants):
             raise t.fail("name", f"{name!r} is used twice")
-        start = _preset(t.text("preset"), f"{t.where}.preset") if "preset" in table else base
+        preset = t.text("preset", base_name)
+        start = _preset(preset, f"{t.where}.preset") if "preset" in table else base
         resize = table.get("resize", True)
         if not isinstance(resize, bool):
             raise t.fail("resize", f"must be true or false, got {resize!r}")
-        entrants.append(Entrant(name=name, config=apply_overrides(start, table.get("model", {}), f"{t.where}.model"),
+        entrants.append(Entrant(name=name, preset=preset, config=apply_overrides(start, table.get("model", {}), f"{t.where}.model"),
                                 knob=t.text("knob", knob, KNOBS), resize=resize))
     return tuple(entrants)
 
