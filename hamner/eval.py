@@ -116,6 +116,10 @@ def format_report(report: dict) -> str:
               f"{'chunk at':<20}{'position':>10}{'loss':>9}{'ppl':>11}"]
     for row in length["rows"]:
         lines.append(f"{str(row['multiple']) + ' x W':<20}{row['start']:>10,}{row['loss']:>9.4f}{row['perplexity']:>11.2f}")
+    choice = report.get("multiple_choice")
+    if choice:
+        lines += ["", f"multiple choice ({choice['file']}, {choice['items']} items): accuracy "
+                  f"{100 * choice['accuracy']:.1f}%, length-normalised {100 * choice['accuracy_norm']:.1f}%"]
     return "\n".join(lines)
 
 
@@ -161,6 +165,11 @@ def _finite(value):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--length-gen" in argv:  # the length-generalisation study has flags of its own
+        from hamner.studies.length_gen import main as length_gen
+
+        return length_gen([a for a in argv if a != "--length-gen"], prog="python -m hamner.eval RUN --length-gen")
     parser = argparse.ArgumentParser(
         prog="python -m hamner.eval",
         description="Evaluate a Hamner model: validation loss/perplexity/bits per byte, synthetic-task accuracy, "
@@ -176,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, help="length-generalisation window W (default: the model's context)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out samples and needles (default 0)")
+    parser.add_argument("--hellaswag", metavar="FILE.jsonl", help="also score multiple choice from a local "
+                        "HellaSwag-format file (ctx, endings, label per line)")
+    parser.add_argument("--hellaswag-limit", type=int, metavar="N", help="score only the first N items")
+    parser.add_argument("--length-gen", action="store_true", help="run the length-generalisation study instead "
+                        "(chunk perplexity at 1x..20x W; see --length-gen --help)")
     args = parser.parse_args(argv)
-    for name in ("window", "samples"):
+    for name in ("window", "samples", "hellaswag_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     difficulties = _difficulties(parser, args.difficulties)
@@ -190,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                   "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
         report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
                                samples=args.samples, difficulties=difficulties, seed=args.seed))
+        if args.hellaswag:
+            from hamner.studies.multiple_choice import load_items, multiple_choice_accuracy
+
+            report["multiple_choice"] = {"file": args.hellaswag, **multiple_choice_accuracy(
+                model, tokenizer, load_items(args.hellaswag, args.hellaswag_limit))}
         report["elapsed_s"] = time.perf_counter() - start
         out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
         out.parent.mkdir(parents=True, exist_ok=True)

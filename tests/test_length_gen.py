@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner.checkpoint import save_checkpoint
+from hamner.eval import main as eval_main
 from hamner.model import HamnerModel
 from hamner.studies.length_gen import ChunkGrid, chunk_losses, chunk_perplexity, main
 from tiny_checkpoint import tiny_config
@@ -85,5 +86,8 @@ def test_the_study_over_two_runs_writes_evolution_and_comparison(tmp_path, capsy
     for name in ("evolution.png", "comparison.png", "length_gen.csv"):
         assert (tmp_path / "study" / name).stat().st_size > 0
     assert "ratio" in capsys.readouterr().out
+    # `python -m hamner.eval RUN --length-gen` is the same study.
+    assert eval_main([str(tmp_path / "ttt"), "--length-gen", *flags]) == 0
+    assert "20" in json.loads((tmp_path / "study" / "length_gen.json").read_text())["study"]["checkpoints"][0]["checkpoint"]
     assert main([str(tmp_path / "nowhere"), *flags]) == 2
     assert capsys.readouterr().err.startswith("error: ")

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from hamner.data.tokenizer import load_tokenizer
+from hamner import eval as eval_module
+from hamner.eval import main as eval_main
 from hamner.model import HamnerModel
 from hamner.studies.multiple_choice import Item, ending_log_probs, load_items, multiple_choice_accuracy
-from tiny_checkpoint import tiny_config
+from tiny_checkpoint import save_tiny_run, tiny_config
 
 BYTES = load_tokenizer("bytes")
 
@@ -63,3 +65,23 @@ def test_a_long_context_keeps_the_ending_whole():
     scores = ending_log_probs(model, BYTES, item)
     assert [n for _, n in scores] == [3, 3, 3, 3]
     assert max(range(4), key=lambda i: scores[i][0]) == 0
+
+
+def test_eval_reports_both_accuracies(tmp_path, capsys, monkeypatch):
+    save_tiny_run(tmp_path / "run")
+    # The other sections are tested with the eval command; here they are left empty to stay fast.
+    monkeypatch.setattr(eval_module, "evaluate", lambda *args, **kwargs: {
+        "validation": {}, "synthetic": {"samples": 1, "accuracy": {"arithmetic": {"1": 0.0}}}, "needle": [],
+        "length_generalisation": {"stream": "none", "window": 64, "trained_context": 64, "rows": []}})
+    items = tmp_path / "mc.jsonl"
+    items.write_text("".join(json.dumps({"ctx": f"Item {i}:", "endings": ["a", "bb", "c", "dd"], "label": i % 4}) + "\n"
+                             for i in range(3)))
+    flags = [str(tmp_path / "run"), "--quick", "--samples", "1", "--difficulties", "1", "--device", "cpu",
+             "--out", str(tmp_path / "eval.json")]
+    assert eval_main([*flags, "--hellaswag", str(items)]) == 0
+    choice = json.loads((tmp_path / "eval.json").read_text())["multiple_choice"]
+    assert choice["items"] == 3 and 0 <= choice["accuracy"] <= 1 and 0 <= choice["accuracy_norm"] <= 1
+    assert "length-normalised" in capsys.readouterr().out
+    items.write_text('{"ctx": "x", "endings": ["a"], "label": 0}\n')
+    assert eval_main([*flags, "--hellaswag", str(items)]) == 2
+    assert "endings must be a list of 4" in capsys.readouterr().err
