@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_checkpoint import tiny_config
 
 from hamner.checkpoint import save_checkpoint
 from hamner.eval import main as eval_main
 from hamner.model import HamnerModel
 from hamner.studies.length_gen import ChunkGrid, chunk_losses, chunk_perplexity, main
-from tiny_checkpoint import tiny_config
 
 
 def test_chunk_positions_follow_the_grid():
@@ -88,6 +88,7 @@ def test_the_study_over_two_runs_writes_evolution_and_comparison(tmp_path, capsy
     assert "ratio" in capsys.readouterr().out
     # `python -m hamner.eval RUN --length-gen` is the same study.
     assert eval_main([str(tmp_path / "ttt"), "--length-gen", *flags]) == 0
-    assert "20" in json.loads((tmp_path / "study" / "length_gen.json").read_text())["study"]["checkpoints"][0]["checkpoint"]
+    study = json.loads((tmp_path / "study" / "length_gen.json").read_text())["study"]
+    assert study["run"] == str(tmp_path / "ttt") and study["checkpoints"][0]["step"] == 20
     assert main([str(tmp_path / "nowhere"), *flags]) == 2
     assert capsys.readouterr().err.startswith("error: ")

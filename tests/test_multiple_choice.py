@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from tiny_checkpoint import save_tiny_run, tiny_config
 
-from hamner.data.tokenizer import load_tokenizer
 from hamner import eval as eval_module
+from hamner.data.tokenizer import load_tokenizer
 from hamner.eval import main as eval_main
 from hamner.model import HamnerModel
 from hamner.studies.multiple_choice import Item, ending_log_probs, load_items, multiple_choice_accuracy
-from tiny_checkpoint import save_tiny_run, tiny_config
 
 BYTES = load_tokenizer("bytes")
 

@@ -9,8 +9,8 @@ import pytest
 
 from hamner.tournament import runs
 from hamner.tournament.cli import main
-from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.report import write_report
+from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.sizing import match_size, model_size
 from hamner.tournament.spec import TournamentError, load_spec
 
@@ -96,7 +96,8 @@ def test_spec_errors_name_the_field(tmp_path, capsys):
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
-    (tmp_path / "r.toml").write_text(write_spec(tmp_path).read_text().replace("tokens = 256\n[[rounds]]", "tokens = 0\n[[rounds]]"))
+    text = write_spec(tmp_path).read_text()
+    (tmp_path / "r.toml").write_text(text.replace("tokens = 256\n[[rounds]]", "tokens = 0\n[[rounds]]"))
     with pytest.raises(TournamentError, match=r"rounds\[0\]\.tokens: must be an integer >= 1"):
         load_spec(tmp_path / "r.toml")
 

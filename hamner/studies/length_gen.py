@@ -22,7 +22,6 @@ writes the comparison table with the ratio of perplexities RUN / OTHER_RUN per p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -278,9 +277,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.studies.le
     parser.add_argument("--multiples", default="1,2,5,10,20", help="positions as multiples of W (default 1,2,5,10,20)")
     parser.add_argument("--sequences", type=int, default=16, help="validation sequences averaged (default 16)")
     parser.add_argument("--mode", choices=MODES, default="single", help="single pass (default) or sliding window")
-    parser.add_argument("--context", type=int, help="sliding mode: tokens each pass reads (default: the model's context)")
+    parser.add_argument("--context", type=int, help="sliding mode: tokens each pass reads "
+                        "(default: the model's context)")
     parser.add_argument("--all-checkpoints", action="store_true", help="evaluate every checkpoint saved in RUN")
-    parser.add_argument("--source", help="prepared source directory whose val split is read (default: built-in stories)")
+    parser.add_argument("--source", help="prepared source directory whose val split is read "
+                        "(default: built-in stories)")
     parser.add_argument("--out", help="output directory (default: RUN/length-gen)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = parser.parse_args(argv)

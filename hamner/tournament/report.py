@@ -48,7 +48,8 @@ def build_report(outcome: Outcome) -> dict:
             size.parameters - size.non_embedding), "non_embedding_parameters": size.non_embedding,
             "flops_per_token": size.flops_per_token, "knob": sized.resized.knob, "knob_value": sized.resized.value,
             "size_error": sized.resized.error, "resized": sized.entrant.resize, "model": sized.resized.config.to_dict(),
-            "rank": overall if name in reached else None, "round_reached": reached[name].index if name in reached else 0}
+            "rank": overall if name in reached else None,
+            "round_reached": reached[name].index if name in reached else 0}
         sweep = outcome.sweeps.get(name)
         row["best_lr"] = sweep.best_lr if sweep else spec.lr
         row["lr_at_edge"] = sweep.at_edge if sweep else None
@@ -79,7 +80,8 @@ def build_report(outcome: Outcome) -> dict:
     return {
         "name": spec.name, "description": spec.description, "spec": str(spec.path),
         "measure": spec.measure, "tolerance": spec.tolerance, "baseline": spec.baseline,
-        "base": {"preset": spec.base_name, "parameters": base.parameters, "non_embedding_parameters": base.non_embedding,
+        "base": {"preset": spec.base_name, "parameters": base.parameters,
+                 "non_embedding_parameters": base.non_embedding,
                  "active_parameters": base.active + base.parameters - base.non_embedding,
                  "flops_per_token": base.flops_per_token, "target": base.measure(spec.measure)},
         "batch_size": spec.batch_size, "seq_len": spec.seq_len, "tokens_per_step": spec.tokens_per_step,

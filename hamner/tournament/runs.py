@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -153,11 +153,6 @@ def read_run(plan: RunPlan) -> RunResult:
         tokens_per_s=sum(rates) / len(rates) if rates else None, mfu=sum(mfus) / len(mfus) if mfus else None,
         peak_memory=marker.get("peak_memory"), skipped_steps=skipped,
         task_accuracy=_final_task_accuracy(d / "task_accuracy.csv"), wall_s=marker.get("wall_s"))
-
-
-def result_dict(result: RunResult) -> dict:
-    """A RunResult as plain JSON-ready data."""
-    return asdict(result)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

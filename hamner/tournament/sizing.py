@@ -24,6 +24,7 @@ import torch.nn as nn
 from hamner.config import HamnerConfig
 from hamner.model import HamnerModel
 
+
 @dataclass(frozen=True)
 class Size:
     """The sizes of one model configuration."""

@@ -289,8 +289,9 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str,
         resize = table.get("resize", True)
         if not isinstance(resize, bool):
             raise t.fail("resize", f"must be true or false, got {resize!r}")
-        entrants.append(Entrant(name=name, preset=preset, config=apply_overrides(start, table.get("model", {}), f"{t.where}.model"),
-                                knob=t.text("knob", knob, KNOBS), resize=resize))
+        config = apply_overrides(start, table.get("model", {}), f"{t.where}.model")
+        entrants.append(Entrant(name=name, preset=preset, config=config, knob=t.text("knob", knob, KNOBS),
+                                resize=resize))
     return tuple(entrants)
 
 
