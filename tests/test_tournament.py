@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from hamner.tournament import rounds as rounds_module
 from hamner.tournament import runs
 from hamner.tournament.cli import main
 from hamner.tournament.report import write_report
-from hamner.tournament.rounds import run_tournament, size_entrants
+from hamner.tournament.rounds import is_tie, mean_and_spread, run_tournament, size_entrants
 from hamner.tournament.sizing import match_size, model_size
 from hamner.tournament.spec import TournamentError, load_spec
 
@@ -151,3 +152,39 @@ def test_a_half_finished_tournament_resumes_and_reports(tmp_path, monkeypatch, s
     text = (out / "report.md").read_text()
     assert "| dense |" in text and "## Verdict" in text and "![round-2](round-2.png)" in text
     assert (out / "round-1.png").stat().st_size > 0 and (out / "round-2.png").stat().st_size > 0
+
+
+def test_sweep_picks_the_best_lr_flags_the_edge_and_ties_within_the_spread(tmp_path, monkeypatch):
+    sweep = '[lr_sweep]\nfactors = [0.5, 1.0, 2.0]\ntokens = 64\n'
+    (tmp_path / "s.toml").write_text(write_spec(tmp_path).read_text().replace("[[entrants]]", sweep + "[[entrants]]", 1))
+    spec = load_spec(tmp_path / "s.toml")
+    # Fake runs: "dense" is best at the middle LR, "deep" at the largest; the final seeds differ by 0.01.
+    best_factor = {"dense": 1.0, "deep": 2.0, "mqa-wide": 1.0}
+    entrant_loss = {"dense": 2.0, "deep": 2.005, "mqa-wide": 4.0}
+    trained = []
+
+    def fake_run(plan, say):
+        name = plan.directory.parts[-2]
+        factor = plan.lr / spec.lr
+        trained.append((plan.directory.relative_to(tmp_path / "t").as_posix(), factor))
+        loss = entrant_loss[name] + abs(factor - best_factor[name]) + 0.01 * (plan.seed == 4)
+        return runs.RunResult(directory=str(plan.directory), steps=plan.steps, tokens=plan.steps * 32, lr=plan.lr,
+                              seed=plan.seed, val_loss=loss, curve=[(plan.steps * 32, 1.0, loss)])
+
+    monkeypatch.setattr(rounds_module, "ensure_run", fake_run)
+    outcome = run_tournament(spec, tmp_path / "t", say=lambda _: None)
+    assert outcome.rounds[0].ranking == ["dense", "deep", "mqa-wide"]
+    assert outcome.sweeps["dense"].best_lr == spec.lr and not outcome.sweeps["dense"].at_edge
+    assert outcome.sweeps["deep"].best_lr == 2 * spec.lr and outcome.sweeps["deep"].at_edge
+    assert "mqa-wide" not in outcome.sweeps  # eliminated before the sweep
+    final = [(d, f) for d, f in trained if d.startswith("round-2")]
+    assert final == [("round-2/dense/seed-3", 1.0), ("round-2/dense/seed-4", 1.0),
+                     ("round-2/deep/seed-3", 2.0), ("round-2/deep/seed-4", 2.0)]
+    dense, deep = outcome.rounds[1].results["dense"], outcome.rounds[1].results["deep"]
+    assert mean_and_spread(dense) == pytest.approx((2.005, 0.01 / 2 ** 0.5))
+    assert is_tie(dense, deep)  # 0.005 apart, well within the seeds' spread
+    assert not is_tie(dense, outcome.rounds[0].results["mqa-wide"] * 2)
+    report = write_report(outcome, tmp_path / "t")
+    assert report["final"]["tie"] and "**Tie**" in (tmp_path / "t" / "report.md").read_text()
+    by_name = {e["name"]: e for e in report["entrants"]}
+    assert by_name["deep"]["lr_at_edge"] and "(edge)" in (tmp_path / "t" / "report.md").read_text()
