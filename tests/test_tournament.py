@@ -156,7 +156,8 @@ def test_a_half_finished_tournament_resumes_and_reports(tmp_path, monkeypatch, s
 
 def test_sweep_picks_the_best_lr_flags_the_edge_and_ties_within_the_spread(tmp_path, monkeypatch):
     sweep = '[lr_sweep]\nfactors = [0.5, 1.0, 2.0]\ntokens = 64\n'
-    (tmp_path / "s.toml").write_text(write_spec(tmp_path).read_text().replace("[[entrants]]", sweep + "[[entrants]]", 1))
+    text = write_spec(tmp_path).read_text()
+    (tmp_path / "s.toml").write_text(text.replace("[[entrants]]", sweep + "[[entrants]]", 1))
     spec = load_spec(tmp_path / "s.toml")
     # Fake runs: "dense" is best at the middle LR, "deep" at the largest; the final seeds differ by 0.01.
     best_factor = {"dense": 1.0, "deep": 2.0, "mqa-wide": 1.0}
