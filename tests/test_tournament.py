@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +192,30 @@ def test_sweep_picks_the_best_lr_flags_the_edge_and_ties_within_the_spread(tmp_p
     assert report["final"]["tie"] and "**Tie**" in (tmp_path / "t" / "report.md").read_text()
     by_name = {e["name"]: e for e in report["entrants"]}
     assert by_name["deep"]["lr_at_edge"] and "(edge)" in (tmp_path / "t" / "report.md").read_text()
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path, python, subprocess_env):
+    text = write_spec(tmp_path).read_text()
+    rounds = text[text.index("[[rounds]]"):text.index("[[entrants]]")]
+    one_round = text.replace(rounds, "[[rounds]]\ntokens = 4096\n\n").replace(
+        '[[entrants]]\nname = "mqa-wide"', '[[entrants]]\nname = "mqa-wide"\nresize = false')
+    spec = tmp_path / "one.toml"
+    spec.write_text(one_round)
+    out = tmp_path / "t"
+    proc = subprocess.Popen([python, "-m", "hamner.tournament", str(spec), "--out", str(out)], env=subprocess_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "round-1" / "dense" / "seed-3" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > 1:  # training, past step 32 of 128
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rerun the same command to continue" in err
+    assert runs.checkpoint_step(out / "round-1" / "dense" / "seed-3") < 128
+    assert main([str(spec), "--out", str(out)]) == 0
+    assert "resumed from" in (out / "round-1" / "dense" / "seed-3" / "train.log").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert {e["name"]: e["tokens"] for e in report["entrants"]} == {"dense": 4096, "mqa-wide": 4096, "deep": 4096}
