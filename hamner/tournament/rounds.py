@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hamner.tournament.runs import RunPlan, RunResult, ensure_run, write_model_file
+from hamner.tournament.runs import RunPlan, RunResult, ensure_run, write_if_changed, write_model_file
 from hamner.tournament.sizing import Resized, match_size, model_size
 from hamner.tournament.spec import Entrant, TournamentError, TournamentSpec
 
@@ -94,16 +94,13 @@ def curriculum_for(spec: TournamentSpec, out: Path, steps: int) -> str:
     """The curriculum a run of `steps` uses: the spec's, or a one-stage cosine file for its data mix."""
     if spec.curriculum is not None:
         return spec.curriculum
-    path = out / "curricula" / f"{steps}-steps.toml"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        weights = ", ".join(f'"{name}" = {w!r}' for name, w in spec.weights.items())
-        path.write_text(
-            f'# Written by the tournament {spec.name!r}: its data mix, {steps} steps, cosine with warm-up.\n'
-            f'name = "tournament-{steps}"\neval_interval = {steps}\n\n[[stages]]\nname = "main"\n'
-            f"steps = {steps}\nweights = {{ {weights} }}\ndifficulty = {spec.difficulty!r}\nlr = {spec.lr!r}\n"
-            f'warmup_steps = {round(spec.warmup * steps)}\nschedule = "cosine"\nmin_lr_ratio = {spec.min_lr_ratio!r}\n')
-    return str(path)
+    weights = ", ".join(f'"{name}" = {w!r}' for name, w in spec.weights.items())
+    return str(write_if_changed(
+        out / "curricula" / f"{steps}-steps.toml",
+        f'# Written by the tournament {spec.name!r}: its data mix, {steps} steps, cosine with warm-up.\n'
+        f'name = "tournament-{steps}"\neval_interval = {steps}\n\n[[stages]]\nname = "main"\n'
+        f"steps = {steps}\nweights = {{ {weights} }}\ndifficulty = {spec.difficulty!r}\nlr = {spec.lr!r}\n"
+        f'warmup_steps = {round(spec.warmup * steps)}\nschedule = "cosine"\nmin_lr_ratio = {spec.min_lr_ratio!r}\n'))
 
 
 def _plan(spec: TournamentSpec, out: Path, directory: Path, sized: SizedEntrant, tokens: int, lr: float,

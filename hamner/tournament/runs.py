@@ -80,11 +80,7 @@ def write_model_file(path: Path, config: HamnerConfig, preset: str) -> Path:
         if value is None:
             raise ValueError(f"{path.stem}: {f.name} cannot be unset from the preset's {default!r} in a model file")
         lines.append(f"{f.name} = {json.dumps(value)}")
-    text = "\n".join(lines) + "\n"
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text)
-    return path
+    return write_if_changed(path, "\n".join(lines) + "\n")
 
 
 def train_model(plan: RunPlan, resume: bool) -> str:
@@ -173,6 +169,14 @@ def _final_task_accuracy(path: Path) -> float | None:
     last = max(int(r["step"]) for r in rows)
     scores = [_num(r["accuracy"]) for r in rows if int(r["step"]) == last]
     return sum(scores) / len(scores)
+
+
+def write_if_changed(path: Path, text: str) -> Path:
+    """`path` holding `text`, written (atomically, with its folder) only when it holds something else."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    return path
 
 
 def write_atomic(path: Path, text: str) -> None:
