@@ -24,6 +24,10 @@ from hamner.tournament.runs import RunResult, write_atomic  # noqa: E402
 from hamner.tournament.sizing import model_size  # noqa: E402
 
 
+MEASURE_NAMES = {"non_embedding": "non-embedding parameters", "active": "active non-embedding parameters",
+                 "flops_per_token": "training FLOPs per token"}
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None and math.isfinite(v)]
     return sum(present) / len(present) if present else None
@@ -46,7 +50,8 @@ def build_report(outcome: Outcome) -> dict:
         size = sized.resized.size
         row = {"name": name, "parameters": size.parameters, "active_parameters": size.active + (
             size.parameters - size.non_embedding), "non_embedding_parameters": size.non_embedding,
-            "flops_per_token": size.flops_per_token, "knob": sized.resized.knob, "knob_value": sized.resized.value,
+            "flops_per_token": size.flops_per_token, "measured": size.measure(spec.measure),
+            "knob": sized.resized.knob, "knob_value": sized.resized.value,
             "size_error": sized.resized.error, "resized": sized.entrant.resize, "model": sized.resized.config.to_dict(),
             "rank": overall if name in reached else None,
             "round_reached": reached[name].index if name in reached else 0}
@@ -100,28 +105,28 @@ def _fmt(value: float | None, spec: str = ".4f", missing: str = "n/a") -> str:
 
 
 def _count(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}"
+    return f"{n / 1e9:.2f}G" if n >= 1e8 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}"
 
 
 def format_markdown(report: dict, plots: list[Path]) -> str:
     """report.md: fairness, results, ranks per round, the verdict and the plots."""
     b = report["base"]
-    measure = report["measure"].replace("_", "-")
+    measure = MEASURE_NAMES[report["measure"]]
     lines = [f"# Tournament {report['name']}", ""]
     if report["description"]:
         lines += [report["description"], ""]
     lines += [f"Base: preset `{b['preset']}`, {b['parameters']:,} parameters ({b['non_embedding_parameters']:,} "
               f"non-embedding, {b['flops_per_token']:,.0f} FLOPs per token). Every entrant is resized to the "
-              f"base's {measure} count ({b['target']:,.0f}) within ±{100 * report['tolerance']:g}% by its knob; "
+              f"base's {measure} ({b['target']:,.0f}) within ±{100 * report['tolerance']:g}% by its knob; "
               f"all train on the same batches (batch {report['batch_size']} x {report['seq_len']} tokens, same seeds "
               f"and steps per round), peak LR {report['lr']:g} unless swept.", "",
               "## Sizes", "",
-              "| entrant | knob | parameters | active | non-embedding | FLOPs/token | vs base |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| entrant | knob | parameters | active | non-embedding | FLOPs/token | matched measure | vs base |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for e in report["entrants"]:
-        lines.append(f"| {e['name']} | {e['knob']} = {e['knob_value']} | {_count(e['parameters'])} | "
-                     f"{_count(e['active_parameters'])} | {_count(e['non_embedding_parameters'])} | "
-                     f"{_count(e['flops_per_token'])} | {100 * e['size_error']:+.2f}% |")
+        lines.append(f"| {e['name']} | {e['knob']} = {e['knob_value']} | {e['parameters']:,} | "
+                     f"{e['active_parameters']:,} | {e['non_embedding_parameters']:,} | "
+                     f"{_count(e['flops_per_token'])} | {e['measured']:,.0f} | {100 * e['size_error']:+.2f}% |")
     lines += ["", "## Results", "",
               f"Validation loss at the end of the last round each entrant reached: mean ± spread (standard "
               f"deviation) over seeds; Δ is the difference from the baseline `{report['baseline']}` in that round.", "",
@@ -138,9 +143,14 @@ def format_markdown(report: dict, plots: list[Path]) -> str:
                      f"{'%' if e['mfu'] is not None else ''} | {mem} | {e['skipped_steps']} | "
                      f"{_fmt(e['task_accuracy'] and 100 * e['task_accuracy'], '.0f')}"
                      f"{'%' if e['task_accuracy'] is not None else ''} |")
-    lines += ["", "## Rounds", "", "| round | tokens | seeds | ranking (val loss) |", "|---:|---:|---:|---|"]
+    lines += ["", "## Rounds", "", f"| round | tokens | seeds | ranking: val loss (Δ {report['baseline']}) |",
+              "|---:|---:|---:|---|"]
     for r in report["rounds"]:
-        ranking = ", ".join(f"{i}. {n} {_fmt(r['val_loss'][n])}" for i, n in enumerate(r["ranking"], start=1))
+        base = r["val_loss"].get(report["baseline"])
+        ranking = ", ".join(
+            f"{i}. {n} {_fmt(r['val_loss'][n])}" + (f" ({r['val_loss'][n] - base:+.4f})"
+                                                      if base is not None and r["val_loss"][n] is not None else "")
+            for i, n in enumerate(r["ranking"], start=1))
         lines.append(f"| {r['round']} | {r['tokens']:,} | {r['seeds']} | {ranking} |")
     final = report["final"]
     if final:
