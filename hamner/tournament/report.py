@@ -23,7 +23,6 @@ from hamner.tournament.rounds import Outcome, RoundOutcome, is_tie, mean_and_spr
 from hamner.tournament.runs import RunResult, write_atomic  # noqa: E402
 from hamner.tournament.sizing import model_size  # noqa: E402
 
-
 MEASURE_NAMES = {"non_embedding": "non-embedding parameters", "active": "active non-embedding parameters",
                  "flops_per_token": "training FLOPs per token"}
 

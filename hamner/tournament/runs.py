@@ -13,7 +13,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,10 +115,12 @@ def is_finished(plan: RunPlan) -> bool:
     return step is not None and step >= plan.steps
 
 
-def ensure_run(plan: RunPlan, say=print) -> RunResult:
+def ensure_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunResult:
     """Train the run unless it is finished (resuming it when interrupted), then read its results."""
     if not is_finished(plan):
         resume = checkpoint_step(plan.directory) is not None
+        if not resume:  # killed before its first complete checkpoint: nothing there to keep
+            shutil.rmtree(ckpt.checkpoints_dir(plan.directory), ignore_errors=True)
         say(f"{'resuming' if resume else 'training'} {plan.directory} ({plan.steps} steps, lr {plan.lr:.3g}, "
             f"seed {plan.seed})")
         if torch.cuda.is_available():
@@ -139,13 +143,14 @@ def read_run(plan: RunPlan) -> RunResult:
     rates = [_num(r["tokens_per_s"]) for r in rows if r["tokens_per_s"]]
     mfus = [_num(r["mfu"]) for r in rows if r["mfu"]]
     marker = json.loads((d / MARKER).read_text()) if (d / MARKER).is_file() else {}
+    diverged = marker.get("reason") == "non_finite"  # stopped by non-finite losses: no result to rank
     try:
         skipped = int(ckpt.load_trainer_state(ckpt.resolve_checkpoint(d)).get("bad_total", 0))
     except ckpt.CheckpointError:
         skipped = 0
     return RunResult(
         directory=str(d), steps=plan.steps, tokens=int(_num(rows[-1]["tokens"])) if rows else 0, lr=plan.lr,
-        seed=plan.seed, val_loss=curve[-1][2] if curve else math.nan, curve=curve,
+        seed=plan.seed, val_loss=curve[-1][2] if curve and not diverged else math.nan, curve=curve,
         tokens_per_s=sum(rates) / len(rates) if rates else None, mfu=sum(mfus) / len(mfus) if mfus else None,
         peak_memory=marker.get("peak_memory"), skipped_steps=skipped,
         task_accuracy=_final_task_accuracy(d / "task_accuracy.csv"), wall_s=marker.get("wall_s"))
