@@ -1,4 +1,5 @@
-"""Install Hamner: `pip install -e .` (add `[test]` for the test suite, `[flash]` for flash-attn)."""
+"""Install Hamner: `pip install -e .` (add `[test]` for the test suite, `[flash]` for flash-attn,
+`[fla]` for flash-linear-attention's kernels under the Hebbian memory)."""
 from setuptools import setup
 
 setup(
@@ -22,5 +23,6 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "transformers", "pyarrow"],
         "flash": ["flash-attn"],
+        "fla": ["flash-linear-attention"],
     },
 )

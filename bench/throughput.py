@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check(args, config)
         variants, skipped = choose_variants(args.variants, device)
+        if not config.llama_compatible:  # (d) loads our weights into a transformers Llama
+            for name in [v for v in variants if v.startswith("d")]:
+                variants.remove(name)
+                skipped[name] = "the preset's mixers or MLP have no transformers Llama equivalent"
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

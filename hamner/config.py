@@ -140,10 +140,13 @@ class HamnerConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
+    def layer_mixer(self, layer_index: int) -> str:
+        """The mixer spec of layer `layer_index` ("swa", or several joined by "+")."""
+        return self.mixer if self.layer_mixers is None else self.layer_mixers[layer_index]
+
     def layer_mixer_names(self, layer_index: int) -> list[str]:
         """The mixers of layer `layer_index`, in order ("swa+hebbian" -> ["swa", "hebbian"])."""
-        spec = self.mixer if self.layer_mixers is None else self.layer_mixers[layer_index]
-        return spec.split("+")
+        return self.layer_mixer(layer_index).split("+")
 
     @property
     def residual_init_std(self) -> float:

@@ -60,7 +60,7 @@ class Block(nn.Module):
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = build_mixer("+".join(config.layer_mixer_names(layer_index)), config, layer_index)
+        self.attn = build_mixer(config.layer_mixer(layer_index), config, layer_index)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = build_mlp(config.mlp, config, layer_index)
 

@@ -44,6 +44,8 @@ def _load_fla():
 
 
 _fla_chunk_simple_gla = _load_fla()
+# The dispatch keys included / excluded outside any op (autograd on), captured at import.
+_AUTOGRAD_ON = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
 
 
 def linear_attention_backend() -> str:
@@ -118,7 +120,8 @@ def _fla_backward(
     public API exposes its backward only through autograd), which costs one extra forward."""
     inputs = [t.detach().requires_grad_() for t in (q, k, v, g)]
     h0 = None if initial_state is None else initial_state.detach().requires_grad_()
-    with torch.enable_grad():
+    # A custom op runs with autograd's dispatch keys switched off; switch them back on for the re-run.
+    with torch._C._ForceDispatchKeyGuard(*_AUTOGRAD_ON), torch.enable_grad():
         o, final = _fla_chunk_simple_gla(q=inputs[0], k=inputs[1], v=inputs[2], g=inputs[3], scale=1.0,
                                          initial_state=h0, output_final_state=True)
         wrt = inputs + ([h0] if h0 is not None else [])
@@ -171,5 +174,6 @@ def decayed_linear_attention(
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {tuple(log_decay.shape)}"
         )
     if q.is_cuda and _fla_chunk_simple_gla is not None and not dispatch.reference_forced():
+        q, k, v, log_decay = (t.contiguous() for t in (q, k, v, log_decay))
         return _fla_forward(q, k, v, log_decay, initial_state)
     return chunked_decayed_linear_attention(q, k, v, log_decay, initial_state)

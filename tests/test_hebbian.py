@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from hamner.config import HamnerConfig
+from hamner import kernels
 from hamner.kernels import reference
+from hamner.kernels import linear_attention
 from hamner.kernels.linear_attention import chunked_decayed_linear_attention, decayed_linear_attention
 from hamner.mixers import hebbian
 from hamner.mixers.hebbian import HebbianMemory
@@ -52,6 +54,35 @@ def test_no_overflow_over_long_sequences_at_any_decay(alpha):
     assert torch.isfinite(out).all() and torch.isfinite(state).all()
     ref, ref_state = reference.decayed_linear_attention(q.double(), k.double(), v.double(), log_decay.double())
     assert rel_error(out, ref) < 1e-5 and rel_error(state, ref_state) < 1e-5
+
+
+def test_the_fla_custom_op_wrapper_forward_backward_and_compile(monkeypatch):
+    # flash-linear-attention needs CUDA; its stand-in here is the chunked form with fla's keywords,
+    # which checks everything the wrapper adds: the custom ops, their fake kernels and the
+    # backward that re-runs the forward under autograd inside an op.
+    def stand_in(*, q, k, v, g, scale, initial_state, output_final_state):
+        assert scale == 1.0 and output_final_state
+        return chunked_decayed_linear_attention(q, k, v, g, initial_state, chunk_size=8)
+
+    monkeypatch.setattr(linear_attention, "_fla_chunk_simple_gla", stand_in)
+    leaves = [t.requires_grad_() for t in inputs(T=20)]
+    weights = torch.randn(2, 20, 3, 5, dtype=torch.float64), torch.randn(2, 3, 8, 5, dtype=torch.float64)
+
+    def grads(outputs, wrt):
+        return torch.autograd.grad(sum((t * w).sum() for t, w in zip(outputs, weights)), wrt)
+
+    ref = reference.decayed_linear_attention(*leaves)
+    ref_grads = grads(ref, leaves)
+    compiled = torch.compile(linear_attention._fla_forward, backend="aot_eager", fullgraph=True)
+    for out in (linear_attention._fla_forward(*leaves), compiled(*leaves)):
+        assert out[1].dtype == torch.float32  # fla hands its final state on in fp32
+        assert rel_error(out[0], ref[0]) < 1e-12 and rel_error(out[1], ref[1]) < 1e-6
+        assert all(rel_error(a, b) < 1e-6 for a, b in zip(grads(out, leaves), ref_grads))
+    # no initial state, and only the output used (no gradient reaches the final state)
+    q, k, v, log_decay, _ = leaves
+    out = linear_attention._fla_forward(q, k, v, log_decay, None)[:1]
+    ref = reference.decayed_linear_attention(q, k, v, log_decay)[:1]
+    assert all(rel_error(a, b) < 1e-12 for a, b in zip(grads(out, leaves[:4]), grads(ref, leaves[:4])))
 
 
 def tiny_config(**overrides) -> HamnerConfig:
@@ -136,7 +167,7 @@ def test_fp32_island_under_bf16_autocast(monkeypatch):
         seen.append({t.dtype for t in args if t is not None})
         return decayed_linear_attention(*args)
 
-    monkeypatch.setattr(hebbian, "decayed_linear_attention", recording)
+    monkeypatch.setattr(kernels, "decayed_linear_attention", recording)
     with torch.no_grad():
         fp32 = m(x, None, None)
         for alpha in (0.01, 0.99):

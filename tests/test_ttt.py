@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from hamner.config import HamnerConfig
+from hamner import kernels
 from hamner.kernels import reference
 from hamner.kernels.ttt import layer_norm_l2_grad, ttt_linear
-from hamner.mixers import ttt
 from hamner.mixers.ttt import TTTLinear
 from kernel_checks import rel_error
 
@@ -18,7 +18,8 @@ def op_inputs(B=2, T=37, H=3, D=8, K=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, T, H, D, generator=g, dtype=torch.float64) for _ in range(3))
     lr = 0.5 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
-    token_scale = 1 / torch.arange(1, K + 1, dtype=torch.float64) + 0.05 * torch.rand(K, generator=g, dtype=torch.float64)
+    token_scale = 1 / torch.arange(1, K + 1, dtype=torch.float64)
+    token_scale = token_scale + 0.05 * torch.rand(K, generator=g, dtype=torch.float64)
     weight = 0.3 * torch.randn(B, H, D, D, generator=g, dtype=torch.float64)
     bias = 0.3 * torch.randn(B, H, D, generator=g, dtype=torch.float64)
     ln_weight = 1 + 0.2 * torch.randn(H, D, generator=g, dtype=torch.float64)
@@ -99,7 +100,7 @@ def test_fp32_island_under_bf16_autocast_and_gradients_reach_every_parameter(mon
         seen.append({t.dtype for t in args if isinstance(t, torch.Tensor)})
         return ttt_linear(*args)
 
-    monkeypatch.setattr(ttt, "ttt_linear", recording)
+    monkeypatch.setattr(kernels, "ttt_linear", recording)
     with torch.no_grad():
         fp32 = m(x, None, None)
     with torch.autocast("cpu", dtype=torch.bfloat16):

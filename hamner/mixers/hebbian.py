@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hamner.kernels.linear_attention import decayed_linear_attention
+from hamner import kernels
 
 if TYPE_CHECKING:
     from hamner.config import HamnerConfig
@@ -39,7 +39,7 @@ def island_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class HebbianState:
-    """Decoding state: memory and normaliser together, [B, H, D, D + 1] float32 (z is the last column)."""
+    """Decoding state: memory and normaliser, [B, H, D, D + 1], at least float32 (z: the last column)."""
 
     def __init__(self, memory: torch.Tensor) -> None:
         self.memory = memory
@@ -98,7 +98,7 @@ class HebbianMemory(nn.Module):
             v_and_ones = torch.cat((v.to(dtype), v.new_ones(B, T, H, 1, dtype=dtype)), dim=-1)
             log_decay = self.log_decay(dtype).expand(B, T, H)
             initial = None if state is None else state.memory
-            o, final = decayed_linear_attention(q, k, v_and_ones, log_decay, initial)
+            o, final = kernels.decayed_linear_attention(q, k, v_and_ones, log_decay, initial)
             y = o[..., :D] / (o[..., D:] + NORMALISER_EPS)
         if state is not None:
             state.memory = final

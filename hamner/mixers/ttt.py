@@ -11,7 +11,7 @@ lr_j = ttt_base_lr * sigmoid(x_j w_h + b_h) / head_dim, times the position's sca
 mini-batch, and the output goes through a LayerNorm and the output projection, as in the
 authors' reference (test-time-training/ttt-lm-pytorch, Transformer backbone: no gate, no conv).
 
-The inner loop is `kernels.ttt.ttt_linear` (the dual form) and is an fp32 island. Decoding keeps
+The inner loop is `kernels.ttt_linear` (the dual form) and is an fp32 island. Decoding keeps
 the inner weights W, b of the last complete mini-batch and the keys, values and learning rates of
 the partial one; each call finishes that mini-batch from them, with the same arithmetic as a
 full-sequence pass.
@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
-from hamner.kernels.ttt import ttt_linear
 from hamner.mixers.hebbian import island_dtype
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ INNER_NORM_EPS = 1e-6
 
 
 class TTTState:
-    """Decoding state, float32: inner weights [B, H, D, D], bias [B, H, D] after the last complete
+    """Decoding state, at least float32: inner weights [B, H, D, D], bias [B, H, D] after the last complete
     mini-batch, and k, v [B, n, H, D], lr [B, n, H] of the n < mini-batch tokens read since."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -110,9 +109,9 @@ class TTTLinear(nn.Module):
                 weight, bias = state.weight, state.bias
                 q = torch.cat((q.new_zeros(B, pending, H, D), q), dim=1)
                 k, v, lr = (torch.cat(pair, dim=1) for pair in ((state.k, k), (state.v, v), (state.lr, lr)))
-            z, weight, bias = ttt_linear(q, k, v, lr, self._token_scale(dtype), weight, bias,
-                                         self.inner_norm_weight.to(dtype), self.inner_norm_bias.to(dtype),
-                                         INNER_NORM_EPS)
+            z, weight, bias = kernels.ttt_linear(q, k, v, lr, self._token_scale(dtype), weight, bias,
+                                                 self.inner_norm_weight.to(dtype), self.inner_norm_bias.to(dtype),
+                                                 INNER_NORM_EPS)
             if state is not None:
                 done = (pending + T) // self.mini_batch * self.mini_batch
                 state.weight, state.bias = weight, bias
