@@ -180,6 +180,15 @@ def compare(a: dict, b: dict) -> list[dict[str, float]]:
             for m in sorted(set(rows_a) & set(rows_b))]
 
 
+def run_labels(a: Path, b: Path) -> tuple[str, str]:
+    """Short names that tell two runs apart: the last path components that differ (e.g. dense/seed-1)."""
+    parts_a, parts_b = a.resolve().parts, b.resolve().parts
+    for depth in range(1, min(len(parts_a), len(parts_b)) + 1):
+        if parts_a[-depth:] != parts_b[-depth:]:
+            return "/".join(parts_a[-depth:]), "/".join(parts_b[-depth:])
+    return a.name, b.name
+
+
 def plot_evolution(study: dict, path: Path) -> Path:
     """Chunk perplexity at each position against the training step, one line per position."""
     import matplotlib
@@ -307,12 +316,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.studies.le
             other = study_run(args.other, grid, all_checkpoints=False, **common)
             rows = compare(study, other)
             report.update({"other": other, "comparison": rows})
-            names = (Path(args.run).name, Path(args.other).name)
+            names = run_labels(Path(args.run), Path(args.other))
             written.append(plot_comparison(rows, names, out / "comparison.png"))
             print(format_study(other))
-            print(f"\n{'position':<12}{names[0][:14]:>15}{names[1][:14]:>15}{'ratio':>9}")
+            width = max(12, *map(len, names)) + 2
+            print(f"\n{'position':<12}{names[0]:>{width}}{names[1]:>{width}}{'ratio':>9}")
             for r in rows:
-                print(f"{str(r['multiple']) + 'xW':<12}{r['perplexity_a']:>15.3f}{r['perplexity_b']:>15.3f}"
+                print(f"{str(r['multiple']) + 'xW':<12}{r['perplexity_a']:>{width}.3f}{r['perplexity_b']:>{width}.3f}"
                       f"{r['ratio']:>9.3f}")
         _write(out / "length_gen.json", json.dumps(report, indent=2) + "\n")
         lines = ["step,multiple,position,start,end,loss,perplexity"] + [
