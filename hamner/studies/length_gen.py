@@ -207,7 +207,8 @@ def plot_evolution(study: dict, path: Path) -> Path:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{Path(study['run']).name}: {study['mode']} pass, W={study['window']}")
+    name = "/".join(Path(study["run"]).resolve().parts[-2:])
+    ax.set_title(f"{name}: {study['mode']} pass, W={study['window']}")
     return _save(fig, path)
 
 
