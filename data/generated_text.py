@@ -6,7 +6,7 @@ Shared by the built-in story (data/stories.py) and chat (data/chat_gen.py) gener
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class Prefetcher:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "Prefetcher":
+    def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc) -> None:

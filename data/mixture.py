@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from hamner.data.errors import DataError
 from hamner.data.row_source import CursorSource, RowSource
 from hamner.data.windows import ShardSource
+from hamner.errors import DataError
 
 SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
@@ -123,7 +123,8 @@ class MixtureSampler:
 
 
 def open_sources(names: Iterable[str], data_root: str | None, tokenizer) -> dict[str, RowSource]:
-    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat") or DATA_ROOT/<name> train shards."""
+    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat") or
+    DATA_ROOT/<name> train shards."""
     return {name: _open(name, data_root, tokenizer, "train") for name in dict.fromkeys(names)}
 
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 EOT = "<|endoftext|>"
 MAX_VOCAB = 65_536
@@ -87,7 +87,8 @@ class HFTokenizer(Tokenizer):
         try:
             self._tok = _Backend.from_file(str(path))
         except Exception as e:  # the library raises plain Exceptions with multi-line text
-            raise DataError(f"cannot read tokenizer {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"cannot read tokenizer {path}: {reason}") from None
         self.name = name
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         if self.vocab_size > MAX_VOCAB:

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.errors import DataError
-from hamner.data.shards import check_source_dir, read_shard, shard_paths
+from hamner.data.shards import check_source_dir, largest_token_id, read_shard, shard_paths
+from hamner.errors import DataError
 
 
 class ShardSource:
-    """All shards of one split of a prepared source directory, memory-mapped."""
+    """All shards of one split of a prepared source directory, memory-mapped.
+
+    Given the tokenizer, every shard's largest token id is checked against its vocabulary when the
+    source opens, so a foreign or corrupt shard stops a run before it starts, not inside the embedding."""
 
     def __init__(self, directory: str | os.PathLike, split: str = "train", tokenizer=None) -> None:
         directory = Path(directory)
@@ -28,6 +31,13 @@ class ShardSource:
         if not paths:
             raise DataError(f"{directory} has no {split} shards ({split}_000000.bin, ...)")
         self.shards = [read_shard(p) for p in paths]
+        if tokenizer is not None:
+            for path, tokens in zip(paths, self.shards):
+                largest = largest_token_id(path, tokens, self.meta)
+                if largest >= tokenizer.vocab_size:
+                    raise DataError(f"shard {path} holds token id {largest}, outside the vocabulary of "
+                                    f"{tokenizer.name!r} ({tokenizer.vocab_size} ids): it was made with another "
+                                    "tokenizer or is corrupt")
         self.starts = np.cumsum([0] + [s.size for s in self.shards])
         self.tokens = int(self.starts[-1])
         self._perms: dict[tuple[int, int, int], np.ndarray] = {}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hamner.errors import CurriculumError
+
 CURRICULA_DIR = Path(__file__).resolve().parent / "curricula"
 
 # Sources made on the fly by the data layer; every other source is a shard directory under --data.
@@ -81,13 +83,13 @@ class LayerLrScale:
         if isinstance(self.layers, str):
             k = int(_MIDDLE.match(self.layers).group(1))
             if k > n_layers:
-                raise ValueError(f"layer_lr_scale {self.layers!r} needs at least {k} layers, model has {n_layers}")
+                raise CurriculumError(f"layer_lr_scale {self.layers!r} needs at least {k} layers, model has {n_layers}")
             start = (n_layers - k) // 2
             indices = range(start, start + k)
         else:
             bad = [i for i in self.layers if i >= n_layers]
             if bad:
-                raise ValueError(f"layer_lr_scale names layers {bad} but the model has {n_layers} layers")
+                raise CurriculumError(f"layer_lr_scale names layers {bad} but the model has {n_layers} layers")
             indices = self.layers
         return {i: self.scale for i in indices}
 
@@ -170,22 +172,22 @@ def available_curricula() -> list[str]:
 def load_curriculum(name_or_path: str | Path) -> Curriculum:
     """Load and validate a curriculum by shipped name (e.g. "hamner-v3.1") or by file path.
 
-    Any problem raises ValueError with a one-line message naming the file and the field.
+    Any problem raises CurriculumError with a one-line message naming the file and the field.
     """
     text = str(name_or_path)
     shipped = f"shipped curricula: {', '.join(available_curricula())}"
     if isinstance(name_or_path, Path) or "/" in text or text.endswith(".toml"):
         path = Path(name_or_path)
         if not path.is_file():
-            raise ValueError(f"curriculum file {text} does not exist; {shipped}")
+            raise CurriculumError(f"curriculum file {text} does not exist; {shipped}")
     else:
         path = CURRICULA_DIR / f"{text}.toml"
         if not path.is_file():
-            raise ValueError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
+            raise CurriculumError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+        raise CurriculumError(f"{path}: not valid TOML: {e}") from None
     return _parse(raw, path)
 
 
@@ -194,14 +196,14 @@ class _Fields:
 
     def __init__(self, table: Any, where: str, allowed: set[str] | tuple[str, ...]):
         if not isinstance(table, dict):
-            raise ValueError(f"{where}: must be a table, got {table!r}")
+            raise CurriculumError(f"{where}: must be a table, got {table!r}")
         unknown = sorted(set(table) - set(allowed))
         if unknown:
-            raise ValueError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+            raise CurriculumError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
         self.table, self.where = table, where
 
-    def fail(self, key: str, problem: str) -> ValueError:
-        return ValueError(f"{self.where}.{key}: {problem}")
+    def fail(self, key: str, problem: str) -> CurriculumError:
+        return CurriculumError(f"{self.where}.{key}: {problem}")
 
     def has(self, key: str) -> bool:
         return key in self.table
@@ -244,7 +246,7 @@ class _Fields:
     def required(self, *keys: str) -> None:
         for key in keys:
             if key not in self.table:
-                raise ValueError(f"{self.where}: missing required key {key!r}")
+                raise CurriculumError(f"{self.where}: missing required key {key!r}")
 
 
 def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
@@ -265,13 +267,13 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     for i, stage in enumerate(stages):
         if stage.until_step is not None:
             if stage.until_step <= last_until:
-                raise ValueError(f"{path.name}: stages[{i}].until_step: must be after the previous stage's "
+                raise CurriculumError(f"{path.name}: stages[{i}].until_step: must be after the previous stage's "
                                  f"until_step {last_until}, got {stage.until_step}")
             last_until = stage.until_step
     names = [s.name for s in stages]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
-        raise ValueError(f"{path.name}: stage name {duplicate!r} is used twice")
+        raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
     return Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
@@ -292,7 +294,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
     weights = _parse_weights(table["weights"], f"{where}.weights")
 
     if f.has("lr") == f.has("lr_mult"):
-        raise ValueError(f"{where}: give exactly one of 'lr' (absolute) or 'lr_mult' (times base_lr)")
+        raise CurriculumError(f"{where}: give exactly one of 'lr' (absolute) or 'lr_mult' (times base_lr)")
     if f.has("lr"):
         lr = f.number("lr", low=0.0, low_open=True)
     else:
@@ -309,7 +311,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
     if len(bounds) != 1:
         problem = "has no end condition" if not bounds else f"has {' and '.join(bounds)}"
-        raise ValueError(f"{where}: {problem}; give exactly one of steps (fixed length), until_step "
+        raise CurriculumError(f"{where}: {problem}; give exactly one of steps (fixed length), until_step "
                          "(absolute global step) or max_steps (cap for plateau / early_stop)")
     plateau = _parse_plateau(table["plateau"], f"{where}.plateau") if f.has("plateau") else None
     early_stop = _parse_early_stop(table["early_stop"], f"{where}.early_stop") if f.has("early_stop") else None
@@ -339,7 +341,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
 
 def _parse_weights(table: Any, where: str) -> dict[str, float]:
     if not isinstance(table, dict) or not table:
-        raise ValueError(f"{where}: must be a non-empty table of source = weight")
+        raise CurriculumError(f"{where}: must be a non-empty table of source = weight")
     f = _Fields(table, where, set(table))
     weights = {}
     for name in table:
@@ -347,7 +349,7 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
             raise f.fail(name, "source names are directory names (letters, digits, _ . -) or synthetic/<task>")
         weights[name] = f.number(name, low=0.0)
     if sum(weights.values()) <= 0:
-        raise ValueError(f"{where}: all weights are zero")
+        raise CurriculumError(f"{where}: all weights are zero")
     return weights
 
 
@@ -362,14 +364,14 @@ def _parse_model_knobs(table: Any, where: str) -> dict[str, float]:
 def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:
     if value is None:
         if any(w > 0 and is_synthetic_source(name) for name, w in weights.items()):
-            raise ValueError(f"{where}: missing; a stage with synthetic weight needs a difficulty "
+            raise CurriculumError(f"{where}: missing; a stage with synthetic weight needs a difficulty "
                              f"(a value or a [start, end] ramp in {MIN_DIFFICULTY}..{MAX_DIFFICULTY})")
         return (float(MIN_DIFFICULTY), float(MIN_DIFFICULTY))
     ends = value if isinstance(value, list) else [value]
     if len(ends) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in ends):
-        raise ValueError(f"{where}: must be a number or a [start, end] ramp, got {value!r}")
+        raise CurriculumError(f"{where}: must be a number or a [start, end] ramp, got {value!r}")
     if any(not MIN_DIFFICULTY <= v <= MAX_DIFFICULTY for v in ends):
-        raise ValueError(f"{where}: must be within {MIN_DIFFICULTY}..{MAX_DIFFICULTY}, got {value!r}")
+        raise CurriculumError(f"{where}: must be within {MIN_DIFFICULTY}..{MAX_DIFFICULTY}, got {value!r}")
     return (float(ends[0]), float(ends[-1]))
 
 

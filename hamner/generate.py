@@ -12,46 +12,14 @@ from their group's batch (and cache) as they end.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from hamner.decoding_cache import DecodingCache
 from hamner.model import HamnerModel
-
-
-class DecodingCache:
-    """What cached decoding keeps for a batch: one decoding state per layer's mixer, and the position.
-
-    On the model's device and in its dtype, for up to `max_len` (default: the model's context) positions.
-
-    The states come from each mixer's `new_state` (attention: preallocated keys and values; sliding
-    window: the last window - 1 of them; recurrent mixers: their state); `states[i]` is layer i's.
-    """
-
-    def __init__(self, model: HamnerModel, batch_size: int, *, max_len: int | None = None) -> None:
-        self.max_len = max_len or model.config.max_seq_len
-        self.batch_size = batch_size
-        self._model = model
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything cached: fresh, empty states for the current batch rows."""
-        weight = self._model.embed.weight
-        self.states = [layer.attn.new_state(self.batch_size, self.max_len, weight.device, weight.dtype)
-                       for layer in self._model.layers]
-        self.pos = 0
-
-    def advance(self, n: int) -> None:
-        """Move the position past `n` tokens that every layer has absorbed (the model calls this)."""
-        self.pos += n
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows `rows` (indices), e.g. to drop sequences that have finished."""
-        for state in self.states:
-            state.select(rows)
-        self.batch_size = len(rows)
 
 
 @dataclass(frozen=True)
@@ -255,10 +223,10 @@ def generate(
         groups[len(prompt)].append(i)
     results: list[list[int]] = [[] for _ in prompts]
     for members in groups.values():
-        outs: list[list[int]] = [[] for _ in members]
-        for outs in _decode_group(model, [prompts[i] for i in members], max_new_tokens, sampling,
-                                  eos_id, stop_strings, decode, generator, use_cache):
-            pass
+        snapshots = _decode_group(model, [prompts[i] for i in members], max_new_tokens, sampling,
+                                  eos_id, stop_strings, decode, generator, use_cache)
+        last = deque(snapshots, maxlen=1)  # each snapshot holds every row's tokens so far; keep the final one
+        outs = last[0] if last else [[] for _ in members]
         for i, ids in zip(members, outs):
             results[i] = ids
     return results

@@ -23,7 +23,7 @@ Other mixers and MLPs keep the `attn` / `mlp` prefixes; several mixers in one la
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,11 +32,10 @@ from torch.utils.checkpoint import checkpoint
 
 from hamner import kernels
 from hamner.config import HamnerConfig
-from hamner.mixers import build_mixer
-from hamner.mlps import build_mlp
-
-if TYPE_CHECKING:
-    from hamner.generate import DecodingCache
+from hamner.decoding_cache import DecodingCache
+from hamner.mixers import MIXERS
+from hamner.mixers.parallel import ParallelMixers
+from hamner.mlps import MLPS
 
 
 class RMSNorm(nn.Module):
@@ -52,6 +51,19 @@ class RMSNorm(nn.Module):
         if delta is None:
             return kernels.rms_norm(x, self.weight, self.eps), x
         return kernels.add_rms_norm(delta, x, self.weight, self.eps)
+
+
+def build_mixer(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
+    """The mixer `name` for layer `layer_index`; several names joined by "+" give a `ParallelMixers`."""
+    parts = name.split("+")
+    if len(parts) == 1:
+        return MIXERS[name](config, layer_index)
+    return ParallelMixers({part: MIXERS[part](config, layer_index) for part in parts})
+
+
+def build_mlp(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
+    """The MLP `name` ("swiglu", "moe") for layer `layer_index`."""
+    return MLPS[name](config, layer_index)
 
 
 class Block(nn.Module):
@@ -224,6 +236,11 @@ class HamnerModel(nn.Module):
                 if hasattr(m, "num_active_parameters"):
                     total += m.num_active_parameters() - sum(p.numel() for p in m.parameters())
         return total
+
+    def describe_parameters(self) -> str:
+        """E.g. "51,234,816 parameters", with the count active per token when it differs (MoE)."""
+        total, active = self.num_parameters(), self.num_parameters(active=True)
+        return f"{total:,} parameters" + (f" ({active:,} active per token)" if active != total else "")
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), for MFU.

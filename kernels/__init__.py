@@ -13,10 +13,10 @@ from hamner.kernels.moe import moe_experts
 from hamner.kernels.ttt import ttt_linear
 
 if TRITON_INSTALLED:
+    from hamner.kernels.activations import swiglu
     from hamner.kernels.cross_entropy import fused_linear_cross_entropy
     from hamner.kernels.norms import add_rms_norm, rms_norm
     from hamner.kernels.rope import apply_rope, rope_cache
-    from hamner.kernels.activations import swiglu
 else:  # no triton (macOS, Windows): every op is its PyTorch reference
     from hamner.kernels.reference import (
         add_rms_norm,

@@ -6,7 +6,7 @@ import pytest
 
 from hamner.curriculum import LayerLrScale, available_curricula, load_curriculum
 
-SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "ttt-extended"}
+SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "ttt-extended"}
 
 
 def test_every_shipped_curriculum_loads():
@@ -151,7 +151,8 @@ steps = 100
      "until_step = 100\n[[stages]]\nname = \"b\"\nweights = { stories = 1 }\nuntil_step = 100\nlr = 1e-3",
      r"stages\[1\]\.until_step: must be after"),
     ('name = "t"', 'name = "t"\neval_interval = 0', "eval_interval: must be >= 1"),
-    ("steps = 100", 'steps = 100\nmodel = { plasticity = "high" }', r"stages\[0\]\.model\.plasticity: must be a finite"),
+    ("steps = 100", 'steps = 100\nmodel = { plasticity = "high" }',
+     r"stages\[0\]\.model\.plasticity: must be a finite"),
     ("steps = 100", "steps = 100\nmodel = 0.5", r"stages\[0\]\.model: must be a table of knob = number"),
     ("synthetic = 1.0", '"../etc" = 1.0, synthetic = 1.0', "source names are directory names"),
     ("synthetic = 1.0", '"synthetic/a/b" = 1.0', "source names are directory names"),

@@ -6,15 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_checks import rel_error
 
-from hamner.config import HamnerConfig
 from hamner import kernels
-from hamner.kernels import reference
-from hamner.kernels import linear_attention
+from hamner.config import HamnerConfig
+from hamner.kernels import linear_attention, reference
 from hamner.kernels.linear_attention import chunked_decayed_linear_attention, decayed_linear_attention
 from hamner.mixers import hebbian
 from hamner.mixers.hebbian import HebbianMemory
-from kernel_checks import rel_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tiny_checkpoint import tiny_config
 
 from hamner.checkpoint import save_checkpoint
-from hamner.eval import main as eval_main
+from hamner.eval.cli import main as eval_main
 from hamner.model import HamnerModel
 from hamner.studies.length_gen import ChunkGrid, chunk_losses, chunk_perplexity, main
 

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from train_helpers import tiny_settings
 
 from hamner import HamnerConfig, HamnerModel, model_config
 from hamner.checkpoint import load_model
@@ -16,7 +17,6 @@ from hamner.data.tokenizer import load_tokenizer
 from hamner.generate import generate
 from hamner.train_settings import TrainError, resume_settings
 from hamner.trainer import train
-from train_helpers import tiny_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -161,7 +161,16 @@ def test_agiformer_31m_trains_on_agiformer_3stage_from_prepared_byte_shards(tmp_
     assert result.step == 2 and plasticities(run) == {0.10}
 
 
-def test_compile_traces_the_memory_and_ttt_in_one_graph():
+@pytest.fixture
+def fresh_dynamo():
+    """Compile with no state from other tests, and leave none (shapes seen here would make later
+    compiles of the same model code dynamic)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compile_traces_the_memory_and_ttt_in_one_graph(fresh_dynamo):
     torch.manual_seed(0)
     config = dataclasses.replace(TINY["agiformer-31m"], layer_mixers=["hebbian", "ttt_linear"], ttt_mini_batch=4)
     model = HamnerModel(config).train()

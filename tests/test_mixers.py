@@ -6,18 +6,20 @@ import subprocess
 
 import pytest
 import torch
-
 from kernel_checks import rel_error
-from hamner.config import HamnerConfig, PRESETS, load_model_file, model_config
-from hamner.export import export_hf
-from hamner.generate import DecodingCache, generate
+from tiny_checkpoint import save_tiny_run, tiny_config
+from train_helpers import tiny_settings, write_curriculum
+
+from hamner.config import PRESETS, HamnerConfig, load_model_file, model_config
+from hamner.decoding_cache import DecodingCache
+from hamner.export import main as export_command
+from hamner.generate import generate
+from hamner.hf import export_hf
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
-from hamner.mixers import MIXERS
 from hamner.model import HamnerModel
-from hamner.train_settings import TrainError
+from hamner.train_settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
 from hamner.trainer import train
-from train_helpers import tiny_settings, write_curriculum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -182,11 +184,14 @@ def test_bad_block_choices_are_one_line_errors_naming_the_field(fields, message)
     assert "\n" not in str(info.value)
 
 
+# The HamnerConfig fields of checkpoints written before the mixer and MLP choices existed.
+LEGACY_FIELDS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "max_seq_len",
+                 "rope_theta", "norm_eps", "init_std", "scale_residual_init", "activation_checkpointing", "tokenizer")
+
+
 def test_configs_saved_before_the_mixer_fields_load_and_compare_equal():
     config = model_config("v3-50m")
-    saved = {k: v for k, v in config.to_dict().items() if k in
-             ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "max_seq_len",
-              "rope_theta", "norm_eps", "init_std", "scale_residual_init", "activation_checkpointing", "tokenizer")}
+    saved = {k: v for k, v in config.to_dict().items() if k in LEGACY_FIELDS}
     assert HamnerConfig.from_dict(saved).to_dict() == config.to_dict()
     assert config.llama_compatible and not model_config("swa-125m").llama_compatible
 
@@ -253,11 +258,29 @@ def test_a_tiny_model_of_each_preset_learns_in_30_steps(name):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize("name", ["swa-125m", "diffattn-50m", "moe-50m", "agiformer-31m", "ttt-125m"])
+def test_the_new_presets_train_built_in_sources_by_default(name):
+    resolved, curriculum, _ = resolve_run(TrainSettings(preset=name, device="cpu"))
+    assert resolved.curriculum == "builtin" and curriculum.data_sources() == []
+    assert curriculum.tokenizer in (None, PRESETS[name].tokenizer)
+    assert (preset_curriculum("v3-50m"), preset_curriculum("v2-164m"), preset_curriculum("demo")) == \
+        ("hamner-v3.1", "hamner-v3.1", "demo")
+
+
 def test_export_refuses_a_non_llama_model(tmp_path):
     config = shrunk("diffattn-50m")
     with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: the model uses mixer") as info:
         export_hf(HamnerModel(config), config, tmp_path / "hf", eos_id=0)
     assert "\n" not in str(info.value) and not (tmp_path / "hf").exists()
+
+
+def test_the_export_command_refuses_a_non_llama_checkpoint_with_one_line(tmp_path, capsys):
+    save_tiny_run(tmp_path / "run", tiny_config(mixer="swa", window=8))
+    assert export_command([str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot export to Hugging Face Llama: the model uses mixer(s) swa") and \
+        err.count("\n") == 1
+    assert not (tmp_path / "hf").exists()
 
 
 # ----- train.py --model -----
@@ -273,6 +296,17 @@ def test_training_from_a_model_file(tmp_path):
     assert saved["model"]["layer_mixers"] == ["swa+attention", "diff_attention"]
     assert saved["active_parameters"] < saved["parameters"]
     assert "expert load max" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_run_saved_before_the_mixer_fields_resumes(tmp_path):
+    curriculum = write_curriculum(tmp_path, first=2, second=2)
+    train(tiny_settings(tmp_path / "run", curriculum, max_steps=2))
+    new_fields = {f.name for f in dataclasses.fields(HamnerConfig)} - set(LEGACY_FIELDS)
+    for meta_file in (tmp_path / "run" / "checkpoints").glob("*/config.json"):
+        meta = json.loads(meta_file.read_text())
+        meta["model"] = {k: v for k, v in meta["model"].items() if k not in new_fields}
+        meta_file.write_text(json.dumps(meta))
+    assert train(resume_settings(tmp_path / "run", {"max_steps": 3})).step == 3
 
 
 def test_a_bad_model_file_stops_training_with_one_line(tmp_path):

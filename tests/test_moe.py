@@ -2,8 +2,8 @@
 losses, active parameters and expert load."""
 import pytest
 import torch
-
 from kernel_checks import rel_error
+
 from hamner.config import HamnerConfig
 from hamner.kernels import dispatch, moe_experts, reference
 from hamner.mlps.moe import MoE, balance_loss, expert_fraction, z_loss

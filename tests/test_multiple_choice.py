@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny_checkpoint import save_tiny_run, tiny_config
 
-from hamner import eval as eval_module
+from hamner.eval import cli as eval_cli
 from hamner.data.tokenizer import load_tokenizer
-from hamner.eval import main as eval_main
+from hamner.eval.cli import main as eval_main
 from hamner.model import HamnerModel
 from hamner.studies.multiple_choice import Item, ending_log_probs, load_items, multiple_choice_accuracy
 
@@ -70,7 +70,7 @@ def test_a_long_context_keeps_the_ending_whole():
 def test_eval_reports_both_accuracies(tmp_path, capsys, monkeypatch):
     save_tiny_run(tmp_path / "run")
     # The other sections are tested with the eval command; here they are left empty to stay fast.
-    monkeypatch.setattr(eval_module, "evaluate", lambda *args, **kwargs: {
+    monkeypatch.setattr(eval_cli, "evaluate", lambda *args, **kwargs: {
         "validation": {}, "synthetic": {"samples": 1, "accuracy": {"arithmetic": {"1": 0.0}}}, "needle": [],
         "length_generalisation": {"stream": "none", "window": 64, "trained_context": 64, "rows": []}})
     items = tmp_path / "mc.jsonl"

@@ -3,13 +3,13 @@ and the mixer (causality, cached decoding = full recomputation across mini-batch
 the fp32 island)."""
 import pytest
 import torch
+from kernel_checks import rel_error
 
-from hamner.config import HamnerConfig
 from hamner import kernels
+from hamner.config import HamnerConfig
 from hamner.kernels import reference
 from hamner.kernels.ttt import layer_norm_l2_grad, ttt_linear
 from hamner.mixers.ttt import TTTLinear
-from kernel_checks import rel_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -21,18 +21,12 @@ Settings a mixer needs are `HamnerConfig` fields, checked in `HamnerConfig.__pos
 
 A layer with one mixer holds it at `layers.{i}.attn`; a layer with several holds them in a
 `ParallelMixers` at `layers.{i}.attn.{name}` (e.g. `layers.0.attn.swa.qkv.weight`).
-This package imports torch only when a mixer is looked up, so `import hamner` stays light.
+`hamner.model.build_mixer` builds a layer's mixers. This package imports torch only when a mixer is
+looked up, so `import hamner` (and `hamner.config`, which checks names here) stays light.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hamner.registry import LazyRegistry
-
-if TYPE_CHECKING:
-    import torch.nn as nn
-
-    from hamner.config import HamnerConfig
 
 MIXERS = LazyRegistry({
     "attention": "hamner.mixers.attention:Attention",
@@ -41,13 +35,3 @@ MIXERS = LazyRegistry({
     "hebbian": "hamner.mixers.hebbian:HebbianMemory",
     "ttt_linear": "hamner.mixers.ttt:TTTLinear",
 })
-
-
-def build_mixer(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
-    """The mixer `name` for layer `layer_index`; several names joined by "+" give a `ParallelMixers`."""
-    parts = name.split("+")
-    if len(parts) == 1:
-        return MIXERS[name](config, layer_index)
-    from hamner.mixers.parallel import ParallelMixers
-
-    return ParallelMixers({part: MIXERS[part](config, layer_index) for part in parts})

@@ -3,25 +3,14 @@
 An MLP is an `nn.Module` built as `cls(config, layer_index)` with `forward(x [B, T, C]) -> [B, T, C]`.
 Like mixers (see `hamner.mixers`) it may define `init_weights()` for parameters the model's generic
 init does not cover and set `aux_loss` in training forwards. The MLP of layer i sits at
-`layers.{i}.mlp`. Classes are imported on lookup, so `import hamner` stays free of torch.
+`layers.{i}.mlp`; `hamner.model.build_mlp` builds it. Classes are imported on lookup, so `import hamner`
+stays free of torch.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hamner.registry import LazyRegistry
-
-if TYPE_CHECKING:
-    import torch.nn as nn
-
-    from hamner.config import HamnerConfig
 
 MLPS = LazyRegistry({
     "swiglu": "hamner.mlps.swiglu:SwiGLU",
     "moe": "hamner.mlps.moe:MoE",
 })
-
-
-def build_mlp(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
-    """The MLP `name` ("swiglu", "moe") for layer `layer_index`."""
-    return MLPS[name](config, layer_index)

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from hamner import checkpoint as ckpt
-from hamner.data.errors import DataError
 from hamner.data.tokenizer import Tokenizer
-from hamner.eval_length import extended_model
-from hamner.inference import InferenceError, load_for_inference, pick_device
+from hamner.errors import DataError, InferenceError
+from hamner.eval.length import extended_model
+from hamner.eval.tasks import held_out_seed
+from hamner.inference import load_for_inference, pick_device
 from hamner.model import HamnerModel
-from hamner.task_accuracy import held_out_seed
 
 MULTIPLES: tuple[int, ...] = (1, 2, 5, 10, 20)
 MODES = ("single", "sliding")
@@ -128,7 +128,7 @@ def chunk_perplexity(model: HamnerModel, tokens: np.ndarray, grid: ChunkGrid, *,
 def validation_stream(tokenizer: Tokenizer, n_tokens: int, source: str | None = None) -> np.ndarray:
     """`n_tokens` of a prepared source's val split, or of built-in stories on a held-out seed."""
     if source:
-        from hamner.eval_loss import read_split
+        from hamner.eval.loss import read_split
 
         return read_split(source, tokenizer, "val", n_tokens)
     from hamner.data.stories import StorySource

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner.data.tokenizer import Tokenizer
+from hamner.errors import EvalError
 from hamner.model import HamnerModel
 
 CHOICES = 4
@@ -34,10 +35,10 @@ class Item:
 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
-    """The items of a HellaSwag-format jsonl file; a malformed line is a ValueError naming file and line."""
+    """The items of a HellaSwag-format jsonl file; a malformed line is an EvalError naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no multiple-choice file at {path}")
+        raise EvalError(f"no multiple-choice file at {path}")
     items = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -47,24 +48,24 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg})") from None
+                raise EvalError(f"{where}: not JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected an object with ctx, endings and label")
+                raise EvalError(f"{where}: expected an object with ctx, endings and label")
             ctx, endings, label = row.get("ctx"), row.get("endings"), row.get("label")
             if not isinstance(ctx, str):
-                raise ValueError(f"{where}: ctx must be a string, got {ctx!r}")
+                raise EvalError(f"{where}: ctx must be a string, got {ctx!r}")
             if (not isinstance(endings, list) or len(endings) != CHOICES
                     or not all(isinstance(e, str) and e.strip() for e in endings)):
-                raise ValueError(f"{where}: endings must be a list of {CHOICES} non-empty strings")
+                raise EvalError(f"{where}: endings must be a list of {CHOICES} non-empty strings")
             if isinstance(label, str) and label.strip().isdigit():
                 label = int(label)
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < CHOICES:
-                raise ValueError(f"{where}: label must be 0..{CHOICES - 1}, got {row.get('label')!r}")
+                raise EvalError(f"{where}: label must be 0..{CHOICES - 1}, got {row.get('label')!r}")
             items.append(Item(ctx=ctx, endings=tuple(endings), label=label))
             if limit is not None and len(items) >= limit:
                 break
     if not items:
-        raise ValueError(f"{path} holds no items")
+        raise EvalError(f"{path} holds no items")
     return items
 
 

@@ -6,11 +6,11 @@ import sys
 import time
 from pathlib import Path
 
+from hamner.errors import HamnerError
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.runs import Interrupted
-from hamner.tournament.spec import TournamentError, available_tournaments, load_spec
-from hamner.train_settings import TrainError
+from hamner.tournament.spec import available_tournaments, load_spec
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m hamner.tournament") -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.tournament
         out.mkdir(parents=True, exist_ok=True)
         outcome = run_tournament(spec, out)
         report = write_report(outcome, out)
-    except (TournamentError, TrainError, ValueError, OSError) as exc:  # DataError is a ValueError
+    except (HamnerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt):

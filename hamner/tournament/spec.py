@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hamner.config import PRESETS, HamnerConfig, model_config
+from hamner.errors import HamnerError
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")
@@ -32,7 +33,7 @@ _SWEEP_KEYS = {"factors", "tokens"}
 _ENTRANT_KEYS = {"name", "preset", "model", "knob", "resize"}
 
 
-class TournamentError(Exception):
+class TournamentError(HamnerError):
     """A bad spec or a tournament that cannot go on; the message is one line for the user."""
 
 
