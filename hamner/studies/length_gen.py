@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner import checkpoint as ckpt
+from hamner.cli import ArgumentParser
 from hamner.data.tokenizer import Tokenizer
 from hamner.errors import DataError, InferenceError
 from hamner.eval.length import extended_model
@@ -275,7 +276,7 @@ def _multiples(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None, prog: str = "python -m hamner.studies.length_gen") -> int:
     """Run the study on the run(s) the flags name; 2 on bad input."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Length generalisation: chunk perplexity at 1x..20x a window W, for a checkpoint or every "
         "checkpoint of a run, optionally compared with a second run (ratio RUN / OTHER per position).")

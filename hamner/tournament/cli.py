@@ -1,11 +1,11 @@
 """`hamner tournament SPEC.toml` (or `python -m hamner.tournament SPEC.toml`): run a tournament, write its report."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
+from hamner.cli import ArgumentParser
 from hamner.errors import HamnerError
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
@@ -15,7 +15,7 @@ from hamner.tournament.spec import available_tournaments, load_spec
 
 def main(argv: list[str] | None = None, prog: str = "python -m hamner.tournament") -> int:
     """Run the tournament the spec names and write its report; 2 on bad input, 130 when interrupted."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Architecture tournament: entrants resized to the base's size, trained on the same data in "
         "elimination rounds (optional LR sweep, several seeds in the final), then report.md, report.json and "
