@@ -32,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "export": Command("hamner.export", "write a checkpoint as a Hugging Face Llama directory"),
     "prepare": Command("hamner.data.prepare", "tokenize text files or a Hugging Face dataset into shards"),
     "plot": Command("hamner.plot", "draw a run's loss, LR, throughput and accuracy curves to PNG files"),
+    "tournament": Command("hamner.tournament.cli", "architecture tournament: entrants resized to one size, "
+                          "elimination rounds, report"),
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 from hamner.curriculum import LayerLrScale, available_curricula, load_curriculum
 
 SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
-           "concepts-sequential", "concepts-replay"}
+           "concepts-sequential", "concepts-replay", "ttt-extended"}
 
 
 def test_every_shipped_curriculum_loads():
@@ -18,6 +18,14 @@ def test_every_shipped_curriculum_loads():
         assert curriculum.description
         for stage in curriculum.stages:
             assert sum(stage.weights.values()) == pytest.approx(1.0)
+
+
+def test_ttt_extended_is_the_studys_long_run():
+    curriculum = load_curriculum("ttt-extended")
+    (stage,) = curriculum.stages
+    assert stage.max_steps == 100_000 and stage.warmup_steps == 0.02 * stage.max_steps
+    assert stage.schedule == "cosine" and stage.max_steps // curriculum.eval_interval == 50
+    assert stage.early_stop.patience == 10 and stage.early_stop.min_delta > 0
 
 
 def test_hamner_v31_matches_the_issue():

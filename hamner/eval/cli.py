@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def _finite(value):
 @command()
 def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> int:
     """Evaluate the checkpoint the flags name, write the JSON report and print its tables."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--length-gen" in argv:  # the length-generalisation study has flags of its own
+        from hamner.studies.length_gen import main as length_gen
+
+        return length_gen([a for a in argv if a != "--length-gen"], prog=f"{prog} RUN --length-gen")
     parser = ArgumentParser(
         prog=prog,
         description="Evaluate a Hamner model: validation loss/perplexity/bits per byte, synthetic-task accuracy, "
@@ -86,8 +92,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
                         "apart: a JSONL file of {prompt, answer, trained[, kind]} or concepts, concepts/<kind>")
     parser.add_argument("--document-start", action="store_true", help="probe prompts start a document, with no "
                         "end-of-text before them (for models trained with packing = \"document\")")
+    parser.add_argument("--hellaswag", metavar="FILE.jsonl", help="also score multiple choice from a local "
+                        "HellaSwag-format file (ctx, endings, label per line)")
+    parser.add_argument("--hellaswag-limit", type=int, metavar="N", help="score only the first N items")
+    parser.add_argument("--length-gen", action="store_true", help="run the length-generalisation study instead "
+                        "(chunk perplexity at 1x..20x W; see --length-gen --help)")
     args = parser.parse_args(argv)
-    for name in ("window", "samples"):
+    for name in ("window", "samples", "hellaswag_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     difficulties = _difficulties(parser, args.difficulties)
@@ -103,6 +114,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
     else:
         report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
                                samples=args.samples, difficulties=difficulties, seed=args.seed))
+    if args.hellaswag:
+        from hamner.studies.multiple_choice import load_items, multiple_choice_accuracy
+
+        report["multiple_choice"] = {"file": args.hellaswag, **multiple_choice_accuracy(
+            model, tokenizer, load_items(args.hellaswag, args.hellaswag_limit))}
     report["elapsed_s"] = time.perf_counter() - start
     out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)

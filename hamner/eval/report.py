@@ -108,4 +108,8 @@ def format_report(report: dict) -> str:
     for row in length["rows"]:
         lines.append(f"{str(row['multiple']) + ' x W':<20}{row['start']:>10,}{row['loss']:>9.4f}"
                      f"{row['perplexity']:>11.2f}")
+    choice = report.get("multiple_choice")
+    if choice:
+        lines += ["", f"multiple choice ({choice['file']}, {choice['items']} items): accuracy "
+                  f"{100 * choice['accuracy']:.1f}%, length-normalised {100 * choice['accuracy_norm']:.1f}%"]
     return "\n".join(lines)
