@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from hamner.durable import fsync_path, replace_atomically
 from hamner.errors import DataError
 
 MAGIC = 20240520
@@ -119,7 +119,7 @@ def mark_incomplete(directory: str | os.PathLike) -> None:
 def mark_complete(directory: str | os.PathLike) -> None:
     """Remove the INCOMPLETE marker (after meta.json is written)."""
     (Path(directory) / INCOMPLETE).unlink(missing_ok=True)
-    _fsync_dir(Path(directory))
+    fsync_path(Path(directory))
 
 
 def largest_token_id(path: Path, tokens: np.ndarray, meta: dict | None) -> int:
@@ -167,25 +167,6 @@ def check_source_dir(directory: str | os.PathLike, tokenizer=None) -> dict | Non
 
 
 def _atomic_write(path: Path, chunks: list[bytes]) -> None:
-    """Write to a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
+    """Write `path` durably (see hamner.durable), creating its directory first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_atomically(path, chunks)

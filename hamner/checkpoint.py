@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hamner.config import HamnerConfig
+from hamner.durable import fsync_path, replace_atomically
 from hamner.errors import CheckpointError
 from hamner.hf import is_hf_dir, load_hf_model
 from hamner.model import HamnerModel
@@ -76,7 +77,8 @@ def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, met
         for name in names[1:]:
             _write_dir(root, name, latest, lambda tmp: _link_files(primary, tmp))
         if make_latest:
-            _atomic_write_text(root / LATEST, names[0] + "\n")
+            replace_atomically(root / LATEST, [(names[0] + "\n").encode()],
+                               temp=root / f".tmp-{LATEST}-{os.getpid()}")
     except (OSError, SafetensorError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         kept = f"the last good checkpoint ({latest}) is kept" if latest else "no earlier checkpoint exists"
         raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc)}; {kept}") from None
@@ -130,7 +132,7 @@ def remove_temporaries(run_dir: Path) -> list[str]:
         else:
             item.unlink(missing_ok=True)
     if handled:
-        _fsync_file(root)
+        fsync_path(root)
     return handled
 
 
@@ -228,12 +230,12 @@ def _write_files(tmp: Path, model: torch.nn.Module, meta: dict[str, Any],
     """The checkpoint's files, each fsync'ed as soon as it is written."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-    _fsync_file(tmp / WEIGHTS)
+    fsync_path(tmp / WEIGHTS)
     (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2) + "\n")
-    _fsync_file(tmp / CONFIG)
+    fsync_path(tmp / CONFIG)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
-        _fsync_file(tmp / TRAINER)
+        fsync_path(tmp / TRAINER)
 
 
 def _link_files(source: Path, tmp: Path) -> None:
@@ -242,7 +244,7 @@ def _link_files(source: Path, tmp: Path) -> None:
             os.link(item, tmp / item.name)
         except OSError:
             shutil.copy2(item, tmp / item.name)
-            _fsync_file(tmp / item.name)
+            fsync_path(tmp / item.name)
 
 
 def _write_dir(root: Path, name: str, latest: str | None, fill: Callable[[Path], None]) -> Path:
@@ -260,35 +262,21 @@ def _write_dir(root: Path, name: str, latest: str | None, fill: Callable[[Path],
     tmp.mkdir()
     try:
         fill(tmp)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         if final.exists():
             old = root / f".old-{name}-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
             os.rename(final, old)
             os.rename(tmp, final)
-            _fsync_file(root)
+            fsync_path(root)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-            _fsync_file(root)
+            fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_file(path.parent)
 
 
 def _saved_step(ckpt_dir: Path) -> int | None:
@@ -308,14 +296,6 @@ def _read_latest_name(root: Path) -> str | None:
     except OSError:
         return None
     return name or None
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _reason(exc: BaseException) -> str:

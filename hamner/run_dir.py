@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hamner.durable import replace_atomically
 from hamner.errors import RunDirError
 
 METRICS_COLUMNS: tuple[str, ...] = (
@@ -156,22 +157,8 @@ def trim_lines(path: Path, keep: Callable[[bytes], bool], header_lines: int) -> 
 
 
 def replace_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary beside `path`, fsync it, rename it over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Replace `path` by `data` durably (a temporary `.NAME.tmp` beside it, fsync, rename)."""
+    replace_atomically(path, [data], temp=path.with_name(f".{path.name}{TEMP_SUFFIX}"))
 
 
 def _fmt(value: Any) -> str:
