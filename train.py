@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hamner.data.errors import DataError
 from hamner.checkpoint import CheckpointError
+from hamner.curriculum import OPTIMIZERS
 from hamner.train_settings import GPU_DEFAULTS, PRESET_DEFAULTS, TrainError, TrainSettings, resume_settings
 from hamner.trainer import train
 
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"tokens per row (default {g.seq_len}; {demo.seq_len} for demo)")
     how.add_argument("--lr", type=float, help="peak learning rate of the first stage; later stages keep their "
                      "ratio to it (default: the curriculum's)")
+    how.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw, or muon for the hidden matrices (AdamW "
+                     "for embeddings, norms and the head), in every stage (default: the curriculum's, else adamw)")
     how.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="bf16 autocast (default on GPUs), "
                      "fp16 with a gradient scaler, or fp32 (default on CPU)")
     how.add_argument("--compile", action="store_true", help="torch.compile the model")

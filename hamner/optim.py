@@ -1,63 +1,182 @@
-"""AdamW for the training loop: parameter groups per layer and the learning rate applied to them.
+"""The training loop's optimizer: AdamW, or Muon for the hidden matrices with AdamW for the rest.
 
 Weight decay follows the model's own split (`model.param_groups`: matrices decay, norms and the like
 do not). Each of those groups is further split by transformer layer so a curriculum can scale the
 learning rate of chosen layers only (e.g. the middle "emotional" layers at 0.2x); parameters outside
 `model.layers` (embeddings, final norm, head) always take the base rate.
+
+With "muon", the 2-D weights inside `model.layers` (attention and MLP projections) go to
+`torch.optim.Muon` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, Keller Jordan's LR adjustment
+sqrt(max(1, rows/cols)), no weight decay); the embedding (also the tied output head), norms and any
+other parameter stay on AdamW. Both live in one `CombinedOptimizer`, which the loop steps, zeroes
+and checkpoints as one optimizer.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
+from hamner.curriculum import DEFAULT_MUON_LR, OPTIMIZERS
+
 BETAS: tuple[float, float] = (0.9, 0.95)
 WEIGHT_DECAY: float = 0.1
+MUON_MOMENTUM: float = 0.95
+# Muon's decoupled decay is lr * wd per step; at Muon's ~20x larger rate AdamW's 0.1 would shrink
+# the matrices ~20x faster, so Muon runs without it (as the speedrun records did).
+MUON_WEIGHT_DECAY: float = 0.0
 
 
-def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY) -> list[dict]:
-    """The model's decay / no-decay groups split by layer; each group carries a `layer` key (None outside layers)."""
+class CombinedOptimizer:
+    """Optimizers over disjoint parameters behind the one optimizer interface the loop uses:
+    `param_groups` (all of them, in order), `step`, `zero_grad`, `state_dict`, `load_state_dict`.
+
+    Each group carries an `optimizer` key naming its part, so `apply_lr` can give each its rate.
+    """
+
+    def __init__(self, parts: Mapping[str, torch.optim.Optimizer]) -> None:
+        self.parts = dict(parts)
+        for name, part in self.parts.items():
+            for group in part.param_groups:
+                group["optimizer"] = name
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for part in self.parts.values() for group in part.param_groups]
+
+    def step(self) -> None:
+        for part in self.parts.values():
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != set(self.parts):
+            raise ValueError(f"optimizer state holds {sorted(state)}, this optimizer is {sorted(self.parts)}")
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+
+
+Optimizer = torch.optim.Optimizer | CombinedOptimizer
+
+
+def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY,
+                       params: set[int] | None = None) -> list[dict]:
+    """The model's decay / no-decay groups split by layer; each group carries a `layer` key (None outside
+    layers). `params` (ids) keeps only those parameters."""
     layer_of = {id(p): i for i, layer in enumerate(model.layers) for p in layer.parameters()}
     groups: list[dict] = []
     for base in model.param_groups(weight_decay):
         by_layer: dict[int | None, list[torch.nn.Parameter]] = {}
         for p in base["params"]:
-            if p.requires_grad:
+            if p.requires_grad and (params is None or id(p) in params):
                 by_layer.setdefault(layer_of.get(id(p)), []).append(p)
-        for layer, params in by_layer.items():
-            groups.append({"params": params, "weight_decay": base.get("weight_decay", 0.0), "layer": layer})
+        for layer, group_params in by_layer.items():
+            groups.append({"params": group_params, "weight_decay": base.get("weight_decay", 0.0), "layer": layer})
     return groups
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device,
-                    weight_decay: float = WEIGHT_DECAY) -> torch.optim.AdamW:
-    """AdamW (betas 0.9/0.95): the fused kernel on CUDA, the multi-tensor (foreach) one elsewhere."""
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The 2-D trainable weights inside `model.layers`: the parameters Muon takes."""
+    return [p for layer in model.layers for p in layer.parameters() if p.requires_grad and p.dim() == 2]
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kind: str = "adamw",
+                    muon_lr: float = DEFAULT_MUON_LR, weight_decay: float = WEIGHT_DECAY) -> Optimizer:
+    """AdamW (betas 0.9/0.95; the fused kernel on CUDA, the multi-tensor one elsewhere), or for
+    kind "muon" a CombinedOptimizer of Muon (hidden matrices) and that AdamW (everything else)."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
     fused = device.type == "cuda"
-    return torch.optim.AdamW(layer_param_groups(model, weight_decay), lr=lr, betas=BETAS,
-                             fused=fused, foreach=not fused)
+    if kind == "adamw":
+        return torch.optim.AdamW(layer_param_groups(model, weight_decay), lr=lr, betas=BETAS,
+                                 fused=fused, foreach=not fused)
+    matrices = hidden_matrices(model)
+    muon_ids = {id(p) for p in matrices}
+    rest = {id(p) for p in model.parameters()} - muon_ids
+    layer_of = {id(p): i for i, layer in enumerate(model.layers) for p in layer.parameters()}
+    by_layer: dict[int, list[torch.nn.Parameter]] = {}
+    for p in matrices:
+        by_layer.setdefault(layer_of[id(p)], []).append(p)
+    muon = torch.optim.Muon([{"params": ps, "layer": layer} for layer, ps in by_layer.items()], lr=muon_lr,
+                            weight_decay=MUON_WEIGHT_DECAY, momentum=MUON_MOMENTUM, nesterov=True)
+    adamw = torch.optim.AdamW(layer_param_groups(model, weight_decay, rest), lr=lr, betas=BETAS,
+                              fused=fused, foreach=not fused)
+    return CombinedOptimizer({"adamw": adamw, "muon": muon})
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+def optimizer_parts(optimizer: Optimizer) -> Iterator[torch.optim.Optimizer]:
+    """The torch optimizers inside `optimizer` (itself when it is one)."""
+    if isinstance(optimizer, CombinedOptimizer):
+        yield from optimizer.parts.values()
+    else:
+        yield optimizer
+
+
+def load_state(optimizer: Optimizer, state: Mapping[str, Any]) -> None:
+    """Load a saved state, keeping this process's fused / foreach choice (the saved run may have
+    used another device)."""
+    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, flags):
+        group.update(kept)
+
+
+def step_if_finite(optimizer: Optimizer, finite: torch.Tensor, sync_free: bool | None = None) -> None:
     """Apply the update only when the bool tensor `finite` is true.
 
-    A fused optimizer gets the flag as `found_inf`, the input GradScaler uses: the kernel skips the
-    update and its step count on the device, so the host never waits for the GPU. Others read the
-    flag on the host, which costs nothing on a CPU."""
-    if optimizer.defaults.get("fused"):
-        optimizer.found_inf = (~finite).float()
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.found_inf
-    elif bool(finite):
-        optimizer.step()
+    A fused AdamW gets the flag as `found_inf`, the input GradScaler uses: the kernel skips the update
+    and its step count on the device, so the host never waits for the GPU. Muon has no such input, so
+    where a host read would stall a GPU (`sync_free`, default: off the CPU) it steps and then puts
+    its parameters and momentum back with `torch.where` wherever the flag is false, costing a copy of
+    its matrices per step instead of a sync. Everything else reads the flag on the host, which costs
+    nothing on a CPU."""
+    if sync_free is None:
+        sync_free = finite.device.type != "cpu"
+    ok: bool | None = None
+    for part in optimizer_parts(optimizer):
+        if part.defaults.get("fused"):
+            part.found_inf = (~finite).float()
+            try:
+                part.step()
+            finally:
+                del part.found_inf
+        elif sync_free and isinstance(part, torch.optim.Muon):
+            _step_or_restore(part, finite)
+        else:
+            ok = bool(finite) if ok is None else ok
+            if ok:
+                part.step()
 
 
-def apply_lr(optimizer: torch.optim.Optimizer, lr: float,
-             layer_scales: Mapping[int, float] | Sequence[float] | None = None) -> None:
-    """Set every group's rate to `lr`, times the scale of its layer when the curriculum gives one."""
+@torch.no_grad()
+def _step_or_restore(optimizer: torch.optim.Muon, finite: torch.Tensor) -> None:
+    """Step, then restore each parameter and momentum buffer where `finite` is false (no host sync)."""
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    old_params = [p.detach().clone() for p in params]
+    old_buffers = [optimizer.state[p]["momentum_buffer"].clone() if "momentum_buffer" in optimizer.state[p]
+                   else torch.zeros_like(p) for p in params]
+    optimizer.step()
+    for p, old, old_buffer in zip(params, old_params, old_buffers):
+        p.copy_(torch.where(finite, p, old))
+        buffer = optimizer.state[p]["momentum_buffer"]
+        buffer.copy_(torch.where(finite, buffer, old_buffer))
+
+
+def apply_lr(optimizer: Optimizer, lr: float,
+             layer_scales: Mapping[int, float] | Sequence[float] | None = None,
+             muon_lr: float | None = None) -> None:
+    """Set every group's rate to `lr` (Muon's groups to `muon_lr`), times the scale of its layer when
+    the curriculum gives one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * _scale(layer_scales, group.get("layer"))
+        base = muon_lr if group.get("optimizer") == "muon" and muon_lr is not None else lr
+        group["lr"] = base * _scale(layer_scales, group.get("layer"))
 
 
 def _scale(layer_scales: Mapping[int, float] | Sequence[float] | None, layer: int | None) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hamner.curriculum import OPTIMIZERS
 from hamner.device import pick_device as resolve_device
 from hamner.run_dir import RunDir
 
@@ -41,6 +42,7 @@ class TrainSettings:
     grad_accum: int = 1
     seq_len: int | None = None
     lr: float | None = None
+    optimizer: str | None = None
     dtype: str | None = None
     compile: bool = False
     device: str = "auto"
@@ -112,6 +114,8 @@ def validate(settings: TrainSettings) -> None:
             raise TrainError(f"--{name.replace('_', '-')} must not be negative, got {value}")
     if settings.lr is not None and not (math.isfinite(settings.lr) and settings.lr > 0):
         raise TrainError(f"--lr must be a positive number, got {settings.lr}")
+    if settings.optimizer is not None and settings.optimizer not in OPTIMIZERS:
+        raise TrainError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings.optimizer!r}")
     if settings.dtype is not None and settings.dtype not in DTYPES:
         raise TrainError(f"--dtype must be one of {', '.join(DTYPES)}, got {settings.dtype!r}")
 

@@ -7,8 +7,8 @@ What lives elsewhere: settings (hamner.train_settings), the model (hamner.model)
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
   device and are read at log intervals (and before checkpoints and stage ends);
-- a non-finite loss skips the update (on CUDA through the fused AdamW's found_inf input, so without
-  a sync) and is counted; `max_bad_steps` in a row stop the run, keeping the last good checkpoint;
+- a non-finite loss skips the update (on CUDA through the fused AdamW's found_inf input and Muon's
+  restore-where-bad, so without a sync; see hamner.optim.step_if_finite) and is counted; `max_bad_steps` in a row stop the run, keeping the last good checkpoint;
 - SIGINT / SIGTERM finish the step, save a checkpoint and return normally;
 - batches are prefetched in a background thread; the mixture for step t is a function of t, so a
   resumed run sees exactly the batches the uninterrupted run would have.
@@ -42,7 +42,7 @@ from hamner.curriculum import Curriculum, is_synthetic_source, load_curriculum
 from hamner.eval_loss import utf8_bytes
 from hamner.generate import generate
 from hamner.model import HamnerModel
-from hamner.optim import apply_lr, build_optimizer, step_if_finite
+from hamner.optim import Optimizer, apply_lr, build_optimizer, load_state, step_if_finite
 from hamner.run_dir import RunDir
 from hamner.task_accuracy import format_table, held_out_seed, task_accuracy
 from hamner.throughput import IntervalMeter, peak_flops
@@ -123,8 +123,6 @@ class Trainer:
         self.model = HamnerModel(self.config).to(self.device)
         self.controller = CurriculumController(self.curriculum, n_layers=self.config.n_layers)
         self.lr_factor = 1.0 if s.lr is None else s.lr / self.curriculum.stages[0].lr
-        self.fused = self.device.type == "cuda"
-        self.optimizer = build_optimizer(self.model, self.curriculum.stages[0].lr, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
         self.step = 0
@@ -215,6 +213,7 @@ class Trainer:
             self._init_weights(s.init_from)
         for _ in range(s.stage or 0):
             self.controller.advance()
+        self.optimizer = self._new_optimizer()
         self.rundir.write_config({
             "settings": asdict(s),
             "model": self.config.to_dict(),
@@ -226,7 +225,16 @@ class Trainer:
             "dtype": str(self.dtype).removeprefix("torch."),
         })
         self.rundir.log(f"start: preset {s.preset}, {self.model.num_parameters():,} parameters, curriculum "
-                     f"{self.curriculum.name}, device {self.device}, dtype {self.dtype}, world {self.dist.world_size}")
+                     f"{self.curriculum.name}, optimizer {self._optimizer_kind()}, device {self.device}, dtype {self.dtype}, world {self.dist.world_size}")
+
+    def _optimizer_kind(self) -> str:
+        """The current stage's optimizer; --optimizer overrides the curriculum's."""
+        return self.s.optimizer or self.controller.stage.optimizer
+
+    def _new_optimizer(self) -> Optimizer:
+        """A fresh optimizer of the current stage's kind (apply_lr sets its rates every step)."""
+        return build_optimizer(self.model, self.controller.lr(), self.device, kind=self._optimizer_kind(),
+                               muon_lr=self.controller.muon_lr())
 
     def _init_weights(self, path: str) -> None:
         source, config = ckpt.load_model(path)
@@ -252,10 +260,8 @@ class Trainer:
             raise TrainError(f"cannot resume {run_dir}: {exc}") from None
         if self.controller.finished:
             raise TrainError(f"{run_dir} has already finished its curriculum; nothing to resume")
-        self.optimizer = build_optimizer(self.model, self.curriculum.stages[0].lr, self.device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved run may have used another device
-            group["fused"], group["foreach"] = self.fused, not self.fused
+        self.optimizer = self._new_optimizer()
+        load_state(self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
@@ -338,7 +344,7 @@ class Trainer:
     def _train_step(self) -> None:
         s = self.s
         self.last_lr = self.controller.lr() * self.lr_factor
-        apply_lr(self.optimizer, self.last_lr, self.stage_scales)
+        apply_lr(self.optimizer, self.last_lr, self.stage_scales, self.controller.muon_lr() * self.lr_factor)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(s.grad_accum):
             idx, targets = self._batches.next()
@@ -497,7 +503,7 @@ class Trainer:
             self._write_metrics(None)
         self.controller.advance()
         if self.controller.fresh_optimizer_needed:
-            self.optimizer = build_optimizer(self.model, self.curriculum.stages[0].lr, self.device)
+            self.optimizer = self._new_optimizer()
         self._save([ckpt.stage_end_name(finished_stage)])
         self._say(f"stage {finished_stage} ({self.curriculum.stages[finished_stage].name}) ended at step "
                   f"{self.step} ({reason})")
