@@ -132,7 +132,9 @@ def run_recipe(name: str, recipe: Recipe, config: Config, data: Path, tokenizer:
         device=device, batch_size=config.batch_size, seq_len=config.seq_len, dtype=config.dtype,
         log_interval=config.eval_interval, eval_batches=config.eval_batches, save_interval=10 ** 9,
         task_samples=0, sample_tokens=0, threads=config.threads, seed=1337)
-    train(settings)
+    result = train(settings)
+    if result.reason != "finished":  # a signal (Ctrl-C, SIGTERM) or diverged losses end the whole speedrun
+        raise SystemExit(f"error: recipe {name} stopped at step {result.step} ({result.reason})")
     with open(out / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["val_loss"]]
     return [{"step": int(r["step"]), "tokens": int(r["tokens"]), "elapsed_s": float(r["elapsed_s"]),

@@ -1,7 +1,8 @@
 """Every Triton kernel specialisation a training step launches compiles for real GPUs, without one.
 
 A forward and backward of each preset (one layer: the kernels see the same widths as the full
-model) under fp32, bf16 and fp16 autocast runs the kernels in the interpreter while
+model) under fp32, bf16 and fp16 autocast, and the RMSNorm backward under every tiling a GPU run
+sweeps, runs the kernels in the interpreter while
 `record_launches` notes each launch's specialisation; a subprocess without the interpreter then
 compiles every one for sm_80, sm_86, sm_89 and sm_90 with the bundled ptxas and fails on any
 compile error or register spill.
@@ -12,12 +13,14 @@ from dataclasses import replace
 import pytest
 import torch
 
+from hamner import kernels
 from hamner.config import PRESETS, model_config
+from hamner.kernels.norms import BWD_CANDIDATES, set_backward_tiling
 from hamner.kernels.aot import TARGETS, record_launches, save_specs
 from hamner.model import HamnerModel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_swiglu_fwd_kernel", "_swiglu_bwd_kernel", "_rope_kernel",
+KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel", "_swiglu_bwd_kernel", "_rope_kernel",
            "_cross_entropy_grad_kernel"}
 
 
@@ -33,6 +36,10 @@ def training_step_launches() -> list:
                     loss = model(idx[:, :-1], idx[:, 1:])
                 loss.backward()
                 model.zero_grad(set_to_none=True)
+        for tiling in BWD_CANDIDATES:  # the configurations a GPU run sweeps, at v3-50m's width
+            with set_backward_tiling(tiling):
+                x = torch.randn(64, 512, dtype=torch.bfloat16, requires_grad=True)
+                kernels.rms_norm(x, torch.ones(512, dtype=torch.bfloat16, requires_grad=True)).sum().backward()
     return list(recorded.values())
 
 
