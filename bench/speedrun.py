@@ -182,6 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="step budget of the full-length recipes (default: the config's)")
     p.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the config's)")
     p.add_argument("--batch-size", type=int, help="rows per step (default: the config's)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: the config's)")
     p.add_argument("--recipes", nargs="+", metavar="NAME",
                    help=f"recipes to run (default all; {BASELINE} always runs, it sets the target)")
     p.add_argument("--data-dir", type=Path, default=SHARED_DATA,
@@ -193,9 +194,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [r for r in args.recipes or [] if r not in known]
     if bad:
         p.error(f"unknown recipe {bad[0]!r}; choose from {', '.join(known)}")
-    for name in ("steps", "eval_interval", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 2:
-            p.error(f"--{name.replace('_', '-')} must be at least 2")
+    for name, least in (("steps", 2), ("eval_interval", 1), ("batch_size", 1), ("threads", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}")
     if not (args.data_dir / TRAIN_TEXT).is_file():
         p.error(f"{args.data_dir / TRAIN_TEXT} does not exist; give --data-dir")
     return args
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = CONFIGS[args.config]
     config = replace(config, steps=args.steps or config.steps, eval_interval=args.eval_interval or config.eval_interval,
-                     batch_size=args.batch_size or config.batch_size)
+                     batch_size=args.batch_size or config.batch_size, threads=args.threads or config.threads)
     names = [BASELINE] + [n for n in (args.recipes or RECIPES[args.config]) if n != BASELINE]
     tokenizer = config.tokenizer if config.tokenizer == "bytes" else str(args.data_dir / config.tokenizer)
     device = pick_device(args.device)
