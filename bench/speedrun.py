@@ -7,14 +7,16 @@ target is the AdamW recipe's final validation loss; for every recipe the run rec
 wall-clock seconds (training plus its evaluations, from the loop's own clock) at the first
 evaluation at or below the target, and the ratio of those tokens to AdamW's.
 
-Recipes (peak rates chosen by a short sweep, see bench/README.md):
+Recipes (peak rates set by reasoning, not swept; see bench/README.md):
   adamw-cosine   AdamW, warmup then cosine to 10 % (as the original projects ran)
   muon-cosine    Muon for the hidden matrices (AdamW for the rest), same schedule
   muon-wsd       Muon, warmup-stable-decay (1-sqrt decay over the last 20 %)
   muon-wsd-short Muon + wsd with 70 % of the step budget: a wsd run ends where it is told to
 
 Configurations: `cpu` (the demo model, 2 CPU threads, about 6-8 minutes on an idle 2-core
-machine) and `gpu` (v3-50m with the cosmo2 tokenizer, bf16, a few minutes on an H100). The JSON
+machine; on a machine shared with other jobs use --threads 1, as OpenMP threads that wait for
+each other slow every step there) and `gpu` (v3-50m with the cosmo2 tokenizer, bf16, a few
+minutes on an H100). The JSON
 record (machine, versions, settings, every evaluation of every recipe, the summary) goes to
 bench/results/speedrun-<config>.json unless --out says otherwise; the table is printed.
 """
@@ -76,7 +78,7 @@ class Config:
 CONFIGS: dict[str, Config] = {
     "cpu": Config(preset="demo", tokenizer="bytes", batch_size=16, seq_len=128, steps=600, warmup_steps=30,
                   eval_interval=50, eval_batches=4, threads=2, dtype=None),
-    "gpu": Config(preset="v3-50m", tokenizer="cosmo2_tokenizer.json", batch_size=32, seq_len=512, steps=400,
+    "gpu": Config(preset="v3-50m", tokenizer="cosmo2_tokenizer.json", batch_size=32, seq_len=512, steps=300,
                   warmup_steps=40, eval_interval=25, eval_batches=8, threads=None, dtype="bf16"),
 }
 RECIPES: dict[str, dict[str, Recipe]] = {
