@@ -33,6 +33,7 @@ import contextlib
 import gc
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -206,6 +207,38 @@ def measure(variant: str, config: HamnerConfig, batches: list, warmup: int, devi
     }
 
 
+def measure_interleaved(variants: list[str], config: HamnerConfig, batches: list, warmup: int,
+                        device: torch.device, flops_per_token: float, peak: float | None) -> dict[str, dict]:
+    """All variants built at once and timed step by step in turn (a, d, e, a, d, e, ...), so load from
+    other jobs falls on every variant alike; each gets the median of its step times. Peak memory is
+    not reported (the variants coexist)."""
+    setups = {name: build(name, config, device) for name in variants}
+    autocast = device.type == "cuda"
+    for name, setup in setups.items():
+        with setup.context():
+            for idx, targets in batches[:warmup]:
+                train_step(setup, idx, targets, autocast)
+    step_s: dict[str, list[float]] = {name: [] for name in variants}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in variants}
+    for idx, targets in batches[warmup:]:
+        for name, setup in setups.items():
+            with setup.context():
+                _sync(device)
+                start = time.perf_counter()
+                losses[name].append(train_step(setup, idx, targets, autocast))
+                _sync(device)
+                step_s[name].append(time.perf_counter() - start)
+    out = {}
+    for name in variants:
+        seconds = statistics.median(step_s[name])
+        rate = batches[0][0].numel() / seconds
+        values = torch.stack(losses[name]).float().tolist()
+        out[name] = {"name": VARIANTS[name], "tokens_per_s": rate,
+                     "mfu": rate * flops_per_token / peak if peak else None, "step_ms": seconds * 1e3,
+                     "peak_memory_gib": None, "first_loss": values[0], "last_loss": values[-1]}
+    return out
+
+
 def median_round(runs: list[dict]) -> dict:
     """The run with the median tokens/s (the upper middle one for an even count), with every round's rate."""
     ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
@@ -298,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1, help="rounds of all variants, alternating; each variant's "
                                                           "median round is reported (default 1)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--interleave", action="store_true", help="build every variant at once and time them step by "
+                   "step in turn, each taking its median step (for a machine other jobs load; no peak memory)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all that can "
                                       "run here; c is left out on CPU, d-liger without liger-kernel)")
     p.add_argument("--out", type=Path, help="JSON file to write (default bench/results/throughput-<preset>-"
@@ -354,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     failed: dict[str, str] = {}
     with _tf32():
         for round_index in range(args.rounds):  # variants alternate, so a busy spell hits them all alike
+            if args.interleave:
+                print(f"all variants, step by step in turn ... (round {round_index + 1}/{args.rounds})", flush=True)
+                for name, result in measure_interleaved(variants, config, batches, args.warmup, device,
+                                                        flops_per_token, peak).items():
+                    rounds[name].append(result)
+                _release(device)
+                continue
             for name in [v for v in variants if v not in failed]:
                 print(f"({name}) {VARIANTS[name]} ... (round {round_index + 1}/{args.rounds})", flush=True)
                 try:
@@ -374,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         **env,
         "preset": args.preset, "config": config.to_dict(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
-        "rounds": args.rounds, "threads": torch.get_num_threads(),
+        "rounds": args.rounds, "interleave": args.interleave, "threads": torch.get_num_threads(),
         "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "flops_per_token": flops_per_token, "peak_flops": peak,
         "timing_meaningful": device.type == "cuda",
