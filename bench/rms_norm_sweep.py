@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": "RMSNorm backward tilings", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               **env, "dtype": str(dtype), "timing_meaningful": cuda, "results": results}
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    partial = out.with_suffix(".json.tmp")  # a kill mid-write leaves the previous record whole
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    partial.replace(out)
     print(f"wrote {out}")
     return 0
 

@@ -175,7 +175,9 @@ def _compile(kernel: Any, spec: LaunchSpec, capability: int) -> CompileResult:
 
 def save_specs(specs: list[LaunchSpec], path: Path) -> None:
     """Write recorded specialisations as JSON (for `python -m hamner.kernels.aot`)."""
-    path.write_text(json.dumps([asdict(s) for s in specs], indent=1))
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps([asdict(s) for s in specs], indent=1))
+    partial.replace(path)
 
 
 def load_specs(path: Path) -> list[LaunchSpec]:
