@@ -13,7 +13,7 @@ Recipes (peak rates set by reasoning, not swept; see bench/README.md):
   muon-wsd       Muon, warmup-stable-decay (1-sqrt decay over the last 20 %)
   muon-wsd-short Muon + wsd with 70 % of the step budget: a wsd run ends where it is told to
 
-Configurations: `cpu` (the demo model, 2 CPU threads, about 6-8 minutes on an idle 2-core
+Configurations: `cpu` (the demo model, 2 CPU threads, about 4 minutes on an idle 2-core
 machine; on a machine shared with other jobs use --threads 1, as OpenMP threads that wait for
 each other slow every step there) and `gpu` (v3-50m with the cosmo2 tokenizer, bf16, a few
 minutes on an H100). The JSON
