@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
+from hamner.cli import ArgumentParser, command  # noqa: E402
+
 
 def _best_rate(fn, amount: float, repeats: int) -> float:
     """Best of `repeats` timings of fn(), as amount per second."""
@@ -68,7 +70,8 @@ def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tinystories"
-        cmd = [sys.executable, "-m", "hamner.data.prepare", str(stories), "--out", str(out), "--tokenizer", tok_path, "--quiet"]
+        cmd = [sys.executable, "-m", "hamner.data.prepare", str(stories), "--out", str(out), "--tokenizer", tok_path,
+               "--quiet"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"error: data.prepare failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
@@ -82,8 +85,11 @@ def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
     return {"batches_per_s": rate, "batch": [24, 1025], "batches": batches, "source": stories.name}
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Time each data path, print the figures and, with --save, record them."""
+    p = ArgumentParser(prog="python bench/data_throughput.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default=str(SHARED / "cosmo2_tokenizer.json"), metavar="PATH",
                    help="tokenizer.json (default: ../shared/data/cosmo2_tokenizer.json) or 'bytes'")
     p.add_argument("--difficulty", type=float, default=3.0, help="synthetic difficulty in [1, 5] (default 3)")
@@ -114,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(args.tokenizer)
     results: dict = {"tokenizer": args.tokenizer, "cpu": platform.processor() or platform.machine(), "cores": 1}
     results["synthetic"] = s = bench_synthetic(tok, args.difficulty, args.tokens, args.repeats)
-    print(f"synthetic   {s['tokens_per_s'] / 1e6:8.2f} M tokens/s  (one core, tasks mixed, difficulty {args.difficulty:g}, "
-          f"{s['tokens']:,} tokens; source built in {s['build_s']:.2f} s)")
+    print(f"synthetic   {s['tokens_per_s'] / 1e6:8.2f} M tokens/s  (one core, tasks mixed, "
+          f"difficulty {args.difficulty:g}, {s['tokens']:,} tokens; source built in {s['build_s']:.2f} s)")
     for name, cls in (("stories", StorySource), ("chat", ChatSource)):
         results[name] = r = bench_generated(cls, tok, args.text_tokens, args.repeats)
         print(f"{name:<11} {r['tokens_per_s'] / 1e3:8.1f} k tokens/s  (one core)")
     if not args.skip_shards:
         results["shards"] = r = bench_shards(args.tokenizer, args.stories, args.batches)
-        print(f"shards      {r['batches_per_s']:8.1f} batches/s of 24 x 1025 (mixture sampler over memory-mapped shards)")
+        print(f"shards      {r['batches_per_s']:8.1f} batches/s of 24 x 1025 "
+              "(mixture sampler over memory-mapped shards)")
     if args.save:
         out = ROOT / "bench" / "results" / "data_throughput.json"
         out.parent.mkdir(parents=True, exist_ok=True)

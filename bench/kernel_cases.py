@@ -151,7 +151,7 @@ TORCH: dict[str, Callable[..., Outputs]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(op: str, shape: str) -> Callable[..., Outputs]:
     """The eager twin of `op` under torch.compile, one compiled function per shape (no dynamic shapes)."""
     return torch.compile(EAGER[op], dynamic=False)

@@ -8,10 +8,13 @@ of copy bandwidth for memory-bound ops).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout that was not pip-installed, too
+
+from hamner.cli import ArgumentParser, command  # noqa: E402
 
 COPY_TARGET = 0.8
 COLUMNS = ("op", "shape", "pass", "variant", "median ms", "GB/s", "% of copy", "TFLOP/s", "peak MiB",
@@ -55,8 +58,10 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/kernel_report.py", description=__doc__.split("\n\n")[0])
+    """Print the table of one pytest-benchmark JSON run."""
+    parser = ArgumentParser(prog="python bench/kernel_report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="JSON written by pytest bench/ --benchmark-json=RUN.json")
     args = parser.parse_args(argv)
     try:

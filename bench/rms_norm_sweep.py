@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 
 from environment import environment  # noqa: E402
 from timing import median_ms, time_calls  # noqa: E402
+
 from hamner.config import PRESETS  # noqa: E402
 from hamner.kernels import norms  # noqa: E402
 
@@ -56,7 +57,8 @@ def time_tilings(width: int, rows: int, device: torch.device, dtype: torch.dtype
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/rms_norm_sweep.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=24 * 1024, help="rows (batch x sequence; default 24576)")
     p.add_argument("--presets", nargs="+", default=["v3-50m", "v2-164m"], choices=sorted(PRESETS),
                    help="presets whose hidden widths to time (default v3-50m v2-164m)")
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     slug = (env["gpu"] or "cpu").lower().replace(" ", "-")
     out = args.out or ROOT / "bench" / "results" / f"rms_norm_sweep-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": "RMSNorm backward tilings", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    record = {"benchmark": "RMSNorm backward tilings", "date": datetime.now(UTC).isoformat(timespec="seconds"),
               **env, "dtype": str(dtype), "timing_meaningful": cuda, "results": results}
     partial = out.with_suffix(".json.tmp")  # a kill mid-write leaves the previous record whole
     partial.write_text(json.dumps(record, indent=1) + "\n")

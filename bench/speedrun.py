@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
 
 from environment import environment  # noqa: E402
+
 from hamner.train_settings import TrainSettings, pick_device  # noqa: E402
 from hamner.trainer import train  # noqa: E402
 
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({curves[name][-1]['elapsed_s']:.0f}s)", flush=True)
     summary = summarise(curves)
     record = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(device),
         "config": args.config, "settings": asdict(config),
         "recipes": {n: asdict(RECIPES[args.config][n]) for n in names},

@@ -21,11 +21,11 @@ import math
 
 import pytest
 import torch
+from kernel_cases import EAGER, HAMNER, PASSES, SEED, Inputs, OpCase, all_cases, bench_device, bench_dtype, op_cases
+from timing import bench_clock, gbps, peak_memory_bytes, rotation_sets, tflops
 
 from hamner.config import model_config
-from kernel_cases import EAGER, HAMNER, PASSES, SEED, Inputs, OpCase, all_cases, bench_device, bench_dtype, op_cases
 from hamner.kernels import dispatch
-from timing import bench_clock, gbps, peak_memory_bytes, rotation_sets, tflops
 
 DEVICE = bench_device()
 CASES = all_cases(DEVICE)

@@ -5,10 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-
 import throughput
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +82,52 @@ def test_unknown_preset_is_an_argparse_error(capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --preset") and err.count("\n") == 1
+
+
+def test_the_benchmark_times_the_training_loops_step_function(tmp_path: Path, monkeypatch) -> None:
+    """Every warm-up and timed step goes through hamner.step.train_step, and the timing covers it:
+    a spy that makes each call 50 ms slower raises the measured step time by as much."""
+    from hamner import step
+    from hamner.kernels import dispatch
+
+    real = step.train_step
+    calls: list[float] = []
+
+    def spy(*args, **kwargs):
+        time.sleep(0.05)
+        result = real(*args, **kwargs)
+        calls.append(float(result.loss))
+        return result
+
+    monkeypatch.setattr(step, "train_step", spy)
+    out = tmp_path / "throughput.json"
+    with dispatch.cpu_kernels(False):  # reference ops on CPU even when the suite runs the interpreter
+        assert throughput.main(["--preset", "demo", "--batch-size", "2", "--seq-len", "32", "--steps", "3",
+                                "--warmup", "1", "--variants", "a", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["results"]["a"]
+    assert len(calls) == 1 + 3  # 1 warm-up + 3 timed steps
+    assert (result["first_loss"], result["last_loss"]) == pytest.approx((calls[1], calls[3]))  # the spy's losses
+    assert result["step_ms"] >= 50
+
+
+def test_the_minimal_gpt_and_interleaved_timing_step_through_the_loops_step_function(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """Variant (e) and the interleaved timing also take every step through hamner.step.train_step."""
+    from hamner import step
+    from hamner.kernels import dispatch
+
+    real = step.train_step
+    models: list[str] = []
+
+    def spy(loss, *args, **kwargs):
+        models.append(type(getattr(loss, "__self__", loss)).__name__)
+        return real(loss, *args, **kwargs)
+
+    monkeypatch.setattr(step, "train_step", spy)
+    out = tmp_path / "throughput.json"
+    with dispatch.cpu_kernels(False):
+        assert throughput.main(["--preset", "demo", "--batch-size", "2", "--seq-len", "32", "--steps", "2",
+                                "--warmup", "1", "--variants", "a,e", "--interleave", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["results"]) == {"a", "e"}
+    assert len(models) == 2 * (1 + 2)  # both variants: 1 warm-up + 2 timed steps each
+    assert models.count("MinimalGPT") == 1 + 2

@@ -16,11 +16,10 @@ optimizer) for:
 
 All variants see the same random token batches (one seeded generator), run the same number of
 steps after the same warm-up (excluded from the timing), in this one process, one after another,
-under bf16 autocast on a GPU (fp32 on CPU, as the training loop does). The training loop's step is
-a method of its Trainer, which needs a curriculum and data, so the step is restated here the way
-the loop does it (hamner/trainer.py, Trainer._train_step with grad_accum=1): autocast forward,
-backward, clip_grad_norm_(1.0), AdamW step skipped on a non-finite loss (on CUDA through the fused
-kernel's found_inf, without a host sync), zero_grad(set_to_none=True).
+under bf16 autocast on a GPU (fp32 on CPU, as the training loop does). Every variant is stepped by
+the training loop's own step function, `hamner.step.train_step` (with grad_accum=1): autocast
+forward, backward, clip_grad_norm_(1.0), optimizer step skipped on a non-finite loss (on CUDA
+through the fused kernel's found_inf, without a host sync), zero_grad(set_to_none=True).
 
 The table gives each variant's figures and (a)'s speed-up over it; a JSON file with the device,
 driver, versions, config and figures goes to bench/results/. CPU runs work (use a tiny shape:
@@ -38,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -48,11 +47,15 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 
 from environment import environment  # noqa: E402
 from minimal_gpt import MinimalGPT  # noqa: E402
+
+from hamner import step as hamner_step  # noqa: E402
+from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.errors import HamnerError  # noqa: E402
+from hamner.kernels import dispatch  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
 from hamner.throughput import peak_flops  # noqa: E402
-from hamner.kernels import dispatch  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "a": "hamner (ours)",
@@ -68,16 +71,15 @@ RESULTS_DIR = ROOT / "bench" / "results"
 CPU_NOTE = "note: no GPU, so these CPU timings are NOT meaningful; they only show the benchmark runs"
 
 
-class BenchError(Exception):
-    """A bad setting; the message is one line for the user."""
+class BenchError(HamnerError):
+    """A bad benchmark setting; the message is one line for the user."""
 
 
 @dataclass
 class Setup:
-    """One variant ready to train: the loss of a batch, its parameters, its optimizer, its context."""
+    """One variant ready to train: the loss of a batch, its optimizer, its context."""
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     context: Callable[[], contextlib.AbstractContextManager]
 
@@ -96,7 +98,7 @@ def _hf_model(config: HamnerConfig, device: torch.device, liger: bool) -> torch.
     """LlamaForCausalLM with our config and our initial weights (tied embeddings, SDPA attention)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hamner.export import hf_config, to_hf_state_dict
+    from hamner.hf import hf_config, to_hf_state_dict
 
     hf = LlamaForCausalLM(LlamaConfig(**hf_config(config, eos_id=0), attn_implementation="sdpa"))
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(_hamner_model(config, "cpu").state_dict(), config),
@@ -118,14 +120,13 @@ def build(variant: str, config: HamnerConfig, device: torch.device) -> Setup:
         optimizer = build_optimizer(model, LR, device)
         run = torch.compile(model) if variant == "c" else model
         plain = variant != "a"
-        return Setup(lambda idx, targets: run(idx, targets), list(model.parameters()), optimizer,
-                     lambda: dispatch.reference_only(plain))
+        return Setup(lambda idx, targets: run(idx, targets), optimizer, lambda: dispatch.reference_only(plain))
     if variant == "e":
         torch.manual_seed(SEED)
         gpt = MinimalGPT(config).to(device)
         groups = [{"params": [p for p in gpt.parameters() if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
                   {"params": [p for p in gpt.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-        return Setup(gpt, list(gpt.parameters()), _adamw(groups, device), contextlib.nullcontext)
+        return Setup(gpt, _adamw(groups, device), contextlib.nullcontext)
     hf = _hf_model(config, device, liger=variant == "d-liger")
     decay = [p for p in hf.parameters() if p.dim() >= 2]
     no_decay = [p for p in hf.parameters() if p.dim() < 2]
@@ -136,27 +137,7 @@ def build(variant: str, config: HamnerConfig, device: torch.device) -> Setup:
         # shift_labels: targets are already the next tokens (the same windows our model gets).
         return hf(input_ids=idx, labels=targets, shift_labels=targets, use_cache=False).loss
 
-    return Setup(loss, list(hf.parameters()), optimizer, contextlib.nullcontext)
-
-
-def train_step(setup: Setup, idx: torch.Tensor, targets: torch.Tensor, autocast: bool) -> torch.Tensor:
-    """One step as the training loop takes it; returns the loss (still on the device)."""
-    device = idx.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = setup.loss(idx, targets)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
-    finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-    if device.type == "cuda":
-        setup.optimizer.found_inf = (~finite).float()
-        try:
-            setup.optimizer.step()
-        finally:
-            del setup.optimizer.found_inf
-    elif bool(finite):
-        setup.optimizer.step()
-    setup.optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return Setup(loss, optimizer, contextlib.nullcontext)
 
 
 def make_batches(config: HamnerConfig, batch: int, seq_len: int, count: int,
@@ -181,15 +162,16 @@ def measure(variant: str, config: HamnerConfig, batches: list, warmup: int, devi
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup = build(variant, config, device)
-    autocast = device.type == "cuda"
+    dtype = torch.bfloat16 if device.type == "cuda" else None
     losses = []
     with setup.context():
         for idx, targets in batches[:warmup]:
-            train_step(setup, idx, targets, autocast)
+            hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer, autocast_dtype=dtype)
         _sync(device)
         start = time.perf_counter()
         for idx, targets in batches[warmup:]:
-            losses.append(train_step(setup, idx, targets, autocast))
+            losses.append(hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer,
+                                                 autocast_dtype=dtype).loss)
         _sync(device)
         seconds = time.perf_counter() - start
     steps = len(batches) - warmup
@@ -213,11 +195,11 @@ def measure_interleaved(variants: list[str], config: HamnerConfig, batches: list
     other jobs falls on every variant alike; each gets the median of its step times. Peak memory is
     not reported (the variants coexist)."""
     setups = {name: build(name, config, device) for name in variants}
-    autocast = device.type == "cuda"
-    for name, setup in setups.items():
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    for setup in setups.values():
         with setup.context():
             for idx, targets in batches[:warmup]:
-                train_step(setup, idx, targets, autocast)
+                hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer, autocast_dtype=dtype)
     step_s: dict[str, list[float]] = {name: [] for name in variants}
     losses: dict[str, list[torch.Tensor]] = {name: [] for name in variants}
     for idx, targets in batches[warmup:]:
@@ -225,7 +207,8 @@ def measure_interleaved(variants: list[str], config: HamnerConfig, batches: list
             with setup.context():
                 _sync(device)
                 start = time.perf_counter()
-                losses[name].append(train_step(setup, idx, targets, autocast))
+                losses[name].append(hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer,
+                                                           autocast_dtype=dtype).loss)
                 _sync(device)
                 step_s[name].append(time.perf_counter() - start)
     out = {}
@@ -305,19 +288,12 @@ def choose_variants(spec: str | None, device: torch.device) -> tuple[list[str], 
 def default_out(preset: str, env: dict) -> Path:
     """bench/results/throughput-<preset>-<gpu or cpu>-<UTC time>.json"""
     slug = (env["gpu"] or "cpu").lower().replace(" ", "-")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return RESULTS_DIR / f"throughput-{preset}-{slug}-{stamp}.json"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error style: one `error: ...` line, exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see python bench/throughput.py --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bench/throughput.py",
+    p = ArgumentParser(prog="python bench/throughput.py",
                 description="Tokens/s, MFU and peak memory of one training step (forward, backward, optimizer):\n"
                             "ours against plain PyTorch, torch.compile and Hugging Face Llama (+ Liger-Kernel),\n"
                             "on the same batches. Prints a table of ratios and writes a JSON record.",
@@ -364,16 +340,18 @@ def _tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
+    """Measure the variants the flags name, print the table and write the JSON record."""
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = model_config(args.preset)
-    try:
-        _check(args, config)
-        variants, skipped = choose_variants(args.variants, device)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _check(args, config)
+    variants, skipped = choose_variants(args.variants, device)
+    if not config.llama_compatible:  # (d) loads our weights into a transformers Llama
+        for name in [v for v in variants if v.startswith("d")]:
+            variants.remove(name)
+            skipped[name] = "the preset's mixers or MLP have no transformers Llama equivalent"
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(device)
@@ -412,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(CPU_NOTE)
     record = {
         "benchmark": "training throughput (forward, backward, optimizer)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         **env,
         "preset": args.preset, "config": config.to_dict(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,

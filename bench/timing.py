@@ -122,7 +122,7 @@ def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def copy_bandwidth_gbps(device: torch.device) -> float:
     """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written), median of 20 copies."""
     n_bytes = COPY_BYTES_CUDA if device.type == "cuda" else COPY_BYTES_CPU

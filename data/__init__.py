@@ -2,8 +2,8 @@
 
 Heavy modules (tokenizers, datasets, the generators) load only when used.
 """
-from hamner.data.errors import DataError
 from hamner.data.mixture import MixtureSampler, open_sources, open_validation
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
+from hamner.errors import DataError
 
 __all__ = ["DataError", "MixtureSampler", "Tokenizer", "load_tokenizer", "open_sources", "open_validation"]

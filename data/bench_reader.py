@@ -6,30 +6,27 @@ Single process, no prefetching: the figure is what one data thread can feed the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from hamner.data.errors import DataError
+from hamner.cli import ArgumentParser, command
 from hamner.data.mixture import MixtureSampler
 from hamner.data.tokenizer import load_tokenizer
 from hamner.data.windows import ShardSource
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hamner.data.bench_reader", description=__doc__.splitlines()[0])
+@command()
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.data.bench_reader") -> int:
+    """Time the sampler on one source for --seconds and print batches and tokens per second."""
+    p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("directory", type=Path, help="a prepared source directory")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--batch", type=int, default=24)
     p.add_argument("--row-len", type=int, default=1025)
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args(argv)
-    try:
-        source = ShardSource(args.directory, tokenizer=load_tokenizer(args.tokenizer))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    source = ShardSource(args.directory, tokenizer=load_tokenizer(args.tokenizer))
     sampler = MixtureSampler({source.name: source}, seed=0)
     step, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < args.seconds:

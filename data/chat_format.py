@@ -6,10 +6,14 @@ starts a new turn marker or emits end-of-text, so inference stops on exactly wha
 """
 from __future__ import annotations
 
+import re
+
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 MARKERS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
 # Text that ends an assistant reply during generation (end-of-text is handled as a token id).
 STOP_STRINGS: tuple[str, ...] = (MARKERS["user"], MARKERS["system"], MARKERS["assistant"])
+# A turn marker at the start of the text or of a line, followed by its newline.
+_TURN = re.compile(r"(?:^|(?<=\n))<\|(" + "|".join(ROLES) + r")\|>\n")
 
 
 def format_turn(role: str, content: str) -> str:
@@ -27,3 +31,20 @@ def format_conversation(messages: list[dict[str, str]]) -> str:
 def prompt_for_reply(messages: list[dict[str, str]]) -> str:
     """The conversation so far followed by an open assistant marker, ready for generation."""
     return format_conversation(messages) + MARKERS["assistant"] + "\n"
+
+
+def assistant_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the assistant's replies in chat-format text.
+
+    A span runs from the first character of the reply through its closing newline and the marker
+    that opens the next turn (e.g. `<|user|>`, not its newline): that marker is how a reply ends
+    at inference. The `<|assistant|>` header itself is not in the span. A reply that is the last
+    turn runs to the end of the text (the end-of-text token that follows belongs to it too).
+    """
+    turns = list(_TURN.finditer(text))
+    spans = []
+    for turn, following in zip(turns, turns[1:] + [None]):
+        if turn.group(1) == "assistant":
+            end = len(text) if following is None else following.end() - 1
+            spans.append((turn.end(), end))
+    return spans

@@ -99,7 +99,8 @@ def _opposite(rng: random.Random) -> tuple[str, str]:
     a, b = rng.choice(OPPOSITES)
     if rng.random() < 0.5:
         a, b = b, a
-    q = rng.choice([f"What is the opposite of {a}?", f"What's the opposite of \"{a}\"?", f"Tell me the opposite of {a}."])
+    q = rng.choice([f"What is the opposite of {a}?",
+                    f"What's the opposite of \"{a}\"?", f"Tell me the opposite of {a}."])
     return q, f"The opposite of {a} is {b}."
 
 
@@ -119,7 +120,8 @@ def _numbers(rng: random.Random) -> tuple[str, str]:
     if rng.random() < 0.5:
         word = rng.choice(["bigger", "smaller"])
         yes = (a > b) == (word == "bigger")
-        return f"Is {a} {word} than {b}?", f"{'Yes' if yes else 'No'}, {a} is {'bigger' if a > b else 'smaller'} than {b}."
+        answer = f"{'Yes' if yes else 'No'}, {a} is {'bigger' if a > b else 'smaller'} than {b}."
+        return f"Is {a} {word} than {b}?", answer
     return f"Which is bigger, {a} or {b}?", f"{max(a, b)} is bigger than {min(a, b)}."
 
 
@@ -127,7 +129,8 @@ def _number_words(rng: random.Random) -> tuple[str, str]:
     n = rng.choice([rng.randrange(0, 21), rng.randrange(21, 100), rng.randrange(100, 1000), rng.randrange(1000, 10000)])
     words = number_words(n)
     if rng.random() < 0.5:
-        return rng.choice([f"How do you write {n} in words?", f"Spell out the number {n}."]), f"{n} in words is {words}."
+        return rng.choice([f"How do you write {n} in words?",
+                           f"Spell out the number {n}."]), f"{n} in words is {words}."
     return f"What number is {words}?", f"{_cap(words)} is {n}."
 
 

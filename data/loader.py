@@ -1,7 +1,8 @@
 """Background prefetching of training batches onto the device.
 
 A daemon thread calls make_batch(step) for start_step, start_step + 1, ..., splits each window
-batch into inputs and targets, and pins them when the device is CUDA; `next()` then copies them
+batch into inputs and targets (make_batch may return (rows, loss masks): targets whose mask is 0
+become the ignored index), and pins them when the device is CUDA; `next()` then copies them
 with non_blocking=True, so the host-to-device copy overlaps the compute already queued. An
 exception in the thread is raised again by the next call to `next()`.
 """
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from hamner.data.loss_masks import targets_from_mask
 
 
 class _Failure:
@@ -23,7 +26,8 @@ class _Failure:
 class Prefetcher:
     """Batches for consecutive steps, produced `depth` ahead in a background thread."""
 
-    def __init__(self, make_batch: Callable[[int], np.ndarray], start_step: int, device: torch.device | str,
+    def __init__(self, make_batch: Callable[[int], np.ndarray | tuple[np.ndarray, np.ndarray | None]],
+                 start_step: int, device: torch.device | str,
                  depth: int = 2) -> None:
         self.device = torch.device(device)
         self.step = start_step  # the step of the batch the next call to next() returns
@@ -37,10 +41,13 @@ class Prefetcher:
         pin = self.device.type == "cuda"
         try:
             while not self._stop.is_set():
-                w = torch.from_numpy(np.asarray(self._make_batch(step), dtype=np.int64))
-                if w.ndim != 2 or w.shape[1] < 2:
-                    raise ValueError(f"make_batch({step}) gave shape {tuple(w.shape)}; expected [batch, row_len >= 2]")
-                pair = (w[:, :-1].contiguous(), w[:, 1:].contiguous())
+                made = self._make_batch(step)
+                rows, mask = made if isinstance(made, tuple) else (made, None)
+                rows = np.asarray(rows, dtype=np.int64)
+                if rows.ndim != 2 or rows.shape[1] < 2:
+                    raise ValueError(f"make_batch({step}) gave shape {rows.shape}; expected [batch, row_len >= 2]")
+                pair = (torch.from_numpy(np.ascontiguousarray(rows[:, :-1])),
+                        torch.from_numpy(targets_from_mask(rows, mask)))
                 if pin:
                     pair = (pair[0].pin_memory(), pair[1].pin_memory())
                 if not self._put(pair):
@@ -59,7 +66,8 @@ class Prefetcher:
         return False
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(idx, targets) of the next step, int64 on the device: idx = w[:, :-1], targets = w[:, 1:]."""
+        """(idx, targets) of the next step, int64 on the device: idx = w[:, :-1], targets = w[:, 1:]
+        (-100 where the loss mask leaves a target out)."""
         if self._stop.is_set():
             raise RuntimeError("the prefetcher is closed")
         item = self._queue.get()
@@ -81,7 +89,7 @@ class Prefetcher:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "Prefetcher":
+    def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc) -> None:

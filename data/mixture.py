@@ -11,21 +11,25 @@ stream positions split between ranks, so ranks never read the same window.
 prefetcher already produced gives the same batch, and a run resumed from `state_dict()` continues
 exactly. Call `set_mixture` for step t before `batch(t)` (inside the prefetcher's make_batch), so
 weights and difficulty ramps are a function of the step too.
+
+Sources named in `assistant_only` count only the tokens their loss masks mark (a chat's replies);
+`labeled_batch` returns those masks beside the rows.
 """
 from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from hamner.data.errors import DataError
-from hamner.data.row_source import CursorSource, RowSource
+from hamner.data.row_source import CursorSource, MaskedCursorSource, MaskedRowSource, RowSource
 from hamner.data.windows import ShardSource
+from hamner.errors import DataError
 
 SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
+CONCEPTS = "concepts"  # "concepts" or "concepts/<kind>": trained items of the built-in concept set
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
 BUILTIN = {
     "synthetic": ("hamner.data.synthetic", "SyntheticSource"),
@@ -37,9 +41,18 @@ BUILTIN = {
 class MixtureSampler:
     """Deterministic batches mixed from named row sources; resumable through state_dict()."""
 
-    def __init__(self, sources: dict[str, RowSource], seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, sources: dict[str, RowSource], seed: int, rank: int = 0, world_size: int = 1,
+                 assistant_only: Iterable[str] = ()) -> None:
         if not sources:
             raise DataError("the mixture needs at least one source")
+        self.assistant_only = frozenset(assistant_only)
+        for name in sorted(self.assistant_only):
+            if name not in sources:
+                raise DataError(f"loss mask for unknown source {name!r}; open sources: {', '.join(sorted(sources))}")
+            wanted = MaskedCursorSource if isinstance(sources[name], CursorSource) else MaskedRowSource
+            if not isinstance(sources[name], wanted):
+                raise DataError(f"source {name!r} has no loss masks; loss = \"assistant\" needs chat shards "
+                                "(prepared from chat records) or the built-in chat source")
         if seed < 0:
             raise ValueError(f"the data seed must be non-negative, got {seed}")
         if not 0 <= rank < world_size:
@@ -68,28 +81,43 @@ class MixtureSampler:
 
     def batch(self, step: int, batch_size: int, row_len: int) -> np.ndarray:
         """[batch_size, row_len] int64 rows for this rank at `step`."""
+        return self.labeled_batch(step, batch_size, row_len)[0]
+
+    def labeled_batch(self, step: int, batch_size: int, row_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """`batch(...)` and its uint8 loss masks (1 = the token counts as a target); None when no
+        source is assistant-only, so every token counts."""
         cursors = self._cursors_at(step)
         start = self.rank * batch_size
         rng = np.random.default_rng([self.seed, step])
         drawn = rng.choice(len(self.names), size=self.world_size * batch_size, p=self.weights)
         mine = drawn[start : start + batch_size]
         out = np.empty((batch_size, row_len), dtype=np.int64)
+        masks = np.ones((batch_size, row_len), dtype=np.uint8) if self.assistant_only else None
         after = dict(cursors)
         for s, name in enumerate(self.names):
             rows = mine == s
             source = self.sources[name]
+            masked = name in self.assistant_only
             if name in after:
                 before = after[name] + int(np.count_nonzero(drawn[:start] == s))
                 if rows.any():
-                    out[rows] = source.windows(before + np.arange(np.count_nonzero(rows)), row_len, self.seed)
+                    positions = before + np.arange(np.count_nonzero(rows))
+                    if masked:
+                        out[rows], masks[rows] = source.masked_windows(positions, row_len, self.seed)
+                    else:
+                        out[rows] = source.windows(positions, row_len, self.seed)
                 after[name] += int(np.count_nonzero(drawn == s))
             elif rows.any():
                 seed = int(np.random.SeedSequence([self.seed, step, self.rank, s]).generate_state(1)[0])
-                out[rows] = source.rows(int(np.count_nonzero(rows)), row_len, seed, self.difficulty)
+                n = int(np.count_nonzero(rows))
+                if masked:
+                    out[rows], masks[rows] = source.masked_rows(n, row_len, seed, self.difficulty)
+                else:
+                    out[rows] = source.rows(n, row_len, seed, self.difficulty)
         with self._lock:
             self._history = {t: c for t, c in self._history.items() if step - HISTORY < t <= step}
             self._history[step], self._history[step + 1] = cursors, after
-        return out
+        return out, masks
 
     def _cursors_at(self, step: int) -> dict[str, int]:
         with self._lock:
@@ -123,7 +151,8 @@ class MixtureSampler:
 
 
 def open_sources(names: Iterable[str], data_root: str | None, tokenizer) -> dict[str, RowSource]:
-    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat") or DATA_ROOT/<name> train shards."""
+    """Row sources by name: built-in generators ("synthetic", "synthetic/<task>", "stories", "chat",
+    "concepts", "concepts/<kind>") or DATA_ROOT/<name> train shards."""
     return {name: _open(name, data_root, tokenizer, "train") for name in dict.fromkeys(names)}
 
 
@@ -140,6 +169,10 @@ def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
         if task not in TASKS:
             raise DataError(f"source {name!r}: unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
         return SyntheticSource(tokenizer, task=task)
+    if name == CONCEPTS or name.startswith(CONCEPTS + "/"):
+        from hamner.data.concepts import ConceptSource, parse_source_name
+
+        return ConceptSource(tokenizer, parse_source_name(name))
     if name in BUILTIN:
         module, cls = BUILTIN[name]
         return getattr(importlib.import_module(module), cls)(tokenizer)

@@ -2,22 +2,39 @@
 
 Reads documents from local files or a streamed Hugging Face dataset (see data.text_sources),
 tokenizes them in parallel batches, ends every document with the tokenizer's end-of-text token,
-puts every k-th document into the validation split, and writes ~100M-token shards plus meta.json
-(written last, once every shard is in place). Bad input prints `error: ...` and exits with 2.
+puts every k-th document into the validation split, and writes ~100M-token shards plus meta.json.
+The output directory holds an INCOMPLETE marker (written first, which also proves the directory
+writable before any tokenizing) until meta.json is in place, so an interrupted prepare never looks
+finished to the trainer. A shard holding conversations (chat `messages` records, or text already
+in the chat format) also gets a loss-mask sidecar marking the tokens of the assistant's replies
+(see data.loss_masks). Bad input prints `error: ...` and exits with 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from hamner.data.errors import DataError
-from hamner.data.shards import META, shard_paths, write_meta, write_shard
+from hamner.cli import ArgumentParser, command
+from hamner.data.loss_masks import tokens_and_masks
+from hamner.data.shards import (
+    INCOMPLETE,
+    MASK_SUFFIX,
+    META,
+    mark_complete,
+    mark_incomplete,
+    mask_path,
+    shard_paths,
+    write_mask,
+    write_meta,
+    write_shard,
+)
 from hamner.data.text_sources import BLANK, EOT, ReadOptions, iter_documents
+from hamner.errors import DataError
 
 BATCH_DOCS = 512
 BATCH_CHARS = 4 << 20
@@ -31,35 +48,46 @@ EXAMPLES = """examples:
 
 sources: .txt/.md (split into documents), .jsonl and .parquet (a text field, or chat
 `messages: [{role, content}]`), .vtt/.srt subtitles (one document per file), folders of those,
-or a Hugging Face dataset name (streamed; needs the network)."""
+or a Hugging Face dataset name (streamed; needs the network). Shards holding conversations get a
+loss-mask sidecar (train_000000.mask) marking the assistant's replies, for loss = "assistant"."""
 
 
 class ShardWriter:
-    """Collects one split's tokens and writes a full shard every `shard_tokens` tokens."""
+    """Collects one split's tokens and loss masks and writes a full shard every `shard_tokens` tokens.
+
+    A shard gets a mask sidecar only when some of its tokens do not count."""
 
     def __init__(self, directory: Path, split: str, shard_tokens: int) -> None:
         self.directory, self.split = directory, split
         self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.mask = np.empty(shard_tokens, dtype=np.uint8)
         self.fill = 0
         self.tokens = 0
         self.documents = 0
         self.shards: list[str] = []
+        self.max_ids: dict[str, int] = {}  # largest token id per shard, for the trainer's vocabulary check
+        self.masked_shards: list[str] = []
 
-    def add(self, tokens: np.ndarray) -> None:
+    def add(self, tokens: np.ndarray, mask: np.ndarray) -> None:
         while tokens.size:
             n = min(tokens.size, self.buf.size - self.fill)
             self.buf[self.fill : self.fill + n] = tokens[:n]
+            self.mask[self.fill : self.fill + n] = mask[:n]
             self.fill += n
             self.tokens += n
-            tokens = tokens[n:]
+            tokens, mask = tokens[n:], mask[n:]
             if self.fill == self.buf.size:
                 self.flush()
 
     def flush(self) -> None:
         if self.fill:
             name = f"{self.split}_{len(self.shards):06d}.bin"
+            if not self.mask[: self.fill].all():
+                write_mask(self.directory / name, self.mask[: self.fill])
+                self.masked_shards.append(mask_path(name).name)
             write_shard(self.directory / name, self.buf[: self.fill])
             self.shards.append(name)
+            self.max_ids[name] = int(self.buf[: self.fill].max())
             self.fill = 0
 
 
@@ -92,22 +120,40 @@ def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
 
 def prepare(sources: list[str], out: Path, tokenizer, opts: ReadOptions, val_fraction: float = 0.01,
             max_tokens: int | None = None, shard_tokens: int = 100_000_000, progress: bool = True) -> dict:
-    """Tokenize `sources` into shards under `out`; returns the meta.json contents."""
+    """Tokenize `sources` into shards under `out` (replacing any there); returns the meta.json contents.
+
+    `out` is marked INCOMPLETE before anything else; the mark goes once meta.json is written. A
+    failure before the first shard removes the mark again (and `out`, when it was created here)."""
+    created = not out.exists()
+    mark_incomplete(out)
+    try:
+        return _tokenize_into(sources, out, tokenizer, opts, val_fraction, max_tokens, shard_tokens, progress)
+    except BaseException:
+        if not shard_paths(out, "train") and not shard_paths(out, "val"):
+            mark_complete(out)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _tokenize_into(sources: list[str], out: Path, tokenizer, opts: ReadOptions, val_fraction: float,
+                   max_tokens: int | None, shard_tokens: int, progress: bool) -> dict:
     from tqdm import tqdm
 
+    shards = shard_paths(out, "train") + shard_paths(out, "val")
+    for old in [out / META] + shards + sorted(out.glob(f"*{MASK_SUFFIX}")):  # meta.json first
+        old.unlink(missing_ok=True)
     writers = {s: ShardWriter(out, s, shard_tokens) for s in ("train", "val")}
-    eos = np.array([tokenizer.eos_id], dtype=np.uint16)
     index, total = 0, 0
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing -> {out}", mininterval=0.5,
                disable=None if progress else True, file=sys.stderr)  # None: shown on a terminal only
     try:
         for batch in _batches(_source_documents(sources, opts)):
-            for ids in tokenizer.encode_batch(batch):
-                tokens = np.concatenate([np.asarray(ids, dtype=np.uint16), eos])
+            for tokens, mask in tokens_and_masks(tokenizer, batch):
                 if max_tokens is not None:
-                    tokens = tokens[: max_tokens - total]
+                    tokens, mask = tokens[: max_tokens - total], mask[: max_tokens - total]
                 writer = writers["val" if is_val(index, val_fraction) else "train"]
-                writer.add(tokens)
+                writer.add(tokens, mask)
                 writer.documents += 1
                 index += 1
                 total += tokens.size
@@ -134,10 +180,13 @@ def prepare(sources: list[str], out: Path, tokenizer, opts: ReadOptions, val_fra
         "documents": {s: w.documents for s, w in writers.items()},
         "tokens": {s: w.tokens for s, w in writers.items()},
         "shards": {s: w.shards for s, w in writers.items()},
+        "max_token_id": {**writers["train"].max_ids, **writers["val"].max_ids},
+        "loss_masks": {s: w.masked_shards for s, w in writers.items()},
         "sources": sources,
         "val_fraction": val_fraction,
     }
     write_meta(out, meta)
+    mark_complete(out)
     return meta
 
 
@@ -145,7 +194,7 @@ def _int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
@@ -155,15 +204,15 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m hamner.data.prepare",
+def build_parser(prog: str = "python -m hamner.data.prepare") -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog=prog,
         description="Tokenize text files or a Hugging Face dataset into llm.c uint16 shards for training.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,32 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@command(interrupted="interrupted; the output directory is not complete (run the command again, with "
+                     "--overwrite if it wrote shards)")
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.data.prepare") -> int:
+    """Tokenize the sources the flags name into shards and print what was written."""
+    args = build_parser(prog).parse_args(argv)
     if args.workers:
         os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # read when the tokenizer's thread pool starts
-    try:
-        from hamner.data.tokenizer import load_tokenizer
+    from hamner.data.tokenizer import load_tokenizer
 
-        if not args.split_docs:
-            raise DataError("--split-docs needs a non-empty separator")
-        out: Path = args.out
-        old = shard_paths(out, "train") + shard_paths(out, "val") + ([out / META] if (out / META).exists() else [])
-        if old and not args.overwrite:
-            raise DataError(f"{out} already holds shards; pass --overwrite to replace them")
-        tokenizer = load_tokenizer(args.tokenizer)
-        for path in sorted(old, key=lambda p: p.name != META):  # meta.json first: the directory is no longer complete
-            path.unlink()
-        opts = ReadOptions(separator=args.split_docs, whole=args.whole, text_field=args.text_field,
-                           hf_config=args.hf_config, hf_split=args.hf_split)
-        meta = prepare(args.sources, out, tokenizer, opts, args.val_fraction, args.max_tokens, args.shard_tokens,
-                       progress=not args.quiet)
-    except (DataError, OSError) as e:  # OSError: an unwritable --out, a full disk
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the shards written so far are complete, meta.json is not written", file=sys.stderr)
-        return 130
+    if not args.split_docs:
+        raise DataError("--split-docs needs a non-empty separator")
+    out: Path = args.out
+    old = shard_paths(out, "train") + shard_paths(out, "val") + sorted(out.glob(f"*{MASK_SUFFIX}")) \
+        + [p for p in (out / META, out / INCOMPLETE) if p.exists()]
+    if old and not args.overwrite:
+        raise DataError(f"{out} already holds shards (or an unfinished prepare); pass --overwrite to replace them")
+    tokenizer = load_tokenizer(args.tokenizer)
+    opts = ReadOptions(separator=args.split_docs, whole=args.whole, text_field=args.text_field,
+                       hf_config=args.hf_config, hf_split=args.hf_split)
+    meta = prepare(args.sources, out, tokenizer, opts, args.val_fraction, args.max_tokens, args.shard_tokens,
+                   progress=not args.quiet)
     docs, toks = meta["documents"], meta["tokens"]
     shards = len(meta["shards"]["train"])
     print(f"wrote {toks['train']:,} train tokens ({docs['train']:,} documents, {shards} shard(s)) "

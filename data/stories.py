@@ -87,13 +87,15 @@ def _lost(rng: random.Random, a: _Character, b: _Character, place: str, at: str)
     return [
         rng.choice([f"{a.name} had a {obj}.", f"{a.name} loved {a.his} {obj} more than anything."]),
         f"{a.He} took it everywhere, even to {place}.",
-        rng.choice([f"But one day, the {obj} was gone!", f"When it was time to go home, {a.he} could not find the {obj}."]),
+        rng.choice([f"But one day, the {obj} was gone!",
+                    f"When it was time to go home, {a.he} could not find the {obj}."]),
         rng.choice([f"{a.name} felt very sad.", f"{a.name} started to cry.", f"{a.name} was worried."]),
         f"{b.name}, a {b.kind}, saw {a.him} and asked, \"What is wrong?\"",
         f"\"I lost my {obj},\" said {a.name}.",
         rng.choice([f"\"Let's look for it together,\" said {b.name}.", f"\"I will help you,\" said {b.name}."]),
         f"They looked everywhere. At last, {b.name} found the {obj} {spot}.",
-        rng.choice([f"{a.name} was so happy that {a.he} hugged {b.name}.", f"{a.name} smiled and said, \"Thank you!\""]),
+        rng.choice([f"{a.name} was so happy that {a.he} hugged {b.name}.",
+                    f"{a.name} smiled and said, \"Thank you!\""]),
         rng.choice(MORALS["lost"]),
     ]
 
@@ -107,7 +109,8 @@ def _share(rng: random.Random, a: _Character, b: _Character, place: str, at: str
         f"{b.name} looked sad and sat down alone.",
         rng.choice([f"{a.name} thought about it.", f"Soon {a.name} did not feel good inside."]),
         f"{a.He} walked over to {b.name} and said, \"Here, we can play together.\"",
-        rng.choice([f"They played with the {obj} all afternoon.", f"They took turns with the {obj} until the sun went down."]),
+        rng.choice([f"They played with the {obj} all afternoon.",
+                    f"They took turns with the {obj} until the sun went down."]),
         f"{a.name} felt {rng.choice(['happy', 'warm inside', 'glad'])}.",
         rng.choice(MORALS["share"]),
     ]
@@ -117,7 +120,8 @@ def _fear(rng: random.Random, a: _Character, b: _Character, place: str, at: str)
     fear, trying = rng.choice(FEARS)
     return [
         f"{a.name} was scared of {fear}.",
-        rng.choice([f"Every time {a.he} thought about it, {a.his} tummy felt funny.", f"{a.He} always stayed far away."]),
+        rng.choice([f"Every time {a.he} thought about it, {a.his} tummy felt funny.",
+                    f"{a.He} always stayed far away."]),
         f"One day {a.he} went to {place} with {b.name}, a {b.kind}.",
         f"\"You can do it,\" said {b.name}. \"I will be right here.\"",
         f"{a.name} took a deep breath and {trying}.",
@@ -133,9 +137,11 @@ def _friend(rng: random.Random, a: _Character, b: _Character, place: str, at: st
         f"{a.name} was all alone {at}.",
         rng.choice([f"{a.He} felt lonely.", f"{a.He} wished {a.he} had someone to play with."]),
         f"Then {a.he} saw a {b.kind} named {b.name}.",
-        rng.choice([f"{a.name} walked up and said, \"Hello! Do you want to play?\"", f"\"Hi, I am {a.name},\" {a.he} said with a smile."]),
+        rng.choice([f"{a.name} walked up and said, \"Hello! Do you want to play?\"",
+                    f"\"Hi, I am {a.name},\" {a.he} said with a smile."]),
         f"{b.name} nodded. They played {game} until they were tired.",
-        rng.choice([f"From that day on, {a.name} and {b.name} were best friends.", f"They promised to meet {at} again tomorrow."]),
+        rng.choice([f"From that day on, {a.name} and {b.name} were best friends.",
+                    f"They promised to meet {at} again tomorrow."]),
         rng.choice(MORALS["friend"]),
     ]
 
@@ -158,7 +164,8 @@ def _wish(rng: random.Random, a: _Character, b: _Character, place: str, at: str)
     return [
         f"{a.name} wanted to {wish}.",
         f"{a.He} tried {at}, but {failure}.",
-        rng.choice([f"{a.name} felt sad, but {a.he} did not give up.", f"{a.name} was upset, but only for a little while."]),
+        rng.choice([f"{a.name} felt sad, but {a.he} did not give up.",
+                    f"{a.name} was upset, but only for a little while."]),
         f"{b.name} the {b.kind} said, \"Try {trick}.\"",
         f"So {a.name} tried again, {trick}.",
         f"This time it worked! {a.name} was able to {wish}.",
@@ -174,7 +181,8 @@ def _storm(rng: random.Random, a: _Character, b: _Character, place: str, at: str
         f"\"Quick, let's find a dry place!\" said {b.name}.",
         f"They ran and hid {rng.choice(['under a big tree', 'in a little shed', 'under a bridge'])}.",
         f"{a.name} was {rng.choice(['cold', 'scared', 'wet'])}, so {b.name} sat close to {a.him}.",
-        rng.choice(["Soon the rain stopped and a rainbow came out.", "After a while the sun came back and the birds sang."]),
+        rng.choice(["Soon the rain stopped and a rainbow came out.",
+                    "After a while the sun came back and the birds sang."]),
         rng.choice(MORALS["storm"]),
     ]
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from hamner.data import synthetic_kernels as K
 from hamner.data import synthetic_words as W
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 TASKS: tuple[str, ...] = (
     "arithmetic", "counting", "brackets", "listops", "sorting", "repeat", "context_recall", "logic", "comparison",
@@ -96,7 +96,8 @@ def _check_difficulty(difficulty: float) -> float:
 def sample_texts(task: str | None, difficulty: float, n: int, seed: int) -> list[str]:
     """Texts (without end-of-text) of n samples of one task; task=None gives the mixed stream that
     `SyntheticSource.rows` tokenizes, sample for sample."""
-    flat, offsets = K.sample_pieces(_seed64(seed), int(n), _task_id(task), _check_difficulty(difficulty), _LEX, _CAT_OFF)
+    flat, offsets = K.sample_pieces(_seed64(seed), int(n), _task_id(task), _check_difficulty(difficulty), _LEX,
+                                    _CAT_OFF)
     words = [PIECES[p] for p in flat.tolist()]
     return ["".join(words[a:b]) for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
@@ -156,5 +157,6 @@ class SyntheticSource:
                 raise DataError(
                     f"tokenizer {self.tokenizer.name} tokenizes synthetic texts differently from their pieces "
                     "(it merges tokens across word or digit boundaries, or adds tokens), so the synthetic "
-                    "generator cannot use it; use a byte-level BPE tokenizer that splits digits (such as cosmo2) or 'bytes'"
+                    "generator cannot use it; use a byte-level BPE tokenizer that splits digits (such as cosmo2) "
+                    "or 'bytes'"
                 )

@@ -12,12 +12,12 @@ import html
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from hamner.data.chat_format import MARKERS, format_conversation
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -82,9 +82,9 @@ def _file_documents(path: Path, opts: ReadOptions) -> Iterator[str]:
             if doc:
                 yield doc
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start})")
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}")
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _clean(doc: str) -> str:
@@ -116,7 +116,7 @@ def _record_text(record: dict, field: str, where: str) -> str:
         try:
             return format_conversation(record["messages"])
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{where}: bad chat messages ({e})")
+            raise DataError(f"{where}: bad chat messages ({e})") from None
     if field in record:
         raise DataError(f"{where}: field {field!r} is {type(record[field]).__name__}, not text")
     fields = ", ".join(map(str, record)) or "none"
@@ -131,7 +131,7 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except ValueError as e:
-                raise DataError(f"{path} line {n}: invalid JSON ({e})")
+                raise DataError(f"{path} line {n}: invalid JSON ({e})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path} line {n}: expected a JSON object, got {type(record).__name__}")
             yield _record_text(record, field, f"{path} line {n}")
@@ -143,9 +143,9 @@ def _parquet_documents(path: Path, field: str) -> Iterator[str]:
 
         pf = pq.ParquetFile(path)
     except ImportError:
-        raise DataError("reading .parquet needs pyarrow (pip install pyarrow)")
+        raise DataError("reading .parquet needs pyarrow (pip install pyarrow)") from None
     except Exception as e:
-        raise DataError(f"{path} is not a readable Parquet file ({type(e).__name__})")
+        raise DataError(f"{path} is not a readable Parquet file ({type(e).__name__})") from None
     names = pf.schema_arrow.names
     column = field if field in names else "messages" if "messages" in names else None
     if column is None:
@@ -169,7 +169,7 @@ def _hub_documents(name: str, opts: ReadOptions) -> Iterator[str]:
         first = next(stream, None)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot open Hugging Face dataset {name!r} (offline, or not a dataset?): {reason}")
+        raise DataError(f"cannot open Hugging Face dataset {name!r} (offline, or not a dataset?): {reason}") from None
     if first is None:
         return
     records = itertools.chain([first], stream)
@@ -178,7 +178,7 @@ def _hub_documents(name: str, opts: ReadOptions) -> Iterator[str]:
             record = next(records, None)
         except Exception as e:  # the connection dropped mid-stream
             reason = f"{type(e).__name__}: {e}".splitlines()[0]
-            raise DataError(f"lost Hugging Face dataset {name!r} while streaming: {reason}")
+            raise DataError(f"lost Hugging Face dataset {name!r} while streaming: {reason}") from None
         if record is None:
             return
         doc = _clean(_record_text(record, opts.text_field, f"dataset {name}"))

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
 
-from hamner.data.errors import DataError
+from hamner.errors import DataError
 
 EOT = "<|endoftext|>"
 MAX_VOCAB = 65_536
@@ -34,6 +34,10 @@ class Tokenizer(ABC):
     @abstractmethod
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """`encode` for many texts at once (parallel where the backend allows)."""
+
+    @abstractmethod
+    def encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """For each text, its token ids and the index of the character each token starts at."""
 
     @abstractmethod
     def decode(self, ids) -> str:
@@ -63,6 +67,25 @@ class ByteTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        out = []
+        for text in texts:
+            ids: list[int] = []
+            starts: list[int] = []
+            char = 0
+            for i, part in enumerate(text.split(EOT)):
+                if i:
+                    ids.append(self.eos_id)
+                    starts.append(char)
+                    char += len(EOT)
+                for c in part:
+                    n = len(c.encode("utf-8"))
+                    ids.extend(c.encode("utf-8"))
+                    starts.extend([char] * n)
+                    char += 1
+            out.append((ids, starts))
+        return out
+
     def decode(self, ids) -> str:
         out: list[str] = []
         run = bytearray()
@@ -87,7 +110,8 @@ class HFTokenizer(Tokenizer):
         try:
             self._tok = _Backend.from_file(str(path))
         except Exception as e:  # the library raises plain Exceptions with multi-line text
-            raise DataError(f"cannot read tokenizer {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"cannot read tokenizer {path}: {reason}") from None
         self.name = name
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         if self.vocab_size > MAX_VOCAB:
@@ -117,6 +141,10 @@ class HFTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # _fast (no offsets) since 0.21
         return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def encode_with_offsets(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [(e.ids, [start for start, _ in e.offsets]) for e in encodings]
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -7,16 +7,19 @@ Layout of a run directory:
     RUN/checkpoints/<name>/trainer.pt          optimizer, scaler, controller, sampler, step, every RNG state
     RUN/checkpoints/latest                     text file naming the newest complete checkpoint
 
-Each checkpoint is written to a temporary directory, every file fsync'ed, then renamed into place;
-`latest` is rewritten the same way (temp file + fsync + rename), so it always names a complete
-checkpoint. Periodic `step-*` checkpoints are pruned to the newest few; stage ends (`stage-N-end`)
-and `best` are kept.
+Each checkpoint is written to a temporary directory `.tmp-NAME-PID`, every file fsync'ed, then
+renamed to its name and the parent fsync'ed; only then is `latest` rewritten (temp file + fsync +
+rename), so at every instant it names a complete checkpoint. The checkpoint `latest` names is
+never replaced or deleted, and one step is never saved twice. Periodic `step-*` checkpoints are
+pruned to the newest few; stage ends (`stage-N-end`) and `best` are kept. Temporaries a killed
+process left behind are cleared by `remove_temporaries` when a run (re)opens its directory.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hamner.config import HamnerConfig
-from hamner.hf_import import is_hf_dir, load_hf_model
+from hamner.errors import CheckpointError
+from hamner.hf import is_hf_dir, load_hf_model
 from hamner.model import HamnerModel
 
 FORMAT = "hamner-checkpoint"
@@ -35,10 +39,6 @@ CONFIG = "config.json"
 TRAINER = "trainer.pt"
 LATEST = "latest"
 BEST = "best"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, truncated or not ours; the message is one line for the user."""
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -59,37 +59,90 @@ def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, met
                     trainer_state: dict[str, Any] | None, make_latest: bool = True) -> Path:
     """Write one checkpoint under every name in `names` (the first is the real copy, the others hard
     links), then point `latest` at the first. `meta` goes into config.json (it must hold the model
-    config under "model"); `trainer_state` into trainer.pt (None for weights-only checkpoints)."""
+    config under "model" and the step under "step"); `trainer_state` into trainer.pt (None for
+    weights-only checkpoints).
+
+    No step is saved twice: when `latest` already names a complete `names[0]` of the same step (a
+    signal landing on a save step), that checkpoint is returned as it is. The checkpoint `latest`
+    names is never replaced. A failed write (a full disk) leaves no temporary behind, keeps every
+    earlier checkpoint and `latest`, and raises a one-line CheckpointError."""
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    primary = _write_dir(root, names[0], lambda tmp: _write_files(tmp, model, meta, trainer_state))
-    for name in names[1:]:
-        _write_dir(root, name, lambda tmp: _link_files(primary, tmp))
-    if make_latest:
-        _atomic_write_text(root / LATEST, names[0] + "\n")
+    latest = _read_latest_name(root)
+    if names[0] == latest and meta.get("step") is not None and _saved_step(root / latest) == meta["step"]:
+        return root / latest
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        primary = _write_dir(root, names[0], latest, lambda tmp: _write_files(tmp, model, meta, trainer_state))
+        for name in names[1:]:
+            _write_dir(root, name, latest, lambda tmp: _link_files(primary, tmp))
+        if make_latest:
+            _atomic_write_text(root / LATEST, names[0] + "\n")
+    except (OSError, SafetensorError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        kept = f"the last good checkpoint ({latest}) is kept" if latest else "no earlier checkpoint exists"
+        raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc)}; {kept}") from None
     return primary
 
 
 def prune_periodic(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` periodic checkpoints (never the one `latest` names); returns the removed."""
+    """Delete all but the newest `keep` periodic checkpoints (never the one `latest` names); returns the removed.
+
+    Each is first renamed to a `.del-*` temporary, so a crash never leaves a half-deleted checkpoint
+    under a real name."""
     root = checkpoints_dir(run_dir)
     latest = _read_latest_name(root)
     periodic = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != latest)
     doomed = periodic[: max(0, len(periodic) - keep)] if keep > 0 else periodic
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        trash = root / f".del-{path.name}-{os.getpid()}"
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def has_complete_checkpoint(run_dir: Path) -> bool:
+    """True when the run directory's `latest` names a checkpoint that can be resumed."""
+    root = checkpoints_dir(run_dir)
+    name = _read_latest_name(root)
+    return name is not None and _saved_step(root / name) is not None
+
+
+def remove_temporaries(run_dir: Path) -> list[str]:
+    """Clear what killed processes left in RUN/checkpoints; returns the names handled.
+
+    `.tmp-*` (unfinished writes) and `.del-*` (half-pruned checkpoints) are removed. An `.old-NAME-*`
+    is a complete checkpoint that was being replaced: it is renamed back to NAME when NAME is
+    missing, and removed otherwise. Only the process holding the run directory's lock may call this."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    handled = []
+    for item in sorted(root.iterdir()):
+        if not item.name.startswith((".tmp-", ".old-", ".del-")):
+            continue
+        handled.append(item.name)
+        if item.name.startswith(".old-"):
+            name = item.name.removeprefix(".old-").rsplit("-", 1)[0]
+            if not (root / name).exists():
+                os.rename(item, root / name)
+                continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    if handled:
+        _fsync_file(root)
+    return handled
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory that `path` names: a run directory (its latest), a checkpoint
-    directory, or a file inside one (e.g. model.safetensors)."""
+    directory, a Hugging Face Llama directory (one weights file or shards), or a file inside one."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
     if path.is_file():
         path = path.parent
-    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
+    if is_hf_dir(path) or ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
         return path
     root = checkpoints_dir(path)
     if root.is_dir():
@@ -121,15 +174,25 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.dev
         state = load_file(str(Path(ckpt_dir) / WEIGHTS), device=str(device))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"unreadable weights {Path(ckpt_dir) / WEIGHTS}: {_one_line(exc)}") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: {_one_line(exc)}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"it lacks tensor {missing[0]}" if missing else f"it holds an unknown tensor {unexpected[0]}"
+        more = len(missing) + len(unexpected) - 1
+        raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: {what}"
+                              + (f" (and {more} more differences)" if more else ""))
+    for name, wanted in expected.items():  # the model's order: the first layer that differs is named
+        if state[name].shape != wanted.shape:
+            raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: tensor {name} has shape "
+                                  f"{tuple(state[name].shape)} in the checkpoint but {tuple(wanted.shape)} "
+                                  "in the model")
+    model.load_state_dict(state, strict=True)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
     """(model, config) from a run directory (its latest checkpoint), a checkpoint directory, or a
-    Hugging Face Llama directory (as `hamner.export` writes it).
+    Hugging Face Llama directory (see `hamner.hf`).
 
     This is the one entry point for reading trained models (chat, eval, export, --init-from): other
     formats are recognised here, before the Hamner layout."""
@@ -162,11 +225,15 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
 
 def _write_files(tmp: Path, model: torch.nn.Module, meta: dict[str, Any],
                  trainer_state: dict[str, Any] | None) -> None:
+    """The checkpoint's files, each fsync'ed as soon as it is written."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    _fsync_file(tmp / WEIGHTS)
     (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2) + "\n")
+    _fsync_file(tmp / CONFIG)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
+        _fsync_file(tmp / TRAINER)
 
 
 def _link_files(source: Path, tmp: Path) -> None:
@@ -175,38 +242,64 @@ def _link_files(source: Path, tmp: Path) -> None:
             os.link(item, tmp / item.name)
         except OSError:
             shutil.copy2(item, tmp / item.name)
+            _fsync_file(tmp / item.name)
 
 
-def _write_dir(root: Path, name: str, fill) -> Path:
-    """Fill a fresh temporary directory, fsync it, then swap it in as root/name."""
+def _write_dir(root: Path, name: str, latest: str | None, fill: Callable[[Path], None]) -> Path:
+    """Fill a fresh temporary directory, fsync it, then rename it to root/name.
+
+    An existing root/name (never the one `latest` names) is first moved to `.old-NAME-PID` and
+    removed once the new one is in place; `remove_temporaries` renames it back after a crash
+    between the two renames."""
     final = root / name
+    if name == latest and final.exists():
+        raise CheckpointError(f"refusing to replace {final}: {root / LATEST} names it and it holds step "
+                              f"{_saved_step(final)}, not this save's step")
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    fill(tmp)
-    for item in tmp.iterdir():
-        _fsync_file(item)
-    _fsync_file(tmp)
-    if final.exists():
-        old = root / f".old-{name}-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_file(root)
+    try:
+        fill(tmp)
+        _fsync_file(tmp)
+        if final.exists():
+            old = root / f".old-{name}-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            _fsync_file(root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+            _fsync_file(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_file(path.parent)
+
+
+def _saved_step(ckpt_dir: Path) -> int | None:
+    """The step a complete, resumable checkpoint directory records; None when it is missing or partial."""
+    if not all((ckpt_dir / f).is_file() for f in (WEIGHTS, CONFIG, TRAINER)):
+        return None
+    try:
+        step = json.loads((ckpt_dir / CONFIG).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _read_latest_name(root: Path) -> str | None:
@@ -223,6 +316,18 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a write failed, in a few words ("No space left on device" rather than a Rust debug dump)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    for errno_name in ("No space left on device", "Disk quota exceeded", "Permission denied",
+                       "Read-only file system"):
+        if errno_name in text:
+            return errno_name
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ curves. The training loop drives it:
         at eval intervals: ctrl.record_val_loss(v)  (True -> new best: save the best checkpoint)
         if ctrl.should_advance(): save the stage-end checkpoint; ctrl.advance()
         if ctrl.fresh_optimizer_needed: rebuild the optimizer
+        at the start of every stage and after a resume: model.set_knob(name, value) for ctrl.model_knobs()
 
 step_done() needs no loss, so the loop never syncs the GPU per step. The plateau rule is
 evaluated at exactly the stage steps it names, as the losses for those steps arrive, so feeding
@@ -117,7 +118,8 @@ class CurriculumController:
         if stage.schedule == "cosine":
             shape = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps)))
         else:
-            decay_start = max(stage.warmup_steps, self.stage_length - math.ceil(stage.decay_fraction * self.stage_length))
+            decay_steps = math.ceil(stage.decay_fraction * self.stage_length)
+            decay_start = max(stage.warmup_steps, self.stage_length - decay_steps)
             if self.stage_step < decay_start:
                 return 1.0
             p = self._progress(decay_start)
@@ -138,6 +140,13 @@ class CurriculumController:
         weights = {s: w for s, w in self.stage.weights.items() if w > 0}
         total = sum(weights.values())
         return {s: w / total for s, w in weights.items()}
+
+    def model_knobs(self) -> dict[str, float]:
+        """Knob -> value for the current stage: the latest value any stage up to this one set."""
+        knobs: dict[str, float] = {}
+        for stage in self.curriculum.stages[:self.stage_index + 1]:
+            knobs.update(stage.model_knobs)
+        return knobs
 
     def difficulty(self, steps_ahead: int = 0) -> float:
         """Synthetic difficulty for the step about to run: the stage's value or its linear ramp.

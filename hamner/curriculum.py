@@ -5,25 +5,38 @@ each), the synthetic-task difficulty, its learning-rate schedule and how it ends
 as TOML files in hamner/curricula/ so a user can copy one and edit it; every field is checked
 on load so that a typo stops the run with a one-line message instead of silently training on
 the wrong mixture. See hamner/curricula/hamner-v3.1.toml for a commented example.
+
+Run-level data options: `[sources.NAME]` tables say what a source's loss covers (`loss = "all"`,
+the default, or `"assistant"`: only the assistant's replies, from the data's loss masks);
+`packing = "document"` keeps attention inside each document of a packed row and restarts
+positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
+(a JSONL file or a built-in set, see hamner.probe) scored at every stage end.
 """
 from __future__ import annotations
 
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hamner.errors import CurriculumError
+
 CURRICULA_DIR = Path(__file__).resolve().parent / "curricula"
 
 # Sources made on the fly by the data layer; every other source is a shard directory under --data.
-BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat")
+BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat", "concepts")
 # "synthetic/<task>" is the synthetic generator restricted to one task (e.g. synthetic/arithmetic).
 SYNTHETIC_TASK_PREFIX = "synthetic/"
+# "concepts/<kind>" is the built-in concept set restricted to one kind (e.g. concepts/opposites).
+CONCEPTS_PREFIX = "concepts/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 SCHEDULES = ("constant", "cosine", "wsd")
+LOSS_MODES = ("all", "assistant")
+PACKINGS = ("stream", "document")
 DECAY_SHAPES = ("linear", "1-sqrt")  # how a wsd stage's decay falls from the peak to the floor
 OPTIMIZERS = ("adamw", "muon")
 # Muon's peak LR at the curriculum's reference LR (base_lr, else the first stage's lr). Muon's
@@ -32,17 +45,18 @@ OPTIMIZERS = ("adamw", "muon")
 DEFAULT_MUON_LR = 0.02
 DEFAULT_DECAY_FRACTION = 0.2
 
-_SOURCE_NAME = re.compile(r"^(synthetic/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SOURCE_NAME = re.compile(r"^(synthetic/|concepts/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
-    "requires_init", "eval_interval", "defaults", "stages", "optimizer", "muon_lr",
+    "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
 }
+_SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale", "optimizer", "muon_lr", "decay_fraction", "decay_shape",
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape",
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
 _EARLY_STOP_KEYS = ("patience", "min_delta")
@@ -87,13 +101,13 @@ class LayerLrScale:
         if isinstance(self.layers, str):
             k = int(_MIDDLE.match(self.layers).group(1))
             if k > n_layers:
-                raise ValueError(f"layer_lr_scale {self.layers!r} needs at least {k} layers, model has {n_layers}")
+                raise CurriculumError(f"layer_lr_scale {self.layers!r} needs at least {k} layers, model has {n_layers}")
             start = (n_layers - k) // 2
             indices = range(start, start + k)
         else:
             bad = [i for i in self.layers if i >= n_layers]
             if bad:
-                raise ValueError(f"layer_lr_scale names layers {bad} but the model has {n_layers} layers")
+                raise CurriculumError(f"layer_lr_scale names layers {bad} but the model has {n_layers} layers")
             indices = self.layers
         return {i: self.scale for i in indices}
 
@@ -116,6 +130,8 @@ class Stage:
     early_stop: EarlyStop | None
     fresh_optimizer: bool
     layer_lr_scale: LayerLrScale | None
+    # Model knobs this stage sets (e.g. {"plasticity": 0.1}); they hold until a later stage changes them.
+    model_knobs: dict[str, float]
     optimizer: str = "adamw"  # "adamw", or "muon" for the hidden matrices (AdamW for the rest)
     muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
     decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
@@ -136,6 +152,13 @@ class Curriculum:
     eval_interval: int  # optimizer steps between validation evaluations
     stages: tuple[Stage, ...]
     path: Path
+    source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
+    packing: str  # "stream" or "document"
+    probe: str | None  # probe file or built-in probe name, scored at every stage end
+
+    def assistant_only_sources(self) -> list[str]:
+        """Sources whose loss counts the assistant's replies only."""
+        return sorted(name for name, loss in self.source_loss.items() if loss == "assistant")
 
     def sources(self) -> list[str]:
         """Every source with a positive weight in some stage, sorted."""
@@ -144,6 +167,16 @@ class Curriculum:
     def data_sources(self) -> list[str]:
         """The sources that must exist as prepared shard directories under --data."""
         return [s for s in self.sources() if not is_builtin_source(s)]
+
+    def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
+        """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
+        ValueError comes back as one line naming the field."""
+        for i, stage in enumerate(self.stages):
+            for name, value in stage.model_knobs.items():
+                try:
+                    check(name, value)
+                except ValueError as exc:
+                    raise ValueError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
 
     def uses_synthetic(self) -> bool:
         """Whether any stage draws synthetic-task samples (mixed or of one task)."""
@@ -157,7 +190,7 @@ def is_synthetic_source(name: str) -> bool:
 
 def is_builtin_source(name: str) -> bool:
     """Sources the data layer generates; every other name is a prepared shard directory."""
-    return name in BUILTIN_SOURCES or is_synthetic_source(name)
+    return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
 
 
 def available_curricula() -> list[str]:
@@ -168,22 +201,22 @@ def available_curricula() -> list[str]:
 def load_curriculum(name_or_path: str | Path) -> Curriculum:
     """Load and validate a curriculum by shipped name (e.g. "hamner-v3.1") or by file path.
 
-    Any problem raises ValueError with a one-line message naming the file and the field.
+    Any problem raises CurriculumError with a one-line message naming the file and the field.
     """
     text = str(name_or_path)
     shipped = f"shipped curricula: {', '.join(available_curricula())}"
     if isinstance(name_or_path, Path) or "/" in text or text.endswith(".toml"):
         path = Path(name_or_path)
         if not path.is_file():
-            raise ValueError(f"curriculum file {text} does not exist; {shipped}")
+            raise CurriculumError(f"curriculum file {text} does not exist; {shipped}")
     else:
         path = CURRICULA_DIR / f"{text}.toml"
         if not path.is_file():
-            raise ValueError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
+            raise CurriculumError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+        raise CurriculumError(f"{path}: not valid TOML: {e}") from None
     return _parse(raw, path)
 
 
@@ -192,14 +225,14 @@ class _Fields:
 
     def __init__(self, table: Any, where: str, allowed: set[str] | tuple[str, ...]):
         if not isinstance(table, dict):
-            raise ValueError(f"{where}: must be a table, got {table!r}")
+            raise CurriculumError(f"{where}: must be a table, got {table!r}")
         unknown = sorted(set(table) - set(allowed))
         if unknown:
-            raise ValueError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+            raise CurriculumError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
         self.table, self.where = table, where
 
-    def fail(self, key: str, problem: str) -> ValueError:
-        return ValueError(f"{self.where}.{key}: {problem}")
+    def fail(self, key: str, problem: str) -> CurriculumError:
+        return CurriculumError(f"{self.where}.{key}: {problem}")
 
     def has(self, key: str) -> bool:
         return key in self.table
@@ -242,7 +275,7 @@ class _Fields:
     def required(self, *keys: str) -> None:
         for key in keys:
             if key not in self.table:
-                raise ValueError(f"{self.where}: missing required key {key!r}")
+                raise CurriculumError(f"{self.where}: missing required key {key!r}")
 
 
 def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
@@ -264,19 +297,23 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     stages = _resolve_muon_lr(stages, stage_tables, defaults, muon_lr, base_lr)
     for i in range(1, len(stages)):
         if stages[i].optimizer != stages[i - 1].optimizer and not stages[i].fresh_optimizer:
-            raise ValueError(f"{path.name}: stages[{i}].optimizer: switching from {stages[i - 1].optimizer!r} "
+            raise CurriculumError(f"{path.name}: stages[{i}].optimizer: switching from {stages[i - 1].optimizer!r} "
                              f"to {stages[i].optimizer!r} needs fresh_optimizer = true in that stage")
     last_until = 0
     for i, stage in enumerate(stages):
         if stage.until_step is not None:
             if stage.until_step <= last_until:
-                raise ValueError(f"{path.name}: stages[{i}].until_step: must be after the previous stage's "
+                raise CurriculumError(f"{path.name}: stages[{i}].until_step: must be after the previous stage's "
                                  f"until_step {last_until}, got {stage.until_step}")
             last_until = stage.until_step
     names = [s.name for s in stages]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
-        raise ValueError(f"{path.name}: stage name {duplicate!r} is used twice")
+        raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
+    packing = top.text("packing", "stream")
+    if packing not in PACKINGS:
+        raise top.fail("packing", f"must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    used = {name for stage in stages for name in stage.weights}
     return Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
@@ -288,6 +325,9 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         eval_interval=top.integer("eval_interval", 500, minimum=1),
         stages=stages,
         path=path,
+        source_loss=_parse_sources(raw.get("sources", {}), f"{path.name}: sources", used),
+        packing=packing,
+        probe=top.text("probe"),
     )
 
 
@@ -310,13 +350,28 @@ def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dic
     )
 
 
+def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
+    """The [sources.NAME] tables: per source, what its loss covers."""
+    _Fields(table, where, set(table) if isinstance(table, dict) else ())
+    loss = {}
+    for name, options in table.items():
+        if name not in used:
+            raise CurriculumError(f"{where}.{name}: no stage uses source {name!r}")
+        f = _Fields(options, f"{where}.{name}", _SOURCE_KEYS)
+        mode = f.text("loss", "all")
+        if mode not in LOSS_MODES:
+            raise f.fail("loss", f"must be one of {', '.join(LOSS_MODES)}, got {mode!r}")
+        loss[name] = mode
+    return loss
+
+
 def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) -> Stage:
     f = _Fields(table, where, _STAGE_KEYS)
     f.required("name", "weights")
     weights = _parse_weights(table["weights"], f"{where}.weights")
 
     if f.has("lr") == f.has("lr_mult"):
-        raise ValueError(f"{where}: give exactly one of 'lr' (absolute) or 'lr_mult' (times base_lr)")
+        raise CurriculumError(f"{where}: give exactly one of 'lr' (absolute) or 'lr_mult' (times base_lr)")
     if f.has("lr"):
         lr = f.number("lr", low=0.0, low_open=True)
     else:
@@ -339,7 +394,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
     if len(bounds) != 1:
         problem = "has no end condition" if not bounds else f"has {' and '.join(bounds)}"
-        raise ValueError(f"{where}: {problem}; give exactly one of steps (fixed length), until_step "
+        raise CurriculumError(f"{where}: {problem}; give exactly one of steps (fixed length), until_step "
                          "(absolute global step) or max_steps (cap for plateau / early_stop)")
     plateau = _parse_plateau(table["plateau"], f"{where}.plateau") if f.has("plateau") else None
     early_stop = _parse_early_stop(table["early_stop"], f"{where}.early_stop") if f.has("early_stop") else None
@@ -363,6 +418,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         fresh_optimizer=f.flag("fresh_optimizer", False),
         layer_lr_scale=_parse_layer_scale(table["layer_lr_scale"], f"{where}.layer_lr_scale")
         if f.has("layer_lr_scale") else None,
+        model_knobs=_parse_model_knobs(table.get("model", {}), f"{where}.model"),
         optimizer=_optimizer(f, optimizer),
         muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
         decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
@@ -372,29 +428,38 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
 
 def _parse_weights(table: Any, where: str) -> dict[str, float]:
     if not isinstance(table, dict) or not table:
-        raise ValueError(f"{where}: must be a non-empty table of source = weight")
+        raise CurriculumError(f"{where}: must be a non-empty table of source = weight")
     f = _Fields(table, where, set(table))
     weights = {}
     for name in table:
         if not _SOURCE_NAME.match(name):
-            raise f.fail(name, "source names are directory names (letters, digits, _ . -) or synthetic/<task>")
+            raise f.fail(name, "source names are directory names (letters, digits, _ . -), synthetic/<task> "
+                               "or concepts/<kind>")
         weights[name] = f.number(name, low=0.0)
     if sum(weights.values()) <= 0:
-        raise ValueError(f"{where}: all weights are zero")
+        raise CurriculumError(f"{where}: all weights are zero")
     return weights
+
+
+def _parse_model_knobs(table: Any, where: str) -> dict[str, float]:
+    """`model = { knob = number, ... }`; whether the model has those knobs is checked when it is built."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: must be a table of knob = number, got {table!r}")
+    f = _Fields(table, where, set(table))
+    return {name: f.number(name) for name in table}
 
 
 def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:
     if value is None:
         if any(w > 0 and is_synthetic_source(name) for name, w in weights.items()):
-            raise ValueError(f"{where}: missing; a stage with synthetic weight needs a difficulty "
+            raise CurriculumError(f"{where}: missing; a stage with synthetic weight needs a difficulty "
                              f"(a value or a [start, end] ramp in {MIN_DIFFICULTY}..{MAX_DIFFICULTY})")
         return (float(MIN_DIFFICULTY), float(MIN_DIFFICULTY))
     ends = value if isinstance(value, list) else [value]
     if len(ends) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in ends):
-        raise ValueError(f"{where}: must be a number or a [start, end] ramp, got {value!r}")
+        raise CurriculumError(f"{where}: must be a number or a [start, end] ramp, got {value!r}")
     if any(not MIN_DIFFICULTY <= v <= MAX_DIFFICULTY for v in ends):
-        raise ValueError(f"{where}: must be within {MIN_DIFFICULTY}..{MAX_DIFFICULTY}, got {value!r}")
+        raise CurriculumError(f"{where}: must be within {MIN_DIFFICULTY}..{MAX_DIFFICULTY}, got {value!r}")
     return (float(ends[0]), float(ends[-1]))
 
 

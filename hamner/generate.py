@@ -1,4 +1,4 @@
-"""Text generation from a HamnerModel: a preallocated KV cache, sampling, batching and streaming.
+"""Text generation from a HamnerModel: a decoding cache, sampling, batching and streaming.
 
 Decoding is prefill-then-one-token-at-a-time. With the cache, each step runs only the new token
 through the model; without it, each step re-runs the whole context (the ground truth the
@@ -12,61 +12,14 @@ from their group's batch (and cache) as they end.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from hamner.config import HamnerConfig
+from hamner.decoding_cache import DecodingCache
 from hamner.model import HamnerModel
-
-
-class KVCache:
-    """Keys and values of every layer for a batch, preallocated as [B, max_len, Hkv, D] and filled left to right."""
-
-    def __init__(
-        self,
-        config: HamnerConfig,
-        batch_size: int,
-        *,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        self.max_len = max_len or config.max_seq_len
-        shape = (batch_size, self.max_len, config.n_kv_heads, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.pos = 0
-
-    @classmethod
-    def for_model(cls, model: HamnerModel, batch_size: int) -> KVCache:
-        """A cache on the model's device and in its dtype, as long as its context."""
-        weight = model.embed.weight
-        return cls(model.config, batch_size, device=weight.device, dtype=weight.dtype)
-
-    def reset(self) -> None:
-        """Forget everything cached (the buffers are reused)."""
-        self.pos = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new k, v [B, T, Hkv, D] of `layer` at the current position; return all keys and values so far."""
-        end = self.pos + k.shape[1]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions, room for {self.max_len}")
-        self.k[layer][:, self.pos:end] = k
-        self.v[layer][:, self.pos:end] = v
-        return self.k[layer][:, :end], self.v[layer][:, :end]
-
-    def advance(self, n: int) -> None:
-        """Move the position past `n` tokens whose K/V every layer has written (the model calls this)."""
-        self.pos += n
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows `rows` (indices), e.g. to drop sequences that have finished."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
 
 
 @dataclass(frozen=True)
@@ -130,7 +83,7 @@ def next_tokens(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def _last_logits(model: HamnerModel, context: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+def _last_logits(model: HamnerModel, context: torch.Tensor, cache: DecodingCache | None) -> torch.Tensor:
     """Logits after the last token of `context` [B, T]; with a cache only the newest token is run when it fits."""
     window = model.config.max_seq_len
     if cache is not None and 0 < cache.pos < cache.max_len:
@@ -175,7 +128,7 @@ def _decode_group(
     context = torch.tensor(prompts, dtype=torch.long, device=device)
     seen = torch.zeros(len(prompts), model.config.vocab_size, dtype=torch.bool, device=device)
     seen.scatter_(1, context, True)
-    cache = KVCache.for_model(model, len(prompts)) if use_cache else None
+    cache = DecodingCache(model, len(prompts)) if use_cache else None
     outs: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))  # prompt index of each batch row
     logits = _last_logits(model, context, cache)
@@ -270,10 +223,10 @@ def generate(
         groups[len(prompt)].append(i)
     results: list[list[int]] = [[] for _ in prompts]
     for members in groups.values():
-        outs: list[list[int]] = [[] for _ in members]
-        for outs in _decode_group(model, [prompts[i] for i in members], max_new_tokens, sampling,
-                                  eos_id, stop_strings, decode, generator, use_cache):
-            pass
+        snapshots = _decode_group(model, [prompts[i] for i in members], max_new_tokens, sampling,
+                                  eos_id, stop_strings, decode, generator, use_cache)
+        last = deque(snapshots, maxlen=1)  # each snapshot holds every row's tokens so far; keep the final one
+        outs = last[0] if last else [[] for _ in members]
         for i, ids in zip(members, outs):
             results[i] = ids
     return results

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 
+from hamner.checkpoint import load_model
+from hamner.data.tokenizer import load_tokenizer
 from hamner.device import pick_device as resolve_device
+from hamner.errors import CheckpointError, DataError, InferenceError
 
 RUNS_DIR = Path("runs")
-
-
-class InferenceError(Exception):
-    """A missing, truncated or foreign checkpoint, or an unusable device; one line for the user."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -36,10 +35,6 @@ def newest_run(root: Path = RUNS_DIR) -> Path:
 
 def load_for_inference(path: str | Path | None, device: torch.device | str = "cpu"):
     """(model in eval mode, config, tokenizer) from a run or checkpoint directory (None: the newest run)."""
-    from hamner.data.errors import DataError
-    from hamner.data.tokenizer import load_tokenizer
-    from hamner.checkpoint import CheckpointError, load_model
-
     path = Path(path) if path is not None else newest_run()
     try:
         model, config = load_model(path, device=device)

@@ -1,12 +1,14 @@
 """The Hamner model: a Llama-style decoder built only from the ops in `kernels`.
 
 Token embedding (tied with the output head) -> n_layers pre-norm blocks -> final RMSNorm.
-Each block is attention (fused QKV projection, grouped-query heads, RoPE) then a SwiGLU MLP
-(gate and up fused in one projection), with no biases. Every residual add is fused into the
-next RMSNorm through `kernels.add_rms_norm`: a block takes the residual stream `x` and the
-previous sublayer's output `delta` that has not been added yet, and hands on the same pair.
+Each block is a token mixer then an MLP, both chosen by name in the config (`hamner.mixers`,
+`hamner.mlps`); the default, attention (fused QKV projection, grouped-query heads, RoPE) and a
+SwiGLU MLP (gate and up fused in one projection), is the Llama block, with no biases. Every
+residual add is fused into the next RMSNorm through `kernels.add_rms_norm`: a block takes the
+residual stream `x` and the previous sublayer's output `delta` that has not been added yet, and
+hands on the same pair.
 
-Parameter names are stable (a Hugging Face Llama exporter relies on them):
+Parameter names of the Llama block are stable (a Hugging Face Llama exporter relies on them):
   embed.weight                      [V, C]            also the output head
   layers.{i}.attn_norm.weight       [C]
   layers.{i}.attn.qkv.weight        [(Hq + 2 Hkv) D, C] rows: q, then k, then v
@@ -15,12 +17,13 @@ Parameter names are stable (a Hugging Face Llama exporter relies on them):
   layers.{i}.mlp.gate_up.weight     [2 I, C]          rows: gate, then up
   layers.{i}.mlp.down.weight        [C, I]
   norm.weight                       [C]
+Other mixers and MLPs keep the `attn` / `mlp` prefixes; several mixers in one layer sit at
+`layers.{i}.attn.{mixer name}`.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,9 +32,11 @@ from torch.utils.checkpoint import checkpoint
 
 from hamner import kernels
 from hamner.config import HamnerConfig
-
-if TYPE_CHECKING:
-    from hamner.generate import KVCache
+from hamner.decoding_cache import DecodingCache
+from hamner.mixers import MIXERS
+from hamner.mixers.parallel import ParallelMixers
+from hamner.mlps import MLPS
+from hamner.packing import document_positions
 
 
 class RMSNorm(nn.Module):
@@ -49,55 +54,28 @@ class RMSNorm(nn.Module):
         return kernels.add_rms_norm(delta, x, self.weight, self.eps)
 
 
-class Attention(nn.Module):
-    """Causal grouped-query self-attention with RoPE; q, k, v come from one fused projection."""
-
-    def __init__(self, config: HamnerConfig) -> None:
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=False)  # rows: q, k, v
-        self.out = nn.Linear(q_dim, config.hidden_size, bias=False)
-
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int
-    ) -> torch.Tensor:
-        B, T, _ = x.shape
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = kernels.apply_rope(q, k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        # A single new query sees every cached key; otherwise queries are the last T of the keys.
-        y = kernels.attention(q, k, v, causal=T > 1)
-        return self.out(y.reshape(B, T, q_dim))
+def build_mixer(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
+    """The mixer `name` for layer `layer_index`; several names joined by "+" give a `ParallelMixers`."""
+    parts = name.split("+")
+    if len(parts) == 1:
+        return MIXERS[name](config, layer_index)
+    return ParallelMixers({part: MIXERS[part](config, layer_index) for part in parts})
 
 
-class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), gate and up fused in one projection."""
-
-    def __init__(self, config: HamnerConfig) -> None:
-        super().__init__()
-        self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)  # rows: gate, up
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # views of the fused output
-        return self.down(kernels.swiglu(gate, up))
+def build_mlp(name: str, config: HamnerConfig, layer_index: int) -> nn.Module:
+    """The MLP `name` ("swiglu", "moe") for layer `layer_index`."""
+    return MLPS[name](config, layer_index)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block working on (residual stream, pending sublayer output)."""
+    """Pre-norm block working on (residual stream, pending sublayer output): token mixer, then MLP."""
 
-    def __init__(self, config: HamnerConfig) -> None:
+    def __init__(self, config: HamnerConfig, layer_index: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = build_mixer(config.layer_mixer(layer_index), config, layer_index)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = build_mlp(config.mlp, config, layer_index)
 
     def forward(
         self,
@@ -105,11 +83,13 @@ class Block(nn.Module):
         delta: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None = None,
-        layer: int = 0,
+        state: object | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`state` is the mixer's decoding state (None outside cached decoding); `segment_ids` the
+        document of every position of a packed training row (None: one document)."""
         h, x = self.attn_norm(x, delta)
-        h, x = self.mlp_norm(x, self.attn(h, cos, sin, cache, layer))
+        h, x = self.mlp_norm(x, self.attn(h, cos, sin, state, segment_ids=segment_ids))
         return x, self.mlp(h)
 
 
@@ -120,7 +100,7 @@ class HamnerModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         # RoPE cos/sin [max_seq_len, head_dim / 2], float32 whatever the model's dtype; not saved.
         self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.head_dim // 2), persistent=False)
@@ -131,18 +111,20 @@ class HamnerModel(nn.Module):
     def init_weights(self) -> None:
         """N(0, init_std) for every Linear and the embedding, ones for norms, fresh RoPE tables.
 
-        With `scale_residual_init`, the projections that write into the residual stream
-        (attn.out, mlp.down) get std init_std / sqrt(2 n_layers). Call this after
+        With `scale_residual_init`, the projections that write into the residual stream (the
+        mixers' `out`, the MLP's `down`) get std init_std / sqrt(2 n_layers). Mixers and MLPs
+        with other parameters initialise them in their own `init_weights()`. Call this after
         `to_empty()` when the model was built on the meta device (or load a state dict).
         """
-        std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.n_layers) if self.config.scale_residual_init else std
+        std, residual_std = self.config.init_std, self.config.residual_init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                is_residual_out = name.endswith(("attn.out", "mlp.down"))
+                is_residual_out = name.endswith((".out", "mlp.down"))
                 nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual_out else std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+            elif module is not self and hasattr(module, "init_weights"):
+                module.init_weights()
         self._refresh_rope()
 
     def _refresh_rope(self) -> None:
@@ -159,25 +141,34 @@ class HamnerModel(nn.Module):
         self._refresh_rope()
         return self
 
-    def hidden_states(self, idx: torch.Tensor, *, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, *, cache: DecodingCache | None = None,
+                      segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final normed hidden states [B, T, C] for token ids `idx` [B, T].
 
-        With `cache`, `idx` holds the next tokens after the cached ones: their K/V are written into
-        the cache at its position, RoPE uses the rows from that position on, and the position advances.
+        With `cache`, `idx` holds the next tokens after the cached ones: every mixer absorbs them
+        into its decoding state, RoPE uses the rows from the cache position on, and the position advances.
+        With `segment_ids` [B, T] (document packing, see hamner.packing), each document attends only
+        to itself and its RoPE positions start at 0; only mixers that `keeps_documents_apart` accept it.
         """
         T = idx.shape[1]
         start = 0 if cache is None else cache.pos
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids are for training rows; cached decoding has one document")
+            positions = document_positions(segment_ids)
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        else:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x, delta = self.embed(idx), None
         checkpointing = (self.config.activation_checkpointing and self.training and cache is None
                          and torch.is_grad_enabled())
         for i, layer in enumerate(self.layers):
             if checkpointing:
-                x, delta = checkpoint(layer, x, delta, cos, sin, use_reentrant=False)
+                x, delta = checkpoint(layer, x, delta, cos, sin, None, segment_ids, use_reentrant=False)
             else:
-                x, delta = layer(x, delta, cos, sin, cache, i)
+                x, delta = layer(x, delta, cos, sin, None if cache is None else cache.states[i], segment_ids)
         if cache is not None:
             cache.advance(T)
         return self.norm(x, delta)[0]
@@ -187,15 +178,18 @@ class HamnerModel(nn.Module):
         return F.linear(hidden, self.embed.weight).float()
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: DecodingCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss (scalar) when `targets` is given, else float32 logits [B, T, V].
 
         `targets[b, t]` is the token that follows `idx[b, t]` (-100 = ignored): callers cut
         windows of T + 1 tokens into idx = w[:-1], targets = w[1:]; the model never shifts.
         The loss goes through `kernels.fused_linear_cross_entropy`, so logits are never materialised.
+        In training mode it includes the auxiliary losses of the mixers and MLPs (`aux_loss`).
+        `segment_ids`: see `hidden_states`.
         """
-        hidden = self.hidden_states(idx, cache=cache)
+        hidden = self.hidden_states(idx, cache=cache, segment_ids=segment_ids)
         if targets is None:
             return self.logits(hidden)
         if targets.shape != idx.shape:
@@ -206,22 +200,76 @@ class HamnerModel(nn.Module):
             # A custom op is not autocast: cast here so the output matmuls run in the autocast dtype.
             dtype = torch.get_autocast_dtype(device_type)
             hidden, weight = hidden.to(dtype), weight.to(dtype)
-        return kernels.fused_linear_cross_entropy(hidden, weight, targets.reshape(-1), ignore_index=-100)
+        loss = kernels.fused_linear_cross_entropy(hidden, weight, targets.reshape(-1), ignore_index=-100)
+        if self.training:
+            for aux in self.aux_losses():
+                loss = loss + aux
+        return loss
 
-    def num_parameters(self) -> int:
-        """Number of parameters, the tied embedding/output weight counted once."""
-        return sum(p.numel() for p in self.parameters())
+    def keeps_documents_apart(self) -> bool:
+        """Whether every layer's mixer can keep packed documents apart (`segment_ids`)."""
+        return all(layer.attn.keeps_documents_apart for layer in self.layers)
+
+    def aux_losses(self) -> list[torch.Tensor]:
+        """The auxiliary losses (MoE balance and z-loss, ...) the mixers and MLPs set in the last training forward."""
+        return [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None]
+
+    def expert_load(self) -> torch.Tensor | None:
+        """[MoE layers, experts]: each expert's fraction of its layer's token assignments in the last forward.
+
+        None without MoE layers. 1 / n_experts everywhere is perfect balance.
+        """
+        loads = [m.load for m in self.modules() if hasattr(m, "num_active_parameters")]
+        return torch.stack(loads) if loads else None
+
+    def knob_names(self) -> list[str]:
+        """The knobs a curriculum stage may set on this model (declared by its mixers as `KNOBS`), sorted."""
+        return sorted({name for m in self.modules() for name in getattr(m, "KNOBS", ())})
+
+    def _knob_holders(self, name: str, value: float) -> list[nn.Module]:
+        holders = [m for m in self.modules() if name in getattr(m, "KNOBS", ())]
+        if not holders:
+            known = ", ".join(self.knob_names()) or "none"
+            raise ValueError(f"the model has no knob {name!r} (its knobs: {known})")
+        holders[0].check_knob(name, value)
+        return holders
+
+    def check_knob(self, name: str, value: float) -> None:
+        """ValueError (one line) unless `set_knob(name, value)` would be accepted."""
+        self._knob_holders(name, value)
+
+    def set_knob(self, name: str, value: float) -> None:
+        """Set knob `name` (e.g. "plasticity") on every module that declares it."""
+        for module in self._knob_holders(name, value):
+            module.set_knob(name, value)
+
+    def num_parameters(self, active: bool = False) -> int:
+        """Number of parameters, the tied embedding/output weight counted once.
+
+        With `active`, only those one token uses: an MoE layer counts its router and top-k experts.
+        """
+        total = sum(p.numel() for p in self.parameters())
+        if active:
+            for m in self.modules():
+                if hasattr(m, "num_active_parameters"):
+                    total += m.num_active_parameters() - sum(p.numel() for p in m.parameters())
+        return total
+
+    def describe_parameters(self) -> str:
+        """E.g. "51,234,816 parameters", with the count active per token when it differs (MoE)."""
+        total, active = self.num_parameters(), self.num_parameters(active=True)
+        return f"{total:,} parameters" + (f" ({active:,} active per token)" if active != total else "")
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), for MFU.
 
-        6 x (matmul parameters: every Linear plus the output head, not the norms) plus the
-        attention score and value matmuls, 12 x n_layers x n_heads x head_dim x seq_len (the
-        PaLM-paper estimate; it does not halve for the causal mask).
+        6 x (active matmul parameters: every Linear, expert and the output head, not the norms) plus
+        the attention score and value matmuls, 12 x n_layers x n_heads x head_dim x seq_len (the
+        PaLM-paper estimate; it does not halve for the causal mask, nor shrink for a window).
         """
         c = self.config
-        norm_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, RMSNorm))
-        matmul_params = self.num_parameters() - norm_params
+        vector_params = sum(p.numel() for p in self.parameters() if p.dim() < 2)
+        matmul_params = self.num_parameters(active=True) - vector_params
         return 6.0 * matmul_params + 12.0 * c.n_layers * c.n_heads * c.head_dim * seq_len
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:

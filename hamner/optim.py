@@ -8,17 +8,17 @@ learning rate of chosen layers only (e.g. the middle "emotional" layers at 0.2x)
 With "muon", the 2-D weights inside `model.layers` (attention and MLP projections) go to
 `torch.optim.Muon` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, Keller Jordan's LR adjustment
 sqrt(max(1, rows/cols)), no weight decay); the embedding (also the tied output head), norms and any
-other parameter stay on AdamW. Both live in one `CombinedOptimizer`, which the loop steps, zeroes
-and checkpoints as one optimizer.
+other parameter stay on AdamW, as do MoE expert weights (3-D [experts, out, in]). The loop gets the
+two as a list [AdamW, Muon]; `hamner.step.train_step` steps, skips, clips and zeroes them together and
+`hamner.train_state.OptimizerSlot` checkpoints them.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from hamner.curriculum import DEFAULT_MUON_LR, OPTIMIZERS
+from hamner.curriculum import DEFAULT_MUON_LR, OPTIMIZERS, Stage
 
 BETAS: tuple[float, float] = (0.9, 0.95)
 WEIGHT_DECAY: float = 0.1
@@ -28,42 +28,7 @@ MUON_MOMENTUM: float = 0.95
 MUON_WEIGHT_DECAY: float = 0.0
 
 
-class CombinedOptimizer:
-    """Optimizers over disjoint parameters behind the one optimizer interface the loop uses:
-    `param_groups` (all of them, in order), `step`, `zero_grad`, `state_dict`, `load_state_dict`.
-
-    Each group carries an `optimizer` key naming its part, so `apply_lr` can give each its rate.
-    """
-
-    def __init__(self, parts: Mapping[str, torch.optim.Optimizer]) -> None:
-        self.parts = dict(parts)
-        for name, part in self.parts.items():
-            for group in part.param_groups:
-                group["optimizer"] = name
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [group for part in self.parts.values() for group in part.param_groups]
-
-    def step(self) -> None:
-        for part in self.parts.values():
-            part.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for part in self.parts.values():
-            part.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: part.state_dict() for name, part in self.parts.items()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if set(state) != set(self.parts):
-            raise ValueError(f"optimizer state holds {sorted(state)}, this optimizer is {sorted(self.parts)}")
-        for name, part in self.parts.items():
-            part.load_state_dict(state[name])
-
-
-Optimizer = torch.optim.Optimizer | CombinedOptimizer
+Optimizers = torch.optim.Optimizer | list[torch.optim.Optimizer]
 
 
 def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY,
@@ -83,14 +48,16 @@ def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECA
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The 2-D trainable weights inside `model.layers`: the parameters Muon takes."""
+    """The 2-D trainable weights inside `model.layers`: the parameters Muon takes (3-D MoE expert
+    weights stay on AdamW)."""
     return [p for layer in model.layers for p in layer.parameters() if p.requires_grad and p.dim() == 2]
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kind: str = "adamw",
-                    muon_lr: float = DEFAULT_MUON_LR, weight_decay: float = WEIGHT_DECAY) -> Optimizer:
+                    muon_lr: float = DEFAULT_MUON_LR, weight_decay: float = WEIGHT_DECAY) -> Optimizers:
     """AdamW (betas 0.9/0.95; the fused kernel on CUDA, the multi-tensor one elsewhere), or for
-    kind "muon" a CombinedOptimizer of Muon (hidden matrices) and that AdamW (everything else)."""
+    kind "muon" the list [that AdamW (everything else), Muon (hidden matrices)]. Every group carries
+    an `optimizer` key ("adamw" / "muon") so `apply_lr` gives each its rate."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
     fused = device.type == "cuda"
@@ -104,31 +71,22 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
     by_layer: dict[int, list[torch.nn.Parameter]] = {}
     for p in matrices:
         by_layer.setdefault(layer_of[id(p)], []).append(p)
-    muon = torch.optim.Muon([{"params": ps, "layer": layer} for layer, ps in by_layer.items()], lr=muon_lr,
+    muon = torch.optim.Muon([{"params": ps, "layer": layer, "optimizer": "muon"} for layer, ps in by_layer.items()],
+                            lr=muon_lr,
                             weight_decay=MUON_WEIGHT_DECAY, momentum=MUON_MOMENTUM, nesterov=True)
-    adamw = torch.optim.AdamW(layer_param_groups(model, weight_decay, rest), lr=lr, betas=BETAS,
-                              fused=fused, foreach=not fused)
-    return CombinedOptimizer({"adamw": adamw, "muon": muon})
+    groups = [{**group, "optimizer": "adamw"} for group in layer_param_groups(model, weight_decay, rest)]
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
+    return [adamw, muon]
 
 
-def optimizer_parts(optimizer: Optimizer) -> Iterator[torch.optim.Optimizer]:
-    """The torch optimizers inside `optimizer` (itself when it is one)."""
-    if isinstance(optimizer, CombinedOptimizer):
-        yield from optimizer.parts.values()
-    else:
-        yield optimizer
+def stage_optimizer(model: torch.nn.Module, stage: Stage, device: torch.device,
+                    kind: str | None = None) -> Optimizers:
+    """Fresh optimizer(s) for `stage`: of `kind` when given (--optimizer), else of the stage's own, at
+    its peak rates (`apply_lr` sets the rates of every step)."""
+    return build_optimizer(model, stage.lr, device, kind=kind or stage.optimizer, muon_lr=stage.muon_lr)
 
 
-def load_state(optimizer: Optimizer, state: Mapping[str, Any]) -> None:
-    """Load a saved state, keeping this process's fused / foreach choice (the saved run may have
-    used another device)."""
-    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kept in zip(optimizer.param_groups, flags):
-        group.update(kept)
-
-
-def step_if_finite(optimizer: Optimizer, finite: torch.Tensor, sync_free: bool | None = None) -> None:
+def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor, sync_free: bool | None = None) -> None:
     """Apply the update only when the bool tensor `finite` is true.
 
     A fused AdamW gets the flag as `found_inf`, the input GradScaler uses: the kernel skips the update
@@ -139,20 +97,16 @@ def step_if_finite(optimizer: Optimizer, finite: torch.Tensor, sync_free: bool |
     nothing on a CPU."""
     if sync_free is None:
         sync_free = finite.device.type != "cpu"
-    ok: bool | None = None
-    for part in optimizer_parts(optimizer):
-        if part.defaults.get("fused"):
-            part.found_inf = (~finite).float()
-            try:
-                part.step()
-            finally:
-                del part.found_inf
-        elif sync_free and isinstance(part, torch.optim.Muon):
-            _step_or_restore(part, finite)
-        else:
-            ok = bool(finite) if ok is None else ok
-            if ok:
-                part.step()
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif sync_free and isinstance(optimizer, torch.optim.Muon):
+        _step_or_restore(optimizer, finite)
+    elif bool(finite):
+        optimizer.step()
 
 
 @torch.no_grad()
@@ -169,14 +123,15 @@ def _step_or_restore(optimizer: torch.optim.Muon, finite: torch.Tensor) -> None:
         buffer.copy_(torch.where(finite, buffer, old_buffer))
 
 
-def apply_lr(optimizer: Optimizer, lr: float,
+def apply_lr(optimizers: Optimizers, lr: float,
              layer_scales: Mapping[int, float] | Sequence[float] | None = None,
              muon_lr: float | None = None) -> None:
     """Set every group's rate to `lr` (Muon's groups to `muon_lr`), times the scale of its layer when
     the curriculum gives one."""
-    for group in optimizer.param_groups:
-        base = muon_lr if group.get("optimizer") == "muon" and muon_lr is not None else lr
-        group["lr"] = base * _scale(layer_scales, group.get("layer"))
+    for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+        for group in optimizer.param_groups:
+            base = muon_lr if group.get("optimizer") == "muon" and muon_lr is not None else lr
+            group["lr"] = base * _scale(layer_scales, group.get("layer"))
 
 
 def _scale(layer_scales: Mapping[int, float] | Sequence[float] | None, layer: int | None) -> float:

@@ -7,7 +7,6 @@ one line per difficulty). Empty cells (validation loss on most rows, MFU on CPU)
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -19,14 +18,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hamner.cli import ArgumentParser, command  # noqa: E402
+from hamner.errors import PlotError  # noqa: E402
+
 METRICS_COLUMNS = ("step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s",
                    "mfu", "elapsed_s")
 ACCURACY_COLUMNS = ("step", "stage", "task", "difficulty", "accuracy")
 _NUMERIC = set(METRICS_COLUMNS) - {"stage"}
-
-
-class PlotError(ValueError):
-    """A run directory that cannot be plotted; the message is one line for the user."""
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -169,20 +167,18 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     return written + ([accuracy] if accuracy else [])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hamner.plot",
+@command()
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.plot") -> int:
+    """`hamner plot RUN_DIR`: write the PNGs and print their paths."""
+    parser = ArgumentParser(
+        prog=prog,
         description="Draw loss, LR, throughput and synthetic-task accuracy of a run to PNG files.")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by train.py")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="where to write the PNGs (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
-    try:
-        for path in plot_run(args.run_dir, args.out):
-            print(path)
-    except (PlotError, OSError) as e:
-        print(f"hamner.plot: error: {e}", file=sys.stderr)
-        return 2
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
     return 0
 
 

@@ -1,18 +1,22 @@
-"""Fused Triton kernels with autograd for Llama-style training, and attention dispatch.
+"""Fused Triton kernels with autograd for Llama-style training, attention dispatch, MoE experts,
+and the recurrences under the Hebbian memory (decayed linear attention) and TTT-Linear.
 
 Every op has a plain PyTorch twin in `kernels.reference` with the same signature. CUDA tensors
 run the Triton kernels; CPU tensors run the reference unless TRITON_INTERPRET=1 is set, in
 which case they run the Triton kernels in the interpreter (see `kernels.dispatch`).
 """
 from hamner.kernels import reference
-from hamner.kernels.attention_dispatch import attention, attention_backend
+from hamner.kernels.attention_dispatch import attention, attention_backend, differential_attention
 from hamner.kernels.dispatch import TRITON_INSTALLED
+from hamner.kernels.linear_attention import decayed_linear_attention, linear_attention_backend
+from hamner.kernels.moe import moe_experts
+from hamner.kernels.ttt import ttt_linear
 
 if TRITON_INSTALLED:
+    from hamner.kernels.activations import swiglu
     from hamner.kernels.cross_entropy import fused_linear_cross_entropy
     from hamner.kernels.norms import add_rms_norm, rms_norm
     from hamner.kernels.rope import apply_rope, rope_cache
-    from hamner.kernels.activations import swiglu
 else:  # no triton (macOS, Windows): every op is its PyTorch reference
     from hamner.kernels.reference import (
         add_rms_norm,
@@ -28,9 +32,14 @@ __all__ = [
     "apply_rope",
     "attention",
     "attention_backend",
+    "decayed_linear_attention",
+    "differential_attention",
     "fused_linear_cross_entropy",
+    "linear_attention_backend",
+    "moe_experts",
     "reference",
     "rms_norm",
     "rope_cache",
     "swiglu",
+    "ttt_linear",
 ]

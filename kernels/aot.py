@@ -166,7 +166,8 @@ def _compile(kernel: Any, spec: LaunchSpec, capability: int) -> CompileResult:
                                  capture_output=True, text=True, check=True).stderr
     except Exception as exc:  # any compiler failure is the finding; report it, do not stop the sweep
         first = str(exc).strip().splitlines()
-        return CompileResult(spec.kernel, capability, None, None, None, f"{type(exc).__name__}: {first[0] if first else ''}")
+        error = f"{type(exc).__name__}: {first[0] if first else ''}"
+        return CompileResult(spec.kernel, capability, None, None, None, error)
     spills = [int(a) + int(b) for a, b in _SPILLS.findall(log)]
     registers = [int(r) for r in _REGISTERS.findall(log)]
     return CompileResult(spec.kernel, capability, max(registers, default=None), sum(spills),

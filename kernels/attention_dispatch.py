@@ -4,14 +4,25 @@ Tensors use the flash-attn layout [B, T, H, D]; query head i reads KV head i // 
 With causal=True and fewer queries than keys (cached decoding), the queries are the LAST Tq
 positions: query j sits at position Tk - Tq + j and sees keys 0..Tk - Tq + j. flash-attn aligns
 the causal mask that way already; SDPA's is_causal aligns it to the start, so that case gets an
-explicit mask.
+explicit mask. A `window` W limits each query to the last W keys up to itself: flash-attn's
+`window_size=(W - 1, 0)`, or an SDPA band mask.
+
+`segment_ids` [B, T] (document-aware packing) keeps each query inside its own document: query t
+sees key s only when both carry the same id. CUDA runs that as a FlexAttention block mask; CPU
+(and `reference_only()`) as an SDPA boolean mask.
+
+`differential_attention` (two softmax maps and their weighted difference) runs as attention
+calls of the same backends, each map applied to both halves of the value width.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
 
 from hamner.kernels import dispatch
+from hamner.kernels.reference import causal_mask
 
 
 def _load_flash_attn():
@@ -36,7 +47,7 @@ def attention_backend() -> str:
     return "flash-attn" if _flash_attn_func is not None else "sdpa"
 
 
-def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None) -> None:
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(
             "expected q [B, T, Hq, D] and k, v [B, T, Hkv, D], "
@@ -51,34 +62,128 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         raise ValueError(
             f"causal attention needs at most as many queries ({q.shape[1]}) as keys ({k.shape[1]})"
         )
+    if window is not None and (not causal or window < 1):
+        raise ValueError(f"a window needs causal attention and at least 1 key, got window={window}, causal={causal}")
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+def _check_segments(q: torch.Tensor, k: torch.Tensor, segment_ids: torch.Tensor) -> None:
+    if segment_ids.shape != q.shape[:2] or q.shape[1] != k.shape[1]:
+        raise ValueError(f"segment_ids {tuple(segment_ids.shape)} need self-attention with one id per position "
+                         f"of q {tuple(q.shape)} and k {tuple(k.shape)}")
+
+
+def document_mask(segment_ids: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[B, 1, T, T] boolean: query t may see key s (same document, and s <= t when causal)."""
+    mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    if causal:
+        n = segment_ids.shape[1]
+        mask = mask & torch.ones(n, n, dtype=torch.bool, device=segment_ids.device).tril()
+    return mask
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, segment_ids: torch.Tensor) -> torch.Tensor:
+    """Document-masked attention through FlexAttention (compiled on CUDA, eager elsewhere)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def same_document(b, h, q_idx, kv_idx):
+        keep = segment_ids[b, q_idx] == segment_ids[b, kv_idx]
+        return keep & (kv_idx <= q_idx) if causal else keep
+
+    global _LAST_BLOCK_MASK
+    cached_ids, cached_causal, block_mask = _LAST_BLOCK_MASK
+    if cached_ids() is not segment_ids or cached_causal != causal:  # every layer of a forward shares one mask
+        batch, n = segment_ids.shape
+        block_mask = create_block_mask(same_document, batch, None, n, n, device=q.device)
+        _LAST_BLOCK_MASK = (weakref.ref(segment_ids), causal, block_mask)
+    run = _compiled_flex() if q.is_cuda else flex_attention
+    out = run(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+              enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
+
+
+_COMPILED_FLEX = None
+_LAST_BLOCK_MASK: tuple = (lambda: None, False, None)  # (weak ref to the segment ids, causal, block mask)
+
+
+def _compiled_flex():
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None,
+          segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     n_queries, n_keys = q.shape[1], k.shape[1]
+    banded = window is not None and window < n_keys
+    # A single query at the end of the keys sees all of them (unless banded): no mask at all.
     mask = None
-    if causal and 1 < n_queries < n_keys:
-        mask = torch.ones(n_queries, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - n_queries)
+    if segment_ids is not None:
+        mask = document_mask(segment_ids, causal)
+        if window is not None:
+            mask = mask & causal_mask(n_queries, n_keys, window, device=q.device)
+        causal = False
+    elif causal and (banded or 1 < n_queries < n_keys):
+        mask = causal_mask(n_queries, n_keys, window, device=q.device)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         k.transpose(1, 2),
         v.transpose(1, 2),
         attn_mask=mask,
-        # A single query at the end of the keys sees all of them: no mask at all.
-        is_causal=causal and n_queries == n_keys,
+        is_causal=causal and mask is None and n_queries == n_keys,
         # Only ask for GQA when heads differ, so plain multi-head attention keeps every SDPA backend.
         enable_gqa=q.shape[2] != k.shape[2],
     )
     return out.transpose(1, 2)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Softmax attention of q [B, Tq, Hq, D] over k, v [B, Tk, Hkv, D]; returns [B, Tq, Hq, D].
 
     Scores are scaled by 1/sqrt(D). With causal=True, Tq <= Tk and the queries are the last Tq
-    positions of the keys.
+    positions of the keys; with `window`, each query sees only the last `window` keys up to itself.
+    `segment_ids` [B, T] (self-attention only) restricts every query to the keys of its own
+    segment (document).
     """
-    _check_shapes(q, k, v, causal)
+    _check_shapes(q, k, v, causal, window)
+    if segment_ids is not None:
+        _check_segments(q, k, segment_ids)
+        if q.is_cuda and window is None and not dispatch.reference_forced():
+            return _flex(q, k, v, causal, segment_ids)
+        return _sdpa(q, k, v, causal, window, segment_ids)
     use_flash = _flash_attn_func is not None and q.is_cuda and q.dtype in _FLASH_DTYPES
     if use_flash and not dispatch.reference_forced():
-        return _flash_attn_func(q, k, v, causal=causal)
-    return _sdpa(q, k, v, causal)
+        window_size = (-1, -1) if window is None else (window - 1, 0)
+        return _flash_attn_func(q, k, v, causal=causal, window_size=window_size)
+    return _sdpa(q, k, v, causal, window)
+
+
+def differential_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    """(softmax(q1 k1^T / sqrt(d)) - lam softmax(q2 k2^T / sqrt(d))) v; see `reference.differential_attention`.
+
+    q [B, Tq, 2, H, d], k [B, Tk, 2, Hkv, d], v [B, Tk, Hkv, 2d], `lam` a scalar tensor; returns
+    [B, Tq, H, 2d]. Each map is one `attention` call over a batch holding both d-wide value halves.
+    """
+    if q.dim() != 5 or k.dim() != 5 or q.shape[2] != 2 or k.shape[2] != 2 or v.shape[-1] != 2 * q.shape[-1]:
+        raise ValueError("expected q [B, Tq, 2, H, d], k [B, Tk, 2, Hkv, d] and v [B, Tk, Hkv, 2d], got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B = q.shape[0]
+    v_halves = torch.cat(v.chunk(2, dim=-1), dim=0)  # [2B, Tk, Hkv, d]: low half, then high half
+
+    def apply_map(j: int) -> torch.Tensor:
+        qj, kj = q[:, :, j].repeat(2, 1, 1, 1), k[:, :, j].repeat(2, 1, 1, 1)
+        y = attention(qj, kj, v_halves, causal)
+        return torch.cat((y[:B], y[B:]), dim=-1)
+
+    return apply_map(0) - lam.to(q.dtype) * apply_map(1)

@@ -53,10 +53,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     cos = cos[: x.shape[1]].to(xf.dtype)[None, :, None, :]
     sin = sin[: x.shape[1]].to(xf.dtype)[None, :, None, :]
     x1, x2 = xf[..., :half], xf[..., half:]
-    out = torch.empty_like(xf)
-    first, second = out[..., :half], out[..., half:]
-    torch.mul(x1, cos, out=first).sub_(x2 * sin)
-    torch.mul(x2, cos, out=second).addcmul_(x1, sin)
+    out = torch.empty_like(xf)  # filled by halves: no concatenation (and torch.compile traces it)
+    out[..., :half] = x1 * cos - x2 * sin
+    out[..., half:] = x2 * cos + x1 * sin
     return out.to(x.dtype)
 
 
@@ -83,24 +82,156 @@ def apply_rope(
 
 
 def fused_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, *,
+    chunk_bytes: int | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of hidden @ weight.T against targets over non-ignored rows (logits materialised)."""
+    """Mean cross-entropy of hidden @ weight.T against targets over non-ignored rows (logits materialised).
+
+    `chunk_bytes` sizes the Triton kernel's logit chunks; here every logit is materialised at once, so
+    it is accepted (callers need not know which op runs) and ignored.
+    """
     logits = hidden @ weight.T
     return F.cross_entropy(logits.to(_compute_dtype(logits.dtype)), targets, ignore_index=ignore_index)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv)."""
+def causal_mask(n_queries: int, n_keys: int, window: int | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool [n_queries, n_keys], True where a query may see a key.
+
+    Queries are the last n_queries positions of the keys: query j sits at n_keys - n_queries + j
+    and sees the keys at or before it, and with `window` only the last `window` of those.
+    """
+    offset = n_keys - n_queries
+    mask = torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
+    if window is not None:
+        mask = mask.triu(diagonal=offset - window + 1)
+    return mask
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv).
+
+    With `window` (causal only), each query sees just the last `window` keys up to itself.
+    `segment_ids` [B, T]: a query sees only keys with its own id (documents packed in one row).
+    """
     group = q.shape[2] // k.shape[2]
     qh = q.transpose(1, 2)
     kh = k.repeat_interleave(group, dim=2).transpose(1, 2)
     vh = v.repeat_interleave(group, dim=2).transpose(1, 2)
     scores = (qh @ kh.transpose(-1, -2)).to(_compute_dtype(q.dtype)) / math.sqrt(q.shape[-1])
     if causal:
-        tq, tk = scores.shape[-2], scores.shape[-1]
         # Queries are the last tq positions of the tk keys (matters for cached decoding).
-        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+        mask = causal_mask(scores.shape[-2], scores.shape[-1], window, device=q.device)
         scores = scores.masked_fill(~mask, float("-inf"))
+    if segment_ids is not None:
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        scores = scores.masked_fill(~same, float("-inf"))
     probs = scores.softmax(-1).to(v.dtype)
     return (probs @ vh).transpose(1, 2)
+
+
+def decayed_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token S_t = exp(g_t) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t on [B, T, H, D] tensors.
+
+    Returns (o [B, T, H, V], final state [B, H, K, V]); runs in the inputs' dtype.
+    """
+    B, T, H, K = q.shape
+    state = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(q.dtype)
+    outs = []
+    for t in range(T):
+        state = log_decay[:, t, :, None, None].exp() * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append((q[:, t, :, :, None] * state).sum(-2))
+    return torch.stack(outs, dim=1), state
+
+
+def ttt_linear(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    token_scale: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TTT-Linear in the primal form, token by token, with each token's gradient from autograd.
+
+    Same signature and result as `kernels.ttt.ttt_linear`: every token of a mini-batch reads out
+    with W_i = W_0 - s_i sum_{j <= i} lr_j dl_j/dW at W_0 (likewise b), l_j the LayerNorm
+    reconstruction loss 1/2 |LN(k_j W + b) - (v_j - k_j)|²; complete mini-batches move W_0, b_0.
+    """
+    T, K = q.shape[1], token_scale.shape[0]
+
+    def layer_norm(z: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(z, z.shape[-1:], eps=eps) * ln_weight + ln_bias
+
+    outs = []
+    for start in range(0, T, K):
+        acc_w, acc_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        for i in range(min(K, T - start)):
+            t = start + i
+            with torch.enable_grad():
+                w0, b0 = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+                z = (k[:, t, :, None, :] @ w0)[:, :, 0] + b0  # [B, H, D]
+                loss = 0.5 * (layer_norm(z) - (v[:, t] - k[:, t])).pow(2).sum()
+                grad_w, grad_b = torch.autograd.grad(loss, (w0, b0))
+            acc_w = acc_w + lr[:, t, :, None, None] * grad_w
+            acc_b = acc_b + lr[:, t, :, None] * grad_b
+            w_i, b_i = weight - token_scale[i] * acc_w, bias - token_scale[i] * acc_b
+            outs.append(q[:, t] + layer_norm((q[:, t, :, None, :] @ w_i)[:, :, 0] + b_i))
+            if i == K - 1:
+                weight, bias = w_i, b_i
+    return torch.stack(outs, dim=1), weight, bias
+
+
+def differential_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    """(softmax(q1 k1^T / sqrt(d)) - lam softmax(q2 k2^T / sqrt(d))) v, the two maps formed explicitly.
+
+    q [B, Tq, 2, H, d] and k [B, Tk, 2, Hkv, d] hold the two components; v is [B, Tk, Hkv, 2d];
+    `lam` a scalar tensor. Returns [B, Tq, H, 2d]; component j of head h reads KV head h // (H // Hkv).
+    """
+    group = q.shape[3] // k.shape[3]
+    dtype = _compute_dtype(q.dtype)
+    maps = []
+    for j in range(2):
+        qh = q[:, :, j].transpose(1, 2).to(dtype)
+        kh = k[:, :, j].repeat_interleave(group, dim=2).transpose(1, 2).to(dtype)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if causal:
+            mask = causal_mask(scores.shape[-2], scores.shape[-1], device=q.device)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        maps.append(scores.softmax(-1))
+    probs = maps[0] - lam.to(dtype) * maps[1]
+    vh = v.repeat_interleave(group, dim=2).transpose(1, 2).to(dtype)
+    return (probs @ vh).transpose(1, 2).to(v.dtype)
+
+
+def moe_experts(
+    x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor, w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+) -> torch.Tensor:
+    """Routed SwiGLU experts, one expert at a time: see `kernels.moe.moe_experts` for the shapes."""
+    out = torch.zeros_like(x)
+    for expert in range(w_down.shape[0]):
+        tokens, slots = (expert_ids == expert).nonzero(as_tuple=True)
+        gate, up = (x[tokens] @ w_gate_up[expert].T).chunk(2, dim=-1)
+        y = swiglu(gate, up) @ w_down[expert].T
+        out = out.index_add(0, tokens, y * weights[tokens, slots, None])
+    return out

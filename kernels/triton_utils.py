@@ -43,7 +43,7 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_programs(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

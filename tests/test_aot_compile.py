@@ -15,12 +15,13 @@ import torch
 
 from hamner import kernels
 from hamner.config import PRESETS, model_config
-from hamner.kernels.norms import BWD_CANDIDATES, set_backward_tiling
 from hamner.kernels.aot import TARGETS, record_launches, save_specs
+from hamner.kernels.norms import BWD_CANDIDATES, set_backward_tiling
 from hamner.model import HamnerModel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel", "_swiglu_bwd_kernel", "_rope_kernel",
+KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel",
+           "_swiglu_bwd_kernel", "_rope_kernel",
            "_cross_entropy_grad_kernel"}
 
 

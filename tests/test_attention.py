@@ -3,8 +3,8 @@ import importlib.util
 
 import pytest
 import torch
-
 from kernel_checks import rel_error as rel_err
+
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, attention_backend
 
@@ -29,7 +29,8 @@ def check_against_reference(q, k, v, causal, tol):
     grad = torch.randn_like(ref)
     out.backward(grad.to(out.dtype))
     ref.backward(grad)
-    errors = {"out": rel_err(out, ref)} | {f"grad_{n}": rel_err(t.grad, t64.grad) for n, t, t64 in zip("qkv", ins, ins64)}
+    grads = {f"grad_{n}": rel_err(t.grad, t64.grad) for n, t, t64 in zip("qkv", ins, ins64)}
+    errors = {"out": rel_err(out, ref)} | grads
     print(f"relerr attention {q.dtype} " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
     for name, err in errors.items():
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol}"

@@ -37,7 +37,8 @@ def test_stories_are_deterministic_varied_and_well_formed():
 _WORD_VALUES = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen".split())}
-_WORD_VALUES.update({w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)})
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_WORD_VALUES.update({w: 10 * i for i, w in enumerate(_TENS, 2)})
 
 
 def _parse_words(words: str) -> int:
@@ -64,7 +65,8 @@ def test_number_words():
 def _check_answer(q: str, a: str) -> bool:
     """Re-derive the answer of the question kinds whose truth is computable; True if the kind was recognised."""
     if m := re.fullmatch(r"(?:How do you write|Spell out the number) (\d+)(?: in words)?[?.]", q):
-        assert a == f"{m.group(1)} in words is {number_words(int(m.group(1)))}." and _parse_words(a[:-1].split(" is ")[1]) == int(m.group(1))
+        assert a == f"{m.group(1)} in words is {number_words(int(m.group(1)))}."
+        assert _parse_words(a[:-1].split(" is ")[1]) == int(m.group(1))
     elif m := re.fullmatch(r"What number is ([a-z -]+)\?", q):
         assert a.endswith(f" is {_parse_words(m.group(1))}.")
     elif m := re.fullmatch(r"(?:What is|Can you tell me what) (\d+) (plus|minus|times) (\d+)(?: is)?\?", q):
@@ -82,7 +84,8 @@ def _check_answer(q: str, a: str) -> bool:
         assert a == f"The opposite of {m.group(1)} is {pairs[m.group(1)]}."
     elif m := re.fullmatch(r"What comes (after|before) ([A-Z][a-z]+)\?", q):
         cycle = ("Monday Tuesday Wednesday Thursday Friday Saturday Sunday Monday ".split(),
-                 "January February March April May June July August September October November December January".split())
+                 "January February March April May June July August September October November December "
+                 "January".split())
         seq = next(c for c in cycle if m.group(2) in c)
         i = seq.index(m.group(2))
         other = seq[i + 1] if m.group(1) == "after" else seq[i - 1 if i else len(seq) - 2]

@@ -1,5 +1,4 @@
 """chat.py: sample mode (--prompt), the interactive loop in a pseudo-terminal, and bad checkpoints."""
-import importlib.util
 import os
 import pty
 import select
@@ -9,17 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from hamner.data.chat_format import STOP_STRINGS, prompt_for_reply
-from hamner.data.tokenizer import load_tokenizer
-from hamner.export import export_hf
-from hamner.generate import generate
 from tiny_checkpoint import save_tiny_run, tiny_config
 
+import hamner.chat_cli as chat
+from hamner.data.chat_format import STOP_STRINGS, prompt_for_reply
+from hamner.data.tokenizer import load_tokenizer
+from hamner.generate import generate
+from hamner.hf import export_hf
+
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("chat", ROOT / "chat.py")
-chat = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(chat)
 BYTES = load_tokenizer("bytes")
 
 

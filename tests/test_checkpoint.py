@@ -99,3 +99,61 @@ def test_weights_of_another_shape_are_refused(tmp_path, model):
     other = HamnerModel(model_config("demo").__class__(**{**model.config.to_dict(), "n_layers": 2}))
     with pytest.raises(ckpt.CheckpointError, match="do not fit"):
         ckpt.load_weights(other, written)
+
+
+def test_a_step_is_never_saved_twice_and_latest_is_never_replaced(tmp_path, model):
+    first = ckpt.save_checkpoint(tmp_path, [ckpt.step_name(5)], model, meta(model, 5), {"step": 5})
+    inode = (first / "model.safetensors").stat().st_ino
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    again = ckpt.save_checkpoint(tmp_path, [ckpt.step_name(5)], model, meta(model, 5), {"step": 5})
+    assert again == first and (first / "model.safetensors").stat().st_ino == inode  # kept as it was
+    with pytest.raises(ckpt.CheckpointError, match="refusing to replace"):
+        ckpt.save_checkpoint(tmp_path, [ckpt.step_name(5)], model, meta(model, 6), {"step": 6})
+    assert ckpt.resolve_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000005"]
+
+
+def test_a_replaced_checkpoint_goes_through_a_backup_that_reopening_restores(tmp_path, model):
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(tmp_path, [ckpt.step_name(1)], model, meta(model, 1), {"step": 1})
+    ckpt.save_checkpoint(tmp_path, [ckpt.BEST], model, meta(model, 1), None, make_latest=False)
+    ckpt.save_checkpoint(tmp_path, [ckpt.BEST], model, meta(model, 2), None, make_latest=False)
+    assert ckpt.read_meta(root / "best")["step"] == 2
+    assert sorted(p.name for p in root.iterdir()) == ["best", "latest", "step-00000001"]
+    # A kill between the two renames of a replacement, and in the middle of a save and a prune:
+    (root / "best").rename(root / ".old-best-123")
+    (root / ".tmp-step-00000002-123").mkdir()
+    (root / ".tmp-latest-123").write_text("step-00000002\n")
+    (root / ".del-step-00000000-123").mkdir()
+    cleared = ckpt.remove_temporaries(tmp_path)
+    assert len(cleared) == 4
+    assert sorted(p.name for p in root.iterdir()) == ["best", "latest", "step-00000001"]
+    assert ckpt.read_meta(root / "best")["step"] == 2
+
+
+def test_a_failed_write_keeps_the_last_checkpoint_and_leaves_no_temporary(tmp_path, model, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, [ckpt.step_name(1)], model, meta(model, 1), {"step": 1})
+
+    def full(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nmore")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.save_checkpoint(tmp_path, [ckpt.step_name(2)], model, meta(model, 2), {"step": 2})
+    message = str(info.value)
+    assert "\n" not in message and "step-00000002" in message and "(step-00000001) is kept" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000001"]
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step-00000001"
+
+
+def test_a_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path, model):
+    written = ckpt.save_checkpoint(tmp_path, [ckpt.step_name(1)], model, meta(model), None)
+    wider = HamnerModel(model_config("demo").__class__(**{**model.config.to_dict(), "intermediate_size": 400}))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_weights(wider, written)
+    assert "tensor layers.0.mlp.gate_up.weight has shape (688, 128) in the checkpoint but (800, 128) in the model" \
+        in str(info.value)

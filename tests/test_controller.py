@@ -216,6 +216,38 @@ def test_agiformer_stages_end_at_absolute_steps():
     assert ends == [(3000, "until_step"), (8000, "until_step"), (20000, "until_step")]
 
 
+def test_model_knobs_follow_the_stage_and_survive_a_state_roundtrip():
+    curriculum = load_curriculum("agiformer-3stage")
+    ctrl = CurriculumController(curriculum)
+    seen = {}
+    while not ctrl.finished:
+        seen.setdefault(ctrl.stage.name, ctrl.model_knobs())
+        if ctrl.stage.name == "children-stories" and ctrl.stage_step == 100:
+            resumed = CurriculumController(curriculum)
+            resumed.load_state_dict(ctrl.state_dict())
+            assert resumed.model_knobs() == {"plasticity": 0.50}
+        if ctrl.should_advance():
+            ctrl.advance()
+        else:
+            ctrl.step_done()
+    assert seen == {"dictionary": {"plasticity": 0.10}, "children-stories": {"plasticity": 0.50},
+                    "encyclopedia": {"plasticity": 0.99}}
+
+
+def test_a_knob_holds_until_a_later_stage_changes_it(tmp_path: Path):
+    stage = '[[stages]]\nname = "{}"\nweights = {{ stories = 1 }}\nlr = 1e-3\nsteps = 1\n{}\n'
+    ctrl = CurriculumController(load_curriculum(write(tmp_path, "".join([
+        stage.format("a", "model = { plasticity = 0.1, other = 2 }"), stage.format("b", ""),
+        stage.format("c", "model = { plasticity = 0.9 }")]))))
+    knobs = []
+    while not ctrl.finished:
+        knobs.append(ctrl.model_knobs())
+        ctrl.step_done()
+        ctrl.advance()
+    assert knobs == [{"plasticity": 0.1, "other": 2.0}, {"plasticity": 0.1, "other": 2.0},
+                     {"plasticity": 0.9, "other": 2.0}]
+
+
 def test_losses_of_a_left_stage_are_dropped_and_overfeeding_is_refused():
     ctrl = CurriculumController(load_curriculum("demo"))
     for _ in range(700):

@@ -2,9 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from kernel_checks import TOLERANCE
 from kernel_checks import rel_error as rel_err
+
 from hamner.kernels import dispatch, reference
 from hamner.kernels.cross_entropy import fused_linear_cross_entropy
 

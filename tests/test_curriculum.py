@@ -6,7 +6,8 @@ import pytest
 
 from hamner.curriculum import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
-SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo"}
+SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
+           "concepts-sequential", "concepts-replay", "ttt-extended"}
 
 
 def test_every_shipped_curriculum_loads():
@@ -17,6 +18,14 @@ def test_every_shipped_curriculum_loads():
         assert curriculum.description
         for stage in curriculum.stages:
             assert sum(stage.weights.values()) == pytest.approx(1.0)
+
+
+def test_ttt_extended_is_the_studys_long_run():
+    curriculum = load_curriculum("ttt-extended")
+    (stage,) = curriculum.stages
+    assert stage.max_steps == 100_000 and stage.warmup_steps == 0.02 * stage.max_steps
+    assert stage.schedule == "cosine" and stage.max_steps // curriculum.eval_interval == 50
+    assert stage.early_stop.patience == 10 and stage.early_stop.min_delta > 0
 
 
 def test_hamner_v31_matches_the_issue():
@@ -64,6 +73,7 @@ def test_agiformer_and_tinygpt_and_demo():
     assert [s.until_step for s in a.stages] == [3000, 8000, 20000]
     assert [list(s.weights) for s in a.stages] == [["dictionary"], ["children_stories"], ["encyclopedia"]]
     assert a.tokenizer == "bytes" and a.bits_per_byte
+    assert [s.model_knobs for s in a.stages] == [{"plasticity": 0.10}, {"plasticity": 0.50}, {"plasticity": 0.99}]
 
     t = load_curriculum("tinygpt-cosine")
     (stage,) = t.stages
@@ -142,6 +152,9 @@ steps = 100
      "until_step = 100\n[[stages]]\nname = \"b\"\nweights = { stories = 1 }\nuntil_step = 100\nlr = 1e-3",
      r"stages\[1\]\.until_step: must be after"),
     ('name = "t"', 'name = "t"\neval_interval = 0', "eval_interval: must be >= 1"),
+    ("steps = 100", 'steps = 100\nmodel = { plasticity = "high" }',
+     r"stages\[0\]\.model\.plasticity: must be a finite"),
+    ("steps = 100", "steps = 100\nmodel = 0.5", r"stages\[0\]\.model: must be a table of knob = number"),
     ("synthetic = 1.0", '"../etc" = 1.0, synthetic = 1.0', "source names are directory names"),
     ("synthetic = 1.0", '"synthetic/a/b" = 1.0', "source names are directory names"),
     ("weights = {", "weights = {{", "not valid TOML"),
@@ -150,9 +163,11 @@ steps = 100
     ('name = "t"', 'name = "t"\nmuon_lr = 0', r"muon_lr: must be > 0"),
     ("steps = 100", "steps = 100\ndecay_fraction = 0.1", r"decay_fraction: only applies to schedule = \"wsd\""),
     ("steps = 100", 'steps = 100\nschedule = "wsd"\ndecay_fraction = 1.5', r"decay_fraction: must be > 0"),
-    ("steps = 100", 'steps = 100\nschedule = "wsd"\ndecay_shape = "cosine"', "decay_shape: must be one of linear, 1-sqrt"),
+    ("steps = 100", 'steps = 100\nschedule = "wsd"\ndecay_shape = "cosine"',
+     "decay_shape: must be one of linear, 1-sqrt"),
     ("steps = 100", 'steps = 100\n[[stages]]\nname = "b"\nweights = { stories = 1 }\nsteps = 5\nlr = 1e-3\n'
-                    'optimizer = "muon"', r"stages\[1\]\.optimizer: switching from 'adamw' to 'muon' needs fresh_optimizer"),
+                    'optimizer = "muon"',
+     r"stages\[1\]\.optimizer: switching from 'adamw' to 'muon' needs fresh_optimizer"),
 ])
 def test_bad_files_are_refused_with_one_line(tmp_path: Path, old: str, new: str, message: str):
     assert old in GOOD
@@ -208,3 +223,21 @@ def test_optimizer_and_muon_lr_follow_the_top_level_and_scale_with_lr_mult(tmp_p
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_model_knobs_are_checked_by_the_model_and_errors_name_the_field(tmp_path: Path):
+    path = tmp_path / "knobs.toml"
+    path.write_text(GOOD + '[[stages]]\nname = "b"\nweights = { chat = 1 }\nlr = 1e-4\nsteps = 5\n'
+                    'model = { plasticity = 0.5, temperature = 2 }\n')
+    curriculum = load_curriculum(path)
+    assert [s.model_knobs for s in curriculum.stages] == [{}, {"plasticity": 0.5, "temperature": 2.0}]
+    seen = []
+    curriculum.check_model_knobs(lambda name, value: seen.append((name, value)))
+    assert seen == [("plasticity", 0.5), ("temperature", 2.0)]
+
+    def only_plasticity_up_to_one(name, value):
+        if name != "plasticity" or value > 1:
+            raise ValueError(f"no {name} = {value}")
+
+    with pytest.raises(ValueError, match=r"knobs.toml: stages\[1\]\.model\.temperature: no temperature = 2.0$"):
+        curriculum.check_model_knobs(only_plasticity_up_to_one)

@@ -4,15 +4,14 @@ import subprocess
 
 import pytest
 import torch
+from tiny_checkpoint import tiny_config
 
-from hamner.data.tokenizer import load_tokenizer
 from hamner.checkpoint import save_checkpoint
 from hamner.config import HamnerConfig
-from hamner.export import byte_tokenizer_json, export_hf
+from hamner.data.tokenizer import load_tokenizer
 from hamner.export import main as export_main
-from hamner.hf_import import load_hf_model
+from hamner.hf import byte_tokenizer_json, export_hf, load_hf_model
 from hamner.model import HamnerModel
-from tiny_checkpoint import tiny_config
 
 
 def trained_looking(config: HamnerConfig) -> HamnerModel:
@@ -121,3 +120,30 @@ def test_export_command(tmp_path, python, subprocess_env, capsys):
     assert export_main([str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "missing" in err
+
+
+def test_export_refuses_run_and_checkpoint_directories_and_needs_force_elsewhere(tmp_path, capsys):
+    config = tiny_config()
+    run = tmp_path / "run"
+    written = save_checkpoint(run, ["step-00000001"], trained_looking(config), {"model": config.to_dict()}, None)
+    (run / "config.json").write_text(json.dumps({"settings": {"preset": "demo"}}))
+    before = {p: p.read_bytes() for p in (run / "config.json", written / "config.json")}
+
+    def export(out, *flags):
+        rc = export_main([str(run), str(out), *flags])
+        return rc, capsys.readouterr().err
+
+    for target in (run, run / "checkpoints", written):
+        rc, err = export(target, "--force")
+        assert rc == 2 and "Hamner run or checkpoint directory" in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in before} == before  # the run is untouched and still resumable
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    rc, err = export(busy)
+    assert rc == 2 and "pass --force" in err
+    assert export(busy, "--force")[0] == 0
+    assert (busy / "notes.txt").read_text() == "mine" and (busy / "model.safetensors").is_file()
+    assert export(busy, "--force")[0] == 0  # a previous export may be overwritten
+    assert export(tmp_path / "fresh")[0] == 0

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from hamner import HamnerConfig, HamnerModel
+from hamner.decoding_cache import DecodingCache
 from hamner.generate import (
-    KVCache,
     Sampling,
     filter_top_k,
     filter_top_p,
@@ -14,7 +14,6 @@ from hamner.generate import (
     stream,
 )
 from hamner.kernels import dispatch
-
 
 # Tiny models run much faster on one thread than on two contended ones.
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -109,8 +108,8 @@ def test_cached_logits_use_rope_rows_offset_by_the_cache_position():
     model = random_model()
     idx = torch.randint(0, 97, (2, 14))
     full = model(idx)
-    cache = KVCache.for_model(model, batch_size=2)
-    assert cache.k[0].shape == (2, 64, 2, 16) and cache.k[0].dtype == torch.float64
+    cache = DecodingCache(model, batch_size=2)
+    assert cache.states[0].k.shape == (2, 64, 2, 16) and cache.states[0].k.dtype == torch.float64
     with torch.no_grad():
         torch.testing.assert_close(model(idx[:, :7], cache=cache), full[:, :7])
         for t in range(7, 10):  # one token at a time
@@ -123,7 +122,7 @@ def test_cached_logits_use_rope_rows_offset_by_the_cache_position():
 
 def test_cache_overflow_is_a_clear_error():
     model = random_model(max_seq_len=8)
-    cache = KVCache.for_model(model, batch_size=1)
+    cache = DecodingCache(model, batch_size=1)
     with torch.no_grad():
         model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="exceeds max_seq_len 8"):

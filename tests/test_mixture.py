@@ -11,6 +11,7 @@ from hamner.data.shards import write_meta, write_shard
 from hamner.data.windows import ShardSource
 
 ROW = 8
+MARK = 200  # shard rows start with MARK + window number: above the generator's 7, inside the byte vocabulary
 
 
 class Counting:
@@ -27,9 +28,9 @@ class Counting:
 
 
 def _shard_dir(root, tok, name="stream", n_windows=40):
-    """A source dir whose windows of ROW tokens are [1000 + w, w, w, ...]: each row names its window."""
+    """A source dir whose windows of ROW tokens are [MARK + w, w, w, ...]: each row names its window."""
     windows = np.repeat(np.arange(n_windows)[:, None], ROW, axis=1)
-    windows[:, 0] += 1000
+    windows[:, 0] += MARK
     directory = root / name
     write_shard(directory / "train_000000.bin", windows[: n_windows // 2].ravel())
     write_shard(directory / "train_000001.bin", windows[n_windows // 2 :].ravel())
@@ -45,8 +46,8 @@ def sources(tmp_path):
 
 
 def _window_ids(batch):
-    rows = batch[batch[:, 0] >= 1000]
-    return (rows[:, 0] - 1000).tolist()
+    rows = batch[batch[:, 0] >= MARK]
+    return (rows[:, 0] - MARK).tolist()
 
 
 def test_weights_difficulty_and_determinism(sources):
@@ -59,7 +60,7 @@ def test_weights_difficulty_and_determinism(sources):
     counts = np.zeros(2)
     for step in range(1, 41):
         b = s.batch(step, 16, ROW)
-        counts += [(b[:, 0] == 7).sum(), (b[:, 0] >= 1000).sum()]
+        counts += [(b[:, 0] == 7).sum(), (b[:, 0] >= MARK).sum()]
     assert 0.68 < counts[0] / counts.sum() < 0.82
     twins = [MixtureSampler(sources, seed=seed) for seed in (8, 8, 9)]
     for t in twins:
@@ -117,7 +118,8 @@ def test_open_sources(tmp_path, shared_data, monkeypatch):
     tok = load_tokenizer("bytes")
     _shard_dir(tmp_path, tok, "tinystories")
     made = {}
-    builtins = [("hamner.data.synthetic", "SyntheticSource"), ("hamner.data.stories", "StorySource"), ("hamner.data.chat_gen", "ChatSource")]
+    builtins = [("hamner.data.synthetic", "SyntheticSource"), ("hamner.data.stories", "StorySource"),
+                ("hamner.data.chat_gen", "ChatSource")]
     for module, cls in builtins:
         fake = types.ModuleType(module)
         setattr(fake, cls, lambda tokenizer, cls=cls: made.setdefault(cls, (tokenizer, Counting(cls, 1)))[1])

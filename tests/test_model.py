@@ -5,10 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hamner import kernels
-from hamner import PRESETS, HamnerConfig, HamnerModel, model_config
+from hamner import PRESETS, HamnerConfig, HamnerModel, kernels, model_config
 from hamner.kernels import dispatch
-
 
 # Tiny models run much faster on one thread than on two contended ones.
 pytestmark = pytest.mark.usefixtures("single_thread")

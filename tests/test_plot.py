@@ -9,7 +9,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from hamner.plot import METRICS_COLUMNS, PlotError, main, plot_run, stage_spans
+from hamner.errors import PlotError
+from hamner.plot import METRICS_COLUMNS, main, plot_run, stage_spans
 
 
 def make_run(run_dir: Path, with_accuracy: bool = True) -> None:

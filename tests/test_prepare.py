@@ -12,8 +12,8 @@ from hamner.data.shards import read_shard, shard_paths
 
 
 def _run(python, env, *args):
-    return subprocess.run([python, "-m", "hamner.data.prepare", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([python, "-m", "hamner.data.prepare", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 def _split_docs(directory, split, eos):
@@ -116,12 +116,12 @@ Language: en
 NOTE made by hand
 
 00:00:00.000 --> 00:00:02.000 align:start position:0%
- 
+
 so<00:00:00.500><c> today</c><00:00:01.000><c> we</c>
 
 00:00:02.000 --> 00:00:02.010 align:start position:0%
 so today we
- 
+
 
 intro
 00:00:02.010 --> 00:00:04.000 align:start position:0%

@@ -5,7 +5,8 @@ import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
 from hamner.checkpoint import load_model
-from hamner.train_settings import TrainError, resume_settings
+from hamner.errors import TrainError
+from hamner.train_settings import resume_settings
 from hamner.trainer import train
 
 TOTAL = 10

@@ -32,6 +32,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, python, subproces
     assert f"stopped by {sig.name}" in out
     target = ckpt.resolve_checkpoint(run)
     state = ckpt.load_trainer_state(target)
-    assert state["step"] >= 2 and target.name == ckpt.step_name(state["step"])
-    assert state["controller"]["global_step"] == state["step"]
+    step = state["progress"]["step"]
+    assert step >= 2 and target.name == ckpt.step_name(step)
+    assert state["controller"]["global_step"] == step
     ckpt.load_model(run)

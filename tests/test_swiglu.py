@@ -3,10 +3,10 @@ import sys
 
 import pytest
 import torch
+from kernel_checks import TOLERANCE, check_against_float64, rel_error
 
 from hamner import kernels
 from hamner.kernels import dispatch, reference
-from kernel_checks import TOLERANCE, check_against_float64, rel_error
 
 pytestmark = pytest.mark.triton
 

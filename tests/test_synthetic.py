@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from hamner.data.errors import DataError
 from hamner.data.row_source import RowSource
 from hamner.data.synthetic import TASKS, SyntheticSource, sample_texts, split_answer
 from hamner.data.tokenizer import ByteTokenizer, load_tokenizer
+from hamner.errors import DataError
 
 N_PER_TASK = 2000  # samples per task and difficulty for the solvers
 
@@ -124,7 +124,8 @@ def _repeat(p: str, d: int) -> str:
 
 
 def _context_recall(p: str, d: int) -> str:
-    m = re.fullmatch(r"((?:[A-Z][a-z]+ [a-z]+ [a-z]+\. )+)(What does ([A-Z][a-z]+) ([a-z]+)\?|Who ([a-z]+) ([a-z]+)\?)", p)
+    question = r"(What does ([A-Z][a-z]+) ([a-z]+)\?|Who ([a-z]+) ([a-z]+)\?)"
+    m = re.fullmatch(r"((?:[A-Z][a-z]+ [a-z]+ [a-z]+\. )+)" + question, p)
     assert m, p
     facts = [f.split(" ") for f in m.group(1).split(". ") if f]
     names = [f[0] for f in facts]

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 from train_helpers import tiny_flags, write_curriculum
 
-import train
+import hamner.train_cli as train
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ("--preset", "--curriculum", "--data", "--out", "--resume", "--stage", "--init-from", "--max-steps",
-         "--batch-size", "--grad-accum", "--seq-len", "--lr", "--optimizer", "--dtype", "--compile", "--device", "--seed",
+         "--batch-size", "--grad-accum", "--seq-len", "--lr", "--optimizer", "--dtype", "--compile", "--device",
+         "--seed",
          "--log-interval", "--eval-interval", "--save-interval", "--keep-checkpoints", "--max-bad-steps")
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from hamner.data.synthetic import TASKS
 from hamner import checkpoint as ckpt
 from hamner.config import model_config
+from hamner.data.synthetic import TASKS
+from hamner.errors import TrainError
 from hamner.model import HamnerModel
 from hamner.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.run_dir import METRICS_COLUMNS
 from hamner.throughput import IntervalMeter
-from hamner.train_settings import TrainError
 from hamner.trainer import train
 
 
@@ -80,7 +80,7 @@ def test_non_finite_losses_skip_the_update_and_are_counted(tmp_path, monkeypatch
     assert all(math.isfinite(float(r["loss"])) for r in rows if r["loss"])
     state = ckpt.load_trainer_state(run / "checkpoints" / "step-00000008")
     steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
-    assert steps == {6.0} and state["bad_total"] == 2  # 8 steps, 2 of them skipped
+    assert steps == {6.0} and state["metrics"]["bad_total"] == 2  # 8 steps, 2 of them skipped
 
 
 def test_k_non_finite_losses_in_a_row_stop_the_run_keeping_good_weights(tmp_path, monkeypatch, capsys):

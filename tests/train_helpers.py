@@ -14,6 +14,7 @@ CURRICULUM = """\
 name = "test-synth"
 tokenizer = "bytes"
 eval_interval = {eval_interval}
+keep_best = true
 
 [[stages]]
 name = "first"

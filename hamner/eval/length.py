@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hamner.errors import EvalError
 from hamner.model import HamnerModel
 
 MULTIPLES: tuple[int, ...] = (0, 1, 2, 5, 10, 20)
@@ -37,11 +38,12 @@ def length_generalisation(model: HamnerModel, tokens: np.ndarray, *, window: int
                           multiples: tuple[int, ...] = MULTIPLES, sequences: int = 1) -> list[dict[str, float]]:
     """Per multiple k: loss and perplexity of the chunk at [k W, (k + 1) W), averaged over `sequences`
     non-overlapping stretches of `tokens`. Multiples whose chunk does not fit in `tokens` are left out;
-    raises ValueError when none fits."""
+    raises EvalError when none fits."""
     window = window or model.config.max_seq_len
     fitting = [k for k in sorted(set(multiples)) if (k + 1) * window + 1 <= len(tokens)]
     if not fitting:
-        raise ValueError(f"length generalisation needs at least {window + 1} tokens (window {window}), got {len(tokens)}")
+        raise EvalError(f"length generalisation needs at least {window + 1} tokens (window {window}), "
+                        f"got {len(tokens)}")
     span = (fitting[-1] + 1) * window
     sequences = max(1, min(sequences, (len(tokens) - 1) // span))
     long_model = extended_model(model, span)

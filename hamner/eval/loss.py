@@ -16,6 +16,7 @@ import torch
 
 from hamner.data.tokenizer import Tokenizer
 from hamner.data.windows import ShardSource
+from hamner.errors import EvalError
 from hamner.model import HamnerModel
 
 
@@ -23,7 +24,7 @@ def read_split(source_dir: str | Path, tokenizer: Tokenizer, split: str = "val",
                max_tokens: int | None = None) -> np.ndarray:
     """The first `max_tokens` tokens (all when None) of a source directory's split, shards concatenated.
 
-    Refuses shards made with another tokenizer and a split with no shards (data.errors.DataError).
+    Refuses shards made with another tokenizer and a split with no shards (hamner.errors.DataError).
     """
     source = ShardSource(source_dir, split=split, tokenizer=tokenizer)
     wanted = source.tokens if max_tokens is None else min(max_tokens, source.tokens)
@@ -51,7 +52,7 @@ def stream_loss(model: HamnerModel, tokens: np.ndarray, tokenizer: Tokenizer, *,
     to the stream when the stream is shorter than one window. Raises ValueError under 2 tokens.
     """
     if len(tokens) < 2:
-        raise ValueError(f"need at least 2 tokens to measure a loss, got {len(tokens)}")
+        raise EvalError(f"need at least 2 tokens to measure a loss, got {len(tokens)}")
     seq_len = min(seq_len or model.config.max_seq_len, len(tokens) - 1)
     n_windows = (len(tokens) - 1) // seq_len
     device = next(model.parameters()).device

@@ -12,6 +12,7 @@ import random
 import re
 
 from hamner.data.tokenizer import Tokenizer
+from hamner.errors import EvalError
 from hamner.generate import generate
 from hamner.model import HamnerModel
 
@@ -70,7 +71,7 @@ def needle_recall(model: HamnerModel, tokenizer: Tokenizer, *, lengths: tuple[in
         return []
     room = answer_room(tokenizer)
     if max(lengths) + room > context:
-        raise ValueError(f"needle prompt length {max(lengths)} plus {room} answer tokens exceeds "
+        raise EvalError(f"needle prompt length {max(lengths)} plus {room} answer tokens exceeds "
                          f"the model's context of {context}")
     rows = []
     for length in lengths:

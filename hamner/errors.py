@@ -1,0 +1,48 @@
+"""Every error Hamner reports to a user, under one base class.
+
+A `HamnerError` is bad input or a run that cannot go on, never a bug: its message is one line that
+names the problem and how to fix it. Commands run through `hamner.cli.command`, which prints such an
+error as `error: <message>` and exits with status 2; anything else is a bug and keeps its traceback.
+Classes that replaced a `ValueError` keep it as a second base, so `except ValueError` still catches them.
+"""
+from __future__ import annotations
+
+
+class HamnerError(Exception):
+    """A one-line, user-facing problem; commands print it and exit with status 2."""
+
+
+class DataError(HamnerError, ValueError):
+    """A problem with data, tokenizers or shards (a missing file, an unknown field, a foreign tokenizer)."""
+
+
+class CurriculumError(HamnerError, ValueError):
+    """A curriculum file that does not parse, or does not fit the model it is used with."""
+
+
+class TrainError(HamnerError):
+    """A bad training setting or a run that cannot go on."""
+
+
+class RunDirError(TrainError):
+    """A run directory that cannot be used: another process holds its lock, or it cannot be created."""
+
+
+class CheckpointError(HamnerError):
+    """A checkpoint that is missing, truncated or not ours."""
+
+
+class InferenceError(HamnerError):
+    """A model that cannot be loaded for use (missing, truncated or foreign checkpoint), or an unusable device."""
+
+
+class ExportError(HamnerError, ValueError):
+    """A model that has no equivalent in the format it is exported to (e.g. a mixer Hugging Face Llama lacks)."""
+
+
+class EvalError(HamnerError, ValueError):
+    """An evaluation that cannot run on the given model or data (too few tokens, a context too short)."""
+
+
+class PlotError(HamnerError, ValueError):
+    """A run directory that cannot be plotted."""

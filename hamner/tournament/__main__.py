@@ -1,0 +1,5 @@
+import sys
+
+from hamner.tournament.cli import main
+
+sys.exit(main())
