@@ -26,9 +26,8 @@ MUON_MOMENTUM: float = 0.95
 # Muon's decoupled decay is lr * wd per step; at Muon's ~20x larger rate AdamW's 0.1 would shrink
 # the matrices ~20x faster, so Muon runs without it (as the speedrun records did).
 MUON_WEIGHT_DECAY: float = 0.0
-
-
-Optimizers = torch.optim.Optimizer | list[torch.optim.Optimizer]
+# One optimizer, or several over disjoint parameters that are stepped together.
+Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
 
 
 def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY,
@@ -128,7 +127,7 @@ def apply_lr(optimizers: Optimizers, lr: float,
              muon_lr: float | None = None) -> None:
     """Set every group's rate to `lr` (Muon's groups to `muon_lr`), times the scale of its layer when
     the curriculum gives one."""
-    for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+    for optimizer in optimizers if isinstance(optimizers, Sequence) else [optimizers]:
         for group in optimizer.param_groups:
             base = muon_lr if group.get("optimizer") == "muon" and muon_lr is not None else lr
             group["lr"] = base * _scale(layer_scales, group.get("layer"))

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from hamner.optim import Optimizers
+
 
 class Stateful(Protocol):
     """Anything whose state can be saved and put back."""
@@ -86,7 +88,7 @@ class RngState:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
-OptimizerBuild = Callable[[], "torch.optim.Optimizer | Sequence[torch.optim.Optimizer]"]
+OptimizerBuild = Callable[[], Optimizers]
 # Group options that depend on the device, not on the run: a run saved on CPU resumes fused on CUDA.
 _DEVICE_OPTIONS = ("fused", "foreach")
 
