@@ -1,6 +1,8 @@
 """The optimizer: Muon takes the hidden matrices and AdamW the rest, as a list the loop steps and
 checkpoints together; the non-finite skip leaves Muon's weights and momentum untouched with or
 without a host read."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -77,3 +79,17 @@ def test_muon_state_round_trips_and_refuses_another_kind():
                        state[1]["state"][0]["momentum_buffer"])
     with pytest.raises(ValueError, match="saved state holds"):
         fresh.load_state_dict(build_optimizer(model, 1e-3, CPU).state_dict())
+
+
+def test_moe_expert_weights_stay_on_adamw_and_a_muon_step_runs():
+    torch.manual_seed(0)
+    model = HamnerModel(replace(model_config("demo"), mlp="moe", n_experts=4, moe_intermediate_size=32))
+    adamw, muon = build_optimizer(model, 1e-3, CPU, kind="muon")
+    on_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    experts = [p for p in model.parameters() if p.dim() == 3]
+    assert experts and not any(id(p) in on_muon for p in experts)
+    assert all(p.dim() == 2 for g in muon.param_groups for p in g["params"])
+    fake_grads(model)
+    before = [p.detach().clone() for p in experts]
+    step_all([adamw, muon], torch.tensor(True), sync_free=False)
+    assert all(not torch.equal(b, p) for b, p in zip(before, experts))
