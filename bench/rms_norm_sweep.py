@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 from environment import environment  # noqa: E402
 from timing import median_ms, time_calls  # noqa: E402
 
+from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.config import PRESETS  # noqa: E402
 from hamner.kernels import norms  # noqa: E402
 
@@ -55,10 +56,11 @@ def time_tilings(width: int, rows: int, device: torch.device, dtype: torch.dtype
     return out
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench/rms_norm_sweep.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python bench/rms_norm_sweep.py", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=24 * 1024, help="rows (batch x sequence; default 24576)")
     p.add_argument("--presets", nargs="+", default=["v3-50m", "v2-164m"], choices=sorted(PRESETS),
                    help="presets whose hidden widths to time (default v3-50m v2-164m)")

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 
 from environment import environment  # noqa: E402
 
+from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.train_settings import TrainSettings, pick_device  # noqa: E402
 from hamner.trainer import train  # noqa: E402
 
@@ -178,9 +179,9 @@ def table(summary: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/speedrun.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = ArgumentParser(prog="python bench/speedrun.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu", help="cpu (demo model) or gpu (v3-50m)")
     p.add_argument("--steps", type=int, help="step budget of the full-length recipes (default: the config's)")
     p.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the config's)")
@@ -205,6 +206,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = CONFIGS[args.config]
