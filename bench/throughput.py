@@ -11,6 +11,8 @@ optimizer) for:
   d        transformers' LlamaForCausalLM of the same shape (tied embeddings, SDPA attention),
            loaded with the same initial weights, with a plain AdamW (decay on matrices, fused on CUDA)
   d-liger  (d) with Liger-Kernel applied (apply_liger_kernel_to_llama), when liger-kernel is installed
+  e        a minimal plain-PyTorch GPT of the same width, depth, heads and vocabulary (bench/minimal_gpt.py:
+           LayerNorm, learned positions, GELU MLP), with the same AdamW
 
 All variants see the same random token batches (one seeded generator), run the same number of
 steps after the same warm-up (excluded from the timing), in this one process, one after another,
@@ -30,6 +32,7 @@ import contextlib
 import gc
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
 
 from environment import environment  # noqa: E402
+from minimal_gpt import MinimalGPT  # noqa: E402
 
 from hamner import step as hamner_step  # noqa: E402
 from hamner.cli import ArgumentParser, command  # noqa: E402
@@ -59,6 +63,7 @@ VARIANTS: dict[str, str] = {
     "c": "plain PyTorch, torch.compile",
     "d": "HF LlamaForCausalLM",
     "d-liger": "HF Llama + Liger-Kernel",
+    "e": "minimal plain GPT",
 }
 LR = 3e-4
 SEED = 1234
@@ -116,6 +121,12 @@ def build(variant: str, config: HamnerConfig, device: torch.device) -> Setup:
         run = torch.compile(model) if variant == "c" else model
         plain = variant != "a"
         return Setup(lambda idx, targets: run(idx, targets), optimizer, lambda: dispatch.reference_only(plain))
+    if variant == "e":
+        torch.manual_seed(SEED)
+        gpt = MinimalGPT(config).to(device)
+        groups = [{"params": [p for p in gpt.parameters() if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+                  {"params": [p for p in gpt.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+        return Setup(gpt, _adamw(groups, device), contextlib.nullcontext)
     hf = _hf_model(config, device, liger=variant == "d-liger")
     decay = [p for p in hf.parameters() if p.dim() >= 2]
     no_decay = [p for p in hf.parameters() if p.dim() < 2]
@@ -176,6 +187,45 @@ def measure(variant: str, config: HamnerConfig, batches: list, warmup: int, devi
         "first_loss": values[0],
         "last_loss": values[-1],
     }
+
+
+def measure_interleaved(variants: list[str], config: HamnerConfig, batches: list, warmup: int,
+                        device: torch.device, flops_per_token: float, peak: float | None) -> dict[str, dict]:
+    """All variants built at once and timed step by step in turn (a, d, e, a, d, e, ...), so load from
+    other jobs falls on every variant alike; each gets the median of its step times. Peak memory is
+    not reported (the variants coexist)."""
+    setups = {name: build(name, config, device) for name in variants}
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    for setup in setups.values():
+        with setup.context():
+            for idx, targets in batches[:warmup]:
+                hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer, autocast_dtype=dtype)
+    step_s: dict[str, list[float]] = {name: [] for name in variants}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name in variants}
+    for idx, targets in batches[warmup:]:
+        for name, setup in setups.items():
+            with setup.context():
+                _sync(device)
+                start = time.perf_counter()
+                losses[name].append(hamner_step.train_step(setup.loss, [(idx, targets)], setup.optimizer,
+                                                           autocast_dtype=dtype).loss)
+                _sync(device)
+                step_s[name].append(time.perf_counter() - start)
+    out = {}
+    for name in variants:
+        seconds = statistics.median(step_s[name])
+        rate = batches[0][0].numel() / seconds
+        values = torch.stack(losses[name]).float().tolist()
+        out[name] = {"name": VARIANTS[name], "tokens_per_s": rate,
+                     "mfu": rate * flops_per_token / peak if peak else None, "step_ms": seconds * 1e3,
+                     "peak_memory_gib": None, "first_loss": values[0], "last_loss": values[-1]}
+    return out
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the upper middle one for an even count), with every round's rate."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return {**ordered[len(ordered) // 2], "round_tokens_per_s": [r["tokens_per_s"] for r in runs]}
 
 
 def _release(device: torch.device) -> None:
@@ -254,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=1024, help="tokens per row (default 1024)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of all variants, alternating; each variant's "
+                                                          "median round is reported (default 1)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--interleave", action="store_true", help="build every variant at once and time them step by "
+                   "step in turn, each taking its median step (for a machine other jobs load; no peak memory)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all that can "
                                       "run here; c is left out on CPU, d-liger without liger-kernel)")
     p.add_argument("--out", type=Path, help="JSON file to write (default bench/results/throughput-<preset>-"
@@ -262,9 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace, config: HamnerConfig) -> None:
-    for name in ("batch_size", "seq_len", "steps"):
+    for name in ("batch_size", "seq_len", "steps", "rounds"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {args.threads}")
     if args.warmup < 0:
         raise BenchError(f"--warmup must not be negative, got {args.warmup}")
     if args.seq_len > config.max_seq_len:
@@ -295,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in [v for v in variants if v.startswith("d")]:
             variants.remove(name)
             skipped[name] = "the preset's mixers or MLP have no transformers Llama equivalent"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     env = environment(device)
     with torch.device("meta"):  # parameter counts only, no memory
         flops_per_token = HamnerModel(config).flops_per_token(args.seq_len)
@@ -304,17 +363,26 @@ def main(argv: list[str] | None = None) -> int:
           f"timed steps on {env['gpu'] or 'cpu'}, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
     for name, reason in skipped.items():
         print(f"({name}) {VARIANTS[name]}: left out, {reason}")
-    results: dict[str, dict] = {}
+    rounds: dict[str, list[dict]] = {name: [] for name in variants}
     failed: dict[str, str] = {}
     with _tf32():
-        for name in variants:
-            print(f"({name}) {VARIANTS[name]} ...", flush=True)
-            try:
-                results[name] = measure(name, config, batches, args.warmup, device, flops_per_token, peak)
-            except Exception as exc:  # one broken baseline must not lose the others' figures
-                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                print(f"({name}) failed: {failed[name]}", file=sys.stderr)
-            _release(device)
+        for round_index in range(args.rounds):  # variants alternate, so a busy spell hits them all alike
+            if args.interleave:
+                print(f"all variants, step by step in turn ... (round {round_index + 1}/{args.rounds})", flush=True)
+                for name, result in measure_interleaved(variants, config, batches, args.warmup, device,
+                                                        flops_per_token, peak).items():
+                    rounds[name].append(result)
+                _release(device)
+                continue
+            for name in [v for v in variants if v not in failed]:
+                print(f"({name}) {VARIANTS[name]} ... (round {round_index + 1}/{args.rounds})", flush=True)
+                try:
+                    rounds[name].append(measure(name, config, batches, args.warmup, device, flops_per_token, peak))
+                except Exception as exc:  # one broken baseline must not lose the others' figures
+                    failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    print(f"({name}) failed: {failed[name]}", file=sys.stderr)
+                _release(device)
+    results = {name: median_round(runs) for name, runs in rounds.items() if runs and name not in failed}
     rel = ratios(results)
     if results:
         print(format_table(results, rel))
@@ -326,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         **env,
         "preset": args.preset, "config": config.to_dict(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
+        "rounds": args.rounds, "interleave": args.interleave, "threads": torch.get_num_threads(),
         "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "flops_per_token": flops_per_token, "peak_flops": peak,
         "timing_meaningful": device.type == "cuda",

@@ -5,7 +5,8 @@ curves. The training loop drives it:
 
     ctrl = CurriculumController(load_curriculum("hamner-v3.1"), n_layers=model.n_layers)
     while not ctrl.finished:
-        set LR to ctrl.lr() (times ctrl.layer_lr_scales().get(layer, 1.0)), mix ctrl.weights(),
+        set LR to ctrl.lr() (Muon's to ctrl.muon_lr(); both times ctrl.layer_lr_scales().get(layer, 1.0)),
+        mix ctrl.weights(),
         synthetic tasks at ctrl.difficulty(); run one optimizer step; ctrl.step_done()
         at log intervals: ctrl.record_losses(losses of the steps since the last call)
         at eval intervals: ctrl.record_val_loss(v)  (True -> new best: save the best checkpoint)
@@ -18,9 +19,9 @@ evaluated at exactly the stage steps it names, as the losses for those steps arr
 losses in batches after the fact decides exactly as feeding them one by one would; the stage
 then ends at the next should_advance() call.
 
-Stage length (used by ramps and cosine): `steps`, or `until_step` minus the global step the
+Stage length (used by ramps, cosine and wsd): `steps`, or `until_step` minus the global step the
 stage started at, or `max_steps` for stages that end on a plateau or early stop (their
-difficulty ramp and cosine run over the cap).
+difficulty ramp, cosine and wsd decay run over the cap).
 """
 from __future__ import annotations
 
@@ -97,14 +98,33 @@ class CurriculumController:
         return min(1.0, max(0.0, (self.stage_step + steps_ahead - start) / span)) if span > 0 else 1.0
 
     def lr(self) -> float:
-        """Learning rate for the step about to run: linear warmup to the stage peak, then its schedule."""
+        """AdamW's learning rate for the step about to run: the stage peak times `lr_factor()`."""
+        return self.stage.lr * self.lr_factor()
+
+    def muon_lr(self) -> float:
+        """Muon's learning rate for the step about to run: its own peak on the same schedule."""
+        return self.stage.muon_lr * self.lr_factor()
+
+    def lr_factor(self) -> float:
+        """The schedule's share of the peak for the step about to run: linear warmup, then
+        constant, cosine to `min_lr_ratio`, or wsd (warmup-stable-decay: the peak until the last
+        `decay_fraction` of the stage, then down to `min_lr_ratio` along `decay_shape`, where
+        "linear" is 1 - p and "1-sqrt" is 1 - sqrt(p) for p going 0 -> 1 over the decay)."""
         stage = self.stage
         if self.stage_step < stage.warmup_steps:
-            return stage.lr * (self.stage_step + 1) / stage.warmup_steps
+            return (self.stage_step + 1) / stage.warmup_steps
         if stage.schedule == "constant":
-            return stage.lr
-        cos = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps)))
-        return stage.lr * (stage.min_lr_ratio + (1.0 - stage.min_lr_ratio) * cos)
+            return 1.0
+        if stage.schedule == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps)))
+        else:
+            decay_steps = math.ceil(stage.decay_fraction * self.stage_length)
+            decay_start = max(stage.warmup_steps, self.stage_length - decay_steps)
+            if self.stage_step < decay_start:
+                return 1.0
+            p = self._progress(decay_start)
+            shape = 1.0 - (p if stage.decay_shape == "linear" else math.sqrt(p))
+        return stage.min_lr_ratio + (1.0 - stage.min_lr_ratio) * shape
 
     def layer_lr_scales(self) -> dict[int, float]:
         """Layer index -> LR multiplier for the current stage; layers not listed use 1.0."""

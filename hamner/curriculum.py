@@ -18,7 +18,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,29 @@ SYNTHETIC_TASK_PREFIX = "synthetic/"
 CONCEPTS_PREFIX = "concepts/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "wsd")
 LOSS_MODES = ("all", "assistant")
 PACKINGS = ("stream", "document")
+DECAY_SHAPES = ("linear", "1-sqrt")  # how a wsd stage's decay falls from the peak to the floor
+OPTIMIZERS = ("adamw", "muon")
+# Muon's peak LR at the curriculum's reference LR (base_lr, else the first stage's lr). Muon's
+# orthogonalised update has unit spectral norm, so its rate lives on another scale from AdamW's;
+# 0.02 is the rate of the Muon speedrun records (Keller Jordan's modded-nanogpt).
+DEFAULT_MUON_LR = 0.02
+DEFAULT_DECAY_FRACTION = 0.2
 
 _SOURCE_NAME = re.compile(r"^(synthetic/|concepts/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
-    "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe",
+    "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
 }
 _SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale", "model",
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape",
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
 _EARLY_STOP_KEYS = ("patience", "min_delta")
@@ -112,10 +119,10 @@ class Stage:
     name: str
     weights: dict[str, float]
     difficulty: tuple[float, float]  # (start, end); equal when the stage has no ramp
-    lr: float  # peak learning rate
+    lr: float  # peak learning rate (AdamW's, and of every parameter Muon does not take)
     warmup_steps: int
-    schedule: str  # "constant" or "cosine"
-    min_lr_ratio: float  # cosine floor as a fraction of the peak
+    schedule: str  # "constant", "cosine" or "wsd"
+    min_lr_ratio: float  # cosine / wsd floor as a fraction of the peak
     steps: int | None  # fixed length
     until_step: int | None  # ends at this absolute global step
     max_steps: int | None  # cap for a stage that ends on plateau / early stop
@@ -125,6 +132,10 @@ class Stage:
     layer_lr_scale: LayerLrScale | None
     # Model knobs this stage sets (e.g. {"plasticity": 0.1}); they hold until a later stage changes them.
     model_knobs: dict[str, float]
+    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden matrices (AdamW for the rest)
+    muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
+    decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
+    decay_shape: str = "1-sqrt"  # wsd: "linear" or "1-sqrt"
 
 
 @dataclass(frozen=True)
@@ -271,6 +282,8 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     top = _Fields(raw, path.name, _TOP_KEYS)
     top.required("stages")
     base_lr = top.number("base_lr", low=0.0, low_open=True)
+    optimizer = _optimizer(top, "adamw")
+    muon_lr = top.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True)
     defaults = raw.get("defaults", {})
     _Fields(defaults, f"{path.name}: defaults", _STAGE_KEYS - {"name"})
     stage_tables = raw["stages"]
@@ -278,9 +291,14 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         raise top.fail("stages", "must be a non-empty array of [[stages]] tables")
     stages = tuple(
         _parse_stage({**defaults, **table} if isinstance(table, dict) else table,
-                     f"{path.name}: stages[{i}]", base_lr)
+                     f"{path.name}: stages[{i}]", base_lr, optimizer)
         for i, table in enumerate(stage_tables)
     )
+    stages = _resolve_muon_lr(stages, stage_tables, defaults, muon_lr, base_lr)
+    for i in range(1, len(stages)):
+        if stages[i].optimizer != stages[i - 1].optimizer and not stages[i].fresh_optimizer:
+            raise CurriculumError(f"{path.name}: stages[{i}].optimizer: switching from {stages[i - 1].optimizer!r} "
+                             f"to {stages[i].optimizer!r} needs fresh_optimizer = true in that stage")
     last_until = 0
     for i, stage in enumerate(stages):
         if stage.until_step is not None:
@@ -313,6 +331,25 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     )
 
 
+def _optimizer(f: _Fields, default: str) -> str:
+    value = f.text("optimizer", default)
+    if value not in OPTIMIZERS:
+        raise f.fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {value!r}")
+    return value
+
+
+def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
+                     base_lr: float | None) -> tuple[Stage, ...]:
+    """Each stage's Muon peak: its own (or the defaults') `muon_lr`, else the curriculum's `muon_lr`
+    scaled like the stage's AdamW peak is to the reference rate (base_lr, else the first stage's lr),
+    so an `lr_mult` scales both optimizers alike."""
+    reference = base_lr if base_lr is not None else stages[0].lr
+    return tuple(
+        stage if "muon_lr" in {**defaults, **table} else replace(stage, muon_lr=muon_lr * stage.lr / reference)
+        for stage, table in zip(stages, tables)
+    )
+
+
 def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
     """The [sources.NAME] tables: per source, what its loss covers."""
     _Fields(table, where, set(table) if isinstance(table, dict) else ())
@@ -328,7 +365,7 @@ def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
     return loss
 
 
-def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
+def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) -> Stage:
     f = _Fields(table, where, _STAGE_KEYS)
     f.required("name", "weights")
     weights = _parse_weights(table["weights"], f"{where}.weights")
@@ -345,8 +382,14 @@ def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
     schedule = f.text("schedule", "constant")
     if schedule not in SCHEDULES:
         raise f.fail("schedule", f"must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if schedule != "cosine" and f.has("min_lr_ratio"):
-        raise f.fail("min_lr_ratio", "only applies to schedule = \"cosine\"")
+    if schedule == "constant" and f.has("min_lr_ratio"):
+        raise f.fail("min_lr_ratio", "only applies to schedule = \"cosine\" or \"wsd\"")
+    for key in ("decay_fraction", "decay_shape"):
+        if schedule != "wsd" and f.has(key):
+            raise f.fail(key, "only applies to schedule = \"wsd\"")
+    decay_shape = f.text("decay_shape", "1-sqrt")
+    if decay_shape not in DECAY_SHAPES:
+        raise f.fail("decay_shape", f"must be one of {', '.join(DECAY_SHAPES)}, got {decay_shape!r}")
 
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
     if len(bounds) != 1:
@@ -376,6 +419,10 @@ def _parse_stage(table: Any, where: str, base_lr: float | None) -> Stage:
         layer_lr_scale=_parse_layer_scale(table["layer_lr_scale"], f"{where}.layer_lr_scale")
         if f.has("layer_lr_scale") else None,
         model_knobs=_parse_model_knobs(table.get("model", {}), f"{where}.model"),
+        optimizer=_optimizer(f, optimizer),
+        muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
+        decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
+        decay_shape=decay_shape,
     )
 
 

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hamner.curriculum import Curriculum
+from hamner.model import HamnerModel
 from hamner.run_dir import replace_bytes
 
 CURRICULUM_DIR = "curriculum"
@@ -54,6 +56,29 @@ def environment() -> dict[str, Any]:
     git = git_state()
     return {"git_commit": git["commit"], "git_dirty": git["dirty"], "python": platform.python_version(),
             **versions}
+
+
+def fresh_record(run_dir: Path, given: dict[str, Any], resolved: dict[str, Any], curriculum: Curriculum,
+                 model: HamnerModel, validation_difficulty: Any, world_size: int, device: str,
+                 dtype: str) -> dict[str, Any]:
+    """config.json of a fresh run: a new run id, the settings as given and as resolved, the model, the
+    curriculum (copied into `run_dir` here), what validation and the hardware were, and `environment()`."""
+    return {
+        "run_id": new_run_id(),
+        "settings": given,
+        "resolved": resolved,
+        "model": model.config.to_dict(),
+        "curriculum": curriculum.name,
+        "curriculum_path": str(curriculum.path),
+        "curriculum_copy": str(copy_curriculum(run_dir, curriculum.path).relative_to(run_dir)),
+        "validation_difficulty": validation_difficulty,
+        "parameters": model.num_parameters(),
+        "active_parameters": model.num_parameters(active=True),
+        "world_size": world_size,
+        "device": device,
+        "dtype": dtype,
+        "environment": environment(),
+    }
 
 
 def copy_curriculum(run_dir: Path, source: Path) -> Path:

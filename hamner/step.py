@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hamner.optim import step_if_finite
+from hamner.optim import Optimizers, step_if_finite
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
 MAX_GRAD_NORM = 1.0
 
 

@@ -28,7 +28,9 @@ from hamner.eval.loss import utf8_bytes
 from hamner.eval.probe import ProbeItem, score_probe
 from hamner.eval.tasks import held_out_seed, task_accuracy
 from hamner.generate import generate
+from hamner.loggers import Loggers
 from hamner.packing import row_segments
+from hamner.run_dir import RunDir
 from hamner.step import autocast
 from hamner.train_settings import RunSettings
 
@@ -149,3 +151,17 @@ class TrainEvaluator:
                            document_start=self.curriculum.packing == "document")
         self.model.train()
         return rows
+
+    def write_stage_outputs(self, step: int, stage: str, rundir: RunDir,
+                            loggers: Loggers) -> tuple[dict[str, dict[float, float]], list[dict]]:
+        """A stage end's outputs: samples into samples.jsonl, task accuracy to the loggers, the probe into
+        probe.csv. Returns (task accuracies, probe rows)."""
+        for prompt, completion in self.samples():
+            rundir.add_sample({"step": step, "stage": stage, "prompt": prompt, "completion": completion})
+        results = self.tasks()
+        if results:
+            loggers.task_accuracy(step, stage, results)
+        probe = self.probe()
+        for row in probe:
+            rundir.probe.write({"step": step, "stage": stage, **row})
+        return results, probe

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from hamner.config import PRESETS
-from hamner.curriculum import Curriculum, load_curriculum
+from hamner.curriculum import OPTIMIZERS, Curriculum, load_curriculum
 from hamner.device import pick_device as resolve_device
 from hamner.errors import TrainError
 from hamner.loggers import REPORTERS, missing_packages
@@ -72,6 +72,9 @@ class TrainSettings:
     seq_len: int | None = setting(None, "tokens per row", HOW, metavar="T")
     lr: float | None = setting(None, "peak learning rate of the first stage; later stages keep their ratio to it "
                                "(default: the curriculum's)", HOW)
+    optimizer: str | None = setting(None, "adamw, or muon for the hidden matrices (AdamW for embeddings, norms, "
+                                    "the head and MoE experts), in every stage (default: the curriculum's, else "
+                                    "adamw)", HOW, choices=OPTIMIZERS)
     dtype: str | None = setting(None, "bf16 autocast (default on GPUs), fp16 with a gradient scaler, or fp32 "
                                 "(default on CPU)", HOW, choices=tuple(DTYPES))
     compile: bool = setting(False, "torch.compile the model", HOW)
@@ -115,6 +118,7 @@ class RunSettings:
     grad_accum: int
     seq_len: int
     lr: float
+    optimizer: str | None  # None: each stage's own
     dtype: str
     compile: bool
     seed: int
@@ -203,6 +207,8 @@ def validate(settings: TrainSettings) -> None:
             raise TrainError(f"{flag(name)} must not be negative, got {value}")
     if settings.lr is not None and not (math.isfinite(settings.lr) and settings.lr > 0):
         raise TrainError(f"--lr must be a positive number, got {settings.lr}")
+    if settings.optimizer is not None and settings.optimizer not in OPTIMIZERS:
+        raise TrainError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings.optimizer!r}")
     if settings.dtype is not None and settings.dtype not in DTYPES:
         raise TrainError(f"--dtype must be one of {', '.join(DTYPES)}, got {settings.dtype!r}")
     if settings.out is not None and Path(settings.out).exists() and not Path(settings.out).is_dir():

@@ -3,21 +3,40 @@ the validation sources and --init-from weights; then the opening (and locking) o
 the first write. Each problem is a TrainError with a one-line message."""
 from __future__ import annotations
 
+import contextlib
+import copy
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.config import HamnerConfig, load_model_file, model_config
+from hamner.controller import CurriculumController
 from hamner.curriculum import Curriculum
-from hamner.data.mixture import open_validation
+from hamner.data.loader import Prefetcher
+from hamner.data.mixture import MixtureSampler, open_validation
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
-from hamner.errors import DataError, RunDirError, TrainError
+from hamner.errors import CheckpointError, DataError, RunDirError, TrainError
 from hamner.model import HamnerModel
 from hamner.run_dir import RunDir
-from hamner.train_settings import RunSettings
+from hamner.train_settings import DTYPES, RunSettings
+
+
+def configure_torch(s: RunSettings, device: torch.device) -> torch.dtype:
+    """Apply the run's thread count and TF32 matmuls; returns its autocast dtype (refusing bf16 on a GPU
+    without it)."""
+    if s.threads is not None:
+        torch.set_num_threads(s.threads)
+    dtype = DTYPES[s.dtype]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainError("this GPU has no bf16 support; use --dtype fp16 or fp32")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return dtype
 
 
 def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig:
@@ -121,3 +140,33 @@ def open_run_dir(rundir: RunDir, info: dist.DistInfo, resume: bool, notes: list[
         rundir.log(f"cleared what interrupted processes left: {', '.join(cleared)}")
     for note in notes:
         rundir.log(note)
+
+
+def save_checkpoint(rundir: RunDir, names: list[str], model: torch.nn.Module, meta: dict[str, Any],
+                    state: dict[str, Any] | None, keep: int) -> None:
+    """Write checkpoint `names` of the run (moving `latest` to it when it holds trainer `state`), prune
+    periodic ones down to `keep` and log it; a failed save is logged (if the disk allows) and raised."""
+    try:
+        ckpt.save_checkpoint(rundir.path, names, model, meta, state, make_latest=state is not None)
+    except CheckpointError as exc:
+        with contextlib.suppress(OSError):  # the disk may be full
+            rundir.log(f"error: {exc}")
+        raise
+    ckpt.prune_periodic(rundir.path, keep)
+    rundir.log(f"checkpoint {', '.join(names)} at step {meta['step']}")
+
+
+def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, s: RunSettings, step: int,
+                       device: torch.device) -> Prefetcher:
+    """A prefetcher of the micro-batches from optimizer step `step` on, mixed as `controller` says.
+
+    The mixture of step t is read off a frozen copy of the controller (plain fields, no losses
+    needed), so it depends on t only and resumed runs draw the same rows."""
+    plan = copy.copy(controller)
+
+    def make_batch(micro: int) -> tuple[np.ndarray, np.ndarray | None]:
+        ahead = micro // s.grad_accum - plan.global_step
+        sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
+        return sampler.labeled_batch(micro, s.batch_size, s.seq_len + 1)
+
+    return Prefetcher(make_batch, start_step=step * s.grad_accum, device=device)

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from hamner.optim import Optimizers
+
 
 class Stateful(Protocol):
     """Anything whose state can be saved and put back."""
@@ -86,7 +88,7 @@ class RngState:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
-OptimizerBuild = Callable[[], "torch.optim.Optimizer | Sequence[torch.optim.Optimizer]"]
+OptimizerBuild = Callable[[], Optimizers]
 # Group options that depend on the device, not on the run: a run saved on CPU resumes fused on CUDA.
 _DEVICE_OPTIONS = ("fused", "foreach")
 
@@ -110,10 +112,14 @@ class OptimizerSlot:
         return states if isinstance(self.optimizer, Sequence) else states[0]
 
     def load_state_dict(self, state: Any) -> None:
-        states = state if isinstance(self.optimizer, Sequence) else [state]
-        if len(states) != len(self.optimizers):
-            raise ValueError(f"saved state holds {len(states)} optimizer(s), the run builds {len(self.optimizers)}")
-        for opt, saved in zip(self.optimizers, states):
+        """Build the optimizer(s) afresh (of the kind the restored controller's stage uses), then load
+        `state` into them, keeping this process's device options."""
+        self.rebuild()
+        building_list = isinstance(self.optimizer, Sequence)
+        if isinstance(state, list) != building_list or (building_list and len(state) != len(self.optimizers)):
+            saved = len(state) if isinstance(state, list) else 1
+            raise ValueError(f"saved state holds {saved} optimizer(s), the run builds {len(self.optimizers)}")
+        for opt, saved in zip(self.optimizers, state if building_list else [state]):
             options = {k: opt.defaults[k] for k in _DEVICE_OPTIONS if k in opt.defaults}
             opt.load_state_dict(saved)
             for group in opt.param_groups:

@@ -9,52 +9,52 @@ rows (train_metrics), validation / samples / task accuracy / probe (train_eval),
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
   device and are read at log intervals (and before checkpoints and stage ends);
-- a non-finite loss skips the update and is counted; `max_bad_steps` in a row stop the run,
-  keeping the last good checkpoint;
+- a non-finite loss skips the update (without a host sync off the CPU; see hamner.optim.step_if_finite)
+  and is counted; `max_bad_steps` in a row stop the run, keeping the last good checkpoint;
 - SIGINT / SIGTERM finish the step, save a checkpoint and return normally;
 - batches are prefetched in a background thread; the mixture for step t is a function of t, so a
   resumed run sees exactly the batches the uninterrupted run would have.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from hamner import checkpoint as ckpt
 from hamner import distributed as dist
 from hamner.controller import CurriculumController
-from hamner.curriculum import Curriculum
+from hamner.curriculum import Curriculum, Stage
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
-from hamner.errors import CheckpointError, TrainError
+from hamner.errors import TrainError
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
 from hamner.loggers import ReportError, open_loggers
-from hamner.optim import apply_lr, build_optimizer
+from hamner.optim import apply_lr, stage_optimizer
 from hamner.packing import row_segments
 from hamner.run_dir import RunDir
-from hamner.run_record import copy_curriculum, environment, new_run_id
+from hamner.run_record import fresh_record, new_run_id
 from hamner.step import train_step
 from hamner.stop_signals import StopSignals
 from hamner.throughput import IntervalMeter, peak_flops
 from hamner.train_eval import TrainEvaluator
 from hamner.train_metrics import DeviceWindow, MetricsWindow, format_row
-from hamner.train_settings import DTYPES, RunSettings, TrainSettings, resolve_run
+from hamner.train_settings import RunSettings, TrainSettings, resolve_run
 from hamner.train_setup import (
     check_same_model,
     checked_model,
     checked_model_config,
     checked_tokenizer,
+    configure_torch,
+    curriculum_batches,
     load_init_weights,
     open_run_dir,
+    save_checkpoint,
     validation_sources,
 )
 from hamner.train_state import OptimizerSlot, Progress, RngState, TrainState
@@ -91,14 +91,7 @@ class Trainer:
     def __init__(self, s: RunSettings, curriculum: Curriculum, info: dist.DistInfo, device: torch.device,
                  given: TrainSettings) -> None:
         self.s, self.curriculum, self.dist, self.device = s, curriculum, info, device
-        if s.threads is not None:
-            torch.set_num_threads(s.threads)
-        self.dtype = DTYPES[s.dtype]
-        if self.dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise TrainError("this GPU has no bf16 support; use --dtype fp16 or fp32")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
+        self.dtype = configure_torch(s, device)
         self.config = checked_model_config(s, curriculum)
         self.tokenizer = checked_tokenizer(self.config)
         # Data first: a missing source stops the run before anything is built or written.
@@ -108,14 +101,14 @@ class Trainer:
                                       assistant_only=curriculum.assistant_only_sources())
         validation, self._notes = validation_sources(names, s.data, self.tokenizer)
         probe = load_probe(curriculum.probe) if curriculum.probe else None
-        # touches the disk only once opened
-        self.rundir = RunDir(Path(s.out), enabled=info.is_main, probe=probe is not None)
+        self.rundir = RunDir(Path(s.out), enabled=info.is_main, probe=probe is not None)  # no disk until opened
 
         torch.manual_seed(s.seed)
         self.model = checked_model(self.config, curriculum, device)
         self.controller = CurriculumController(curriculum, n_layers=self.config.n_layers)
         self.lr_factor = s.lr / curriculum.stages[0].lr
-        self.optim = OptimizerSlot(lambda: build_optimizer(self.model, curriculum.stages[0].lr, device))
+        # the current stage's optimizer(s), also after a restore and at a stage that asks for fresh ones
+        self.optim = OptimizerSlot(lambda: stage_optimizer(self.model, self._stage(), device, s.optimizer))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.progress = Progress()
         self.window = DeviceWindow(device)
@@ -161,28 +154,17 @@ class Trainer:
             self.rundir.log(f"initialised from {s.init_from}")
         for _ in range(s.stage):
             self.controller.advance()
+        self.optim.rebuild()  # of the starting stage's kind
         if not self.rundir.enabled:
             return {}
-        record = {
-            "run_id": new_run_id(),
-            "settings": asdict(given),
-            "resolved": asdict(s),
-            "model": self.config.to_dict(),
-            "curriculum": self.curriculum.name,
-            "curriculum_path": str(self.curriculum.path),
-            "curriculum_copy": str(copy_curriculum(self.rundir.path, self.curriculum.path).relative_to(s.out)),
-            "validation_difficulty": self.evaluator.difficulty,
-            "parameters": self.model.num_parameters(),
-            "active_parameters": self.model.num_parameters(active=True),
-            "world_size": self.dist.world_size,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "environment": environment(),
-        }
+        record = fresh_record(self.rundir.path, asdict(given), asdict(s), self.curriculum, self.model,
+                              self.evaluator.difficulty, self.dist.world_size, str(self.device),
+                              str(self.dtype).removeprefix("torch."))
         self.rundir.write_config(record)
+        optimizer = s.optimizer or self._stage().optimizer
         self.rundir.log(f"start: preset {s.preset}, {self.model.describe_parameters()}, curriculum "
-                        f"{record['curriculum']}, device {record['device']}, dtype {self.dtype}, "
-                        f"world {record['world_size']}")
+                        f"{record['curriculum']}, optimizer {optimizer}, device {record['device']}, "
+                        f"dtype {self.dtype}, world {record['world_size']}")
         return record
 
     def _restore(self, run_dir: Path) -> dict[str, Any]:
@@ -242,25 +224,14 @@ class Trainer:
         """(Re)start the prefetcher at the current step with a frozen view of the controller."""
         if self._batches is not None:
             self._batches.close()
-        plan = copy.copy(self.controller)
-        accum = self.s.grad_accum
-
-        def make_batch(micro: int) -> tuple[np.ndarray, np.ndarray | None]:
-            # The mixture of step t is read off a frozen copy of the controller (plain fields, no
-            # losses needed), so it depends on t only and resumed runs draw the same rows.
-            ahead = micro // accum - plan.global_step
-            self.sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-            return self.sampler.labeled_batch(micro, self.s.batch_size, self.s.seq_len + 1)
-
-        self._batches = Prefetcher(make_batch, start_step=self.progress.step * accum, device=self.device)
+        self._batches = curriculum_batches(self.controller, self.sampler, self.s, self.progress.step, self.device)
         self.stage_scales = self.controller.layer_lr_scales()
         for name, value in self.controller.model_knobs().items():  # the stage's knobs, also after a resume
             self.model.set_knob(name, value)
 
     def _train_step(self) -> None:
         self.last_lr = self.controller.lr() * self.lr_factor
-        for optimizer in self.optim.optimizers:
-            apply_lr(optimizer, self.last_lr, self.stage_scales)
+        apply_lr(self.optim.optimizers, self.last_lr, self.stage_scales, self.controller.muon_lr() * self.lr_factor)
         batches = [self._batches.next() for _ in range(self.s.grad_accum)]
         no_sync = self.train_model.no_sync if self.dist.enabled else None
         result = train_step(self._loss, batches, self.optim.optimizers, scaler=self.scaler,
@@ -304,7 +275,7 @@ class Trainer:
     def _write_metrics(self, val_loss: float | None) -> None:
         """One metrics row (every logger, train.log, console) for the steps read since the last row."""
         rate, mfu = self.meter.read()
-        row = self.metrics.take_row(self.progress.step, self._stage_name(), val_loss=val_loss, lr=self.last_lr,
+        row = self.metrics.take_row(self.progress.step, self._stage().name, val_loss=val_loss, lr=self.last_lr,
                                     tokens=self.progress.tokens, tokens_per_s=rate, mfu=mfu,
                                     elapsed_s=round(self.progress.elapsed, 2))
         self.loggers.metrics(row)
@@ -348,19 +319,10 @@ class Trainer:
         self.meter.exclude(time.perf_counter() - t0)
 
     def _stage_outputs(self, stage: str) -> dict[str, dict[float, float]]:
-        """Samples into samples.jsonl, task accuracy to the loggers, the curriculum's probe into probe.csv;
-        returns the task accuracies."""
-        step = self.progress.step
-        for prompt, completion in self.evaluator.samples():
-            self.rundir.add_sample({"step": step, "stage": stage, "prompt": prompt, "completion": completion})
-        results = self.evaluator.tasks()
-        if results:
-            self.loggers.task_accuracy(step, stage, results)
-        probe = self.evaluator.probe()
-        for row in probe:
-            self.rundir.probe.write({"step": step, "stage": stage, **row})
+        """Samples, task accuracy and probe (TrainEvaluator.write_stage_outputs); returns the accuracies."""
+        results, probe = self.evaluator.write_stage_outputs(self.progress.step, stage, self.rundir, self.loggers)
         if probe:
-            self._say(f"probe {self.curriculum.probe} at step {step}:\n{format_probe(probe)}")
+            self._say(f"probe {self.curriculum.probe} at step {self.progress.step}:\n{format_probe(probe)}")
         return results
 
     def _finish(self) -> dict[str, dict[float, float]]:
@@ -373,7 +335,7 @@ class Trainer:
             tasks = self._last_tasks[1]  # a stage just ended here and did all of this
         else:
             self._save([ckpt.step_name(step)])
-            tasks = self._stage_outputs(self._stage_name())
+            tasks = self._stage_outputs(self._stage().name)
         if tasks:
             self._say("exact-match accuracy on held-out synthetic tasks:\n" + format_table(tasks))
         self._say(f"done: {step} steps, {self.progress.tokens:,} tokens in {self.progress.elapsed:.0f}s; run "
@@ -387,21 +349,13 @@ class Trainer:
         if self.dist.is_main:
             meta = {"model": self.config.to_dict(), "curriculum": self.curriculum.name,
                     "step": self.progress.step, "stage": self.controller.stage_index, "tokens": self.progress.tokens}
-            state = self.state.state_dict() if trainer_state else None
-            try:
-                ckpt.save_checkpoint(self.rundir.path, names, self.model, meta, state, make_latest=trainer_state)
-            except CheckpointError as exc:
-                with contextlib.suppress(OSError):  # the disk may be full
-                    self.rundir.log(f"error: {exc}")
-                raise
-            ckpt.prune_periodic(self.rundir.path, self.s.keep_checkpoints)
-            self.rundir.log(f"checkpoint {', '.join(names)} at step {self.progress.step}")
+            save_checkpoint(self.rundir, names, self.model, meta, self.state.state_dict() if trainer_state else None,
+                            self.s.keep_checkpoints)
         dist.barrier(self.dist)
 
-    def _stage_name(self) -> str:
-        """Name of the stage the last step belonged to."""
-        index = min(self.controller.stage_index, len(self.curriculum.stages) - 1)
-        return self.curriculum.stages[index].name
+    def _stage(self) -> Stage:
+        """The current stage; the last one once the curriculum is finished (the stage of the last step)."""
+        return self.curriculum.stages[min(self.controller.stage_index, len(self.curriculum.stages) - 1)]
 
     def _say(self, message: str) -> None:
         self.rundir.log(message)

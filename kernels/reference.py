@@ -47,19 +47,38 @@ def rope_cache(
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x rotated by the angles of its positions: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
     half = x.shape[-1] // 2
     xf = x.to(_compute_dtype(x.dtype))
     cos = cos[: x.shape[1]].to(xf.dtype)[None, :, None, :]
     sin = sin[: x.shape[1]].to(xf.dtype)[None, :, None, :]
     x1, x2 = xf[..., :half], xf[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    out = torch.empty_like(xf)  # filled by halves: no concatenation (and torch.compile traces it)
+    out[..., :half] = x1 * cos - x2 * sin
+    out[..., half:] = x2 * cos + x1 * sin
+    return out.to(x.dtype)
+
+
+class _Rope(torch.autograd.Function):
+    """RoPE with its own backward: the gradient of a rotation is the inverse rotation (sin negated).
+    Written out so a CPU step does no concatenation and no zero-filled gradients of slices."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    @staticmethod
+    def backward(ctx, dq: torch.Tensor, dk: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(dq, cos, -sin), _rotate(dk, cos, -sin), None, None
 
 
 def apply_rope(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding, rotate-half convention, on q [B, T, Hq, D] and k [B, T, Hkv, D]."""
-    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    return _Rope.apply(q, k, cos, sin)
 
 
 def fused_linear_cross_entropy(

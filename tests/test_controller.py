@@ -297,3 +297,34 @@ def test_difficulty_ahead_equals_difficulty_once_there():
             reached.append(controller.difficulty())
         controller.step_done()
     assert ahead == reached and ahead[0] < ahead[-1]
+
+
+@pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
+def test_wsd_warms_up_holds_then_decays_over_the_last_fraction(tmp_path: Path, shape: str):
+    path = tmp_path / "wsd.toml"
+    path.write_text(f"""
+[[stages]]
+name = "a"
+weights = {{ stories = 1 }}
+lr = 1e-3
+muon_lr = 0.02
+optimizer = "muon"
+steps = 21
+warmup_steps = 4
+schedule = "wsd"
+decay_fraction = 0.5
+decay_shape = "{shape}"
+min_lr_ratio = 0.1
+""")
+    ctrl = CurriculumController(load_curriculum(path))
+    lrs, muon = [], []
+    for _ in range(21):
+        lrs.append(ctrl.lr())
+        muon.append(ctrl.muon_lr())
+        ctrl.step_done()
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4:10] == pytest.approx([1e-3] * 6)  # stable until the last ceil(0.5 * 21) = 11 steps
+    p = np.arange(11) / 10
+    expected = 1 - (p if shape == "linear" else np.sqrt(p))
+    assert lrs[10:] == pytest.approx(list(1e-3 * (0.1 + 0.9 * expected)))
+    assert muon == pytest.approx([lr * 20 for lr in lrs])  # one schedule for both optimizers

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hamner.curriculum import LayerLrScale, available_curricula, load_curriculum
+from hamner.curriculum import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
 SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
            "concepts-sequential", "concepts-replay", "ttt-extended"}
@@ -158,6 +158,16 @@ steps = 100
     ("synthetic = 1.0", '"../etc" = 1.0, synthetic = 1.0', "source names are directory names"),
     ("synthetic = 1.0", '"synthetic/a/b" = 1.0', "source names are directory names"),
     ("weights = {", "weights = {{", "not valid TOML"),
+    ('name = "t"', 'name = "t"\noptimizer = "sgd"', r"bad\.toml\.optimizer: must be one of adamw, muon"),
+    ("steps = 100", 'steps = 100\noptimizer = "lion"', r"stages\[0\]\.optimizer: must be one of adamw, muon"),
+    ('name = "t"', 'name = "t"\nmuon_lr = 0', r"muon_lr: must be > 0"),
+    ("steps = 100", "steps = 100\ndecay_fraction = 0.1", r"decay_fraction: only applies to schedule = \"wsd\""),
+    ("steps = 100", 'steps = 100\nschedule = "wsd"\ndecay_fraction = 1.5', r"decay_fraction: must be > 0"),
+    ("steps = 100", 'steps = 100\nschedule = "wsd"\ndecay_shape = "cosine"',
+     "decay_shape: must be one of linear, 1-sqrt"),
+    ("steps = 100", 'steps = 100\n[[stages]]\nname = "b"\nweights = { stories = 1 }\nsteps = 5\nlr = 1e-3\n'
+                    'optimizer = "muon"',
+     r"stages\[1\]\.optimizer: switching from 'adamw' to 'muon' needs fresh_optimizer"),
 ])
 def test_bad_files_are_refused_with_one_line(tmp_path: Path, old: str, new: str, message: str):
     assert old in GOOD
@@ -192,6 +202,27 @@ def test_one_task_synthetic_sources_are_built_in_and_need_a_difficulty(tmp_path:
     path.write_text(path.read_text().replace("difficulty = 1\n", ""))
     with pytest.raises(ValueError, match="difficulty: missing"):
         load_curriculum(path)
+
+
+def test_optimizer_and_muon_lr_follow_the_top_level_and_scale_with_lr_mult(tmp_path: Path):
+    path = tmp_path / "m.toml"
+    path.write_text(
+        'base_lr = 1e-3\noptimizer = "muon"\nmuon_lr = 0.04\n'
+        + GOOD.replace("lr = 1e-3", "lr_mult = 1.0").replace('name = "t"', "")
+        + '[[stages]]\nname = "b"\nweights = { chat = 1 }\nlr_mult = 0.5\nsteps = 5\n'
+        + '[[stages]]\nname = "c"\nweights = { chat = 1 }\nlr = 1e-4\nmuon_lr = 0.01\nsteps = 5\n'
+          'optimizer = "adamw"\nfresh_optimizer = true\nschedule = "wsd"\ndecay_fraction = 0.5\n')
+    a, b, c = load_curriculum(path).stages
+    assert (a.optimizer, b.optimizer, c.optimizer) == ("muon", "muon", "adamw")
+    assert (a.muon_lr, b.muon_lr, c.muon_lr) == pytest.approx((0.04, 0.02, 0.01))
+    assert (c.schedule, c.decay_fraction, c.decay_shape) == ("wsd", 0.5, "1-sqrt")
+    (plain,) = load_curriculum(_write(tmp_path / "p.toml", GOOD)).stages
+    assert (plain.optimizer, plain.muon_lr) == ("adamw", DEFAULT_MUON_LR)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def test_model_knobs_are_checked_by_the_model_and_errors_name_the_field(tmp_path: Path):

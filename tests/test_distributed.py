@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from train_helpers import metrics, tiny_flags, write_curriculum
 
 from hamner import checkpoint as ckpt
@@ -21,11 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_cpu_processes(tmp_path, python, subprocess_env):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_torchrun_two_cpu_processes(tmp_path, python, subprocess_env, optimizer):
     curriculum = write_curriculum(tmp_path, first=3, second=2, eval_interval=2)
     run = tmp_path / "run"
     cmd = [python, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "train.py", *tiny_flags(run, curriculum, "--grad-accum", "2")]
+           "train.py", *tiny_flags(run, curriculum, "--grad-accum", "2", "--optimizer", optimizer)]
     done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("done: 5 steps") == 1  # printed by rank 0 only
@@ -39,6 +41,7 @@ def test_torchrun_two_cpu_processes(tmp_path, python, subprocess_env):
     assert [bool(r["val_loss"]) for r in rows] == [False, True, False, True, False]
     assert ckpt.resolve_checkpoint(run).name == "stage-1-end" and (run / "checkpoints" / "best").is_dir()
     ckpt.load_model(run)
+    assert f"optimizer {optimizer}" in log
 
 
 def test_ranks_draw_different_rows():

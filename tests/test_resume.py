@@ -39,3 +39,21 @@ def test_resume_refuses_changed_settings_and_finished_runs(tmp_path):
         train(resume_settings(tmp_path / "run", {}))
     with pytest.raises(TrainError, match="no config.json"):
         resume_settings(tmp_path / "elsewhere", {})
+
+
+def test_muon_resume_with_grad_accum_and_layer_scales_gives_identical_losses(tmp_path):
+    curriculum = write_curriculum(tmp_path, first=4, second=4, eval_interval=3)
+    curriculum.write_text(curriculum.read_text().replace(
+        "fresh_optimizer = true", 'fresh_optimizer = true\nlayer_lr_scale = { layers = "middle:2", scale = 0.2 }'))
+    muon = dict(optimizer="muon", grad_accum=2)
+    train(tiny_settings(tmp_path / "whole", curriculum, max_steps=8, **muon))
+    train(tiny_settings(tmp_path / "parts", curriculum, max_steps=6, **muon))  # resumes inside stage 1
+    assert train(resume_settings(tmp_path / "parts", {"max_steps": 8})).step == 8
+
+    expected = [(r["step"], r["loss"], r["val_loss"], r["lr"]) for r in metrics(tmp_path / "whole")]
+    assert [(r["step"], r["loss"], r["val_loss"], r["lr"]) for r in metrics(tmp_path / "parts")] == expected
+    assert "optimizer muon" in (tmp_path / "whole" / "train.log").read_text()
+    a, _ = load_model(tmp_path / "whole")
+    b, _ = load_model(tmp_path / "parts")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name

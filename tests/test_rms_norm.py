@@ -127,3 +127,20 @@ def test_reference_mode_gives_the_same_answer(dtype: torch.dtype) -> None:
     assert dispatch.launches == before
     for out, ref in zip(kernel_out, reference_out):
         assert out.dtype == ref.dtype and rel_error(out, ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("tiling", rms_norm_module.BWD_CANDIDATES, ids=lambda t: t.name())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_backward_tiling_matches_float64_reference(tiling, dtype: torch.dtype) -> None:
+    # 37 rows: tiles and programs do not divide them evenly; width 100 leaves a masked column tail.
+    with rms_norm_module.set_backward_tiling(tiling):
+        x, _, weight = _inputs((37, 100), dtype, seed=3)
+        check_against_float64("rms_norm", kernels.rms_norm, reference.rms_norm, [x, weight], ["rms_norm_bwd"])
+        check_against_float64("add_rms_norm", kernels.add_rms_norm, reference.add_rms_norm,
+                              _inputs((37, 100), dtype, seed=4), ["rms_norm_bwd"])
+
+
+def test_backward_tiling_must_be_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        with rms_norm_module.set_backward_tiling(rms_norm_module.BackwardTiling(rows_per_tile=3)):
+            pass

@@ -19,7 +19,8 @@ from hamner.train_settings import RunSettings, TrainSettings, flag, resolve, res
 from hamner.trainer import train as run_training
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = {"model", "tokenizer", "data", "init_from", "resume", "max_steps", "threads"}  # None = really absent
+OPTIONAL = {"model", "tokenizer", "data", "init_from", "resume", "max_steps", "threads",
+            "optimizer"}  # None = really absent (optimizer: each stage's own)
 
 
 def test_every_setting_has_one_flag_with_its_help_and_every_flag_a_setting():

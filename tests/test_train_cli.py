@@ -9,7 +9,8 @@ import hamner.train_cli as train
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ("--preset", "--curriculum", "--data", "--out", "--resume", "--stage", "--init-from", "--max-steps",
-         "--batch-size", "--grad-accum", "--seq-len", "--lr", "--dtype", "--compile", "--device", "--seed",
+         "--batch-size", "--grad-accum", "--seq-len", "--lr", "--optimizer", "--dtype", "--compile", "--device",
+         "--seed",
          "--log-interval", "--eval-interval", "--save-interval", "--keep-checkpoints", "--max-bad-steps")
 
 
@@ -47,6 +48,7 @@ lr = 1e-3
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--dtype", "fp8"], "invalid choice: 'fp8'"),
+    (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
     (["--max-steps", "ten"], "invalid int value: 'ten'"),
     (["--preset", "demo", "--seq-len", "4096"], "--seq-len 4096 exceeds the context"),
     (["--preset", "demo", "--device", "tpu:0"], "unknown device 'tpu:0'"),

@@ -1,0 +1,58 @@
+"""Every Triton kernel specialisation a training step launches compiles for real GPUs, without one.
+
+A forward and backward of each preset (one layer: the kernels see the same widths as the full
+model) under fp32, bf16 and fp16 autocast, and the RMSNorm backward under every tiling a GPU run
+sweeps, runs the kernels in the interpreter while
+`record_launches` notes each launch's specialisation; a subprocess without the interpreter then
+compiles every one for sm_80, sm_86, sm_89 and sm_90 with the bundled ptxas and fails on any
+compile error or register spill.
+"""
+import subprocess
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hamner import kernels
+from hamner.config import PRESETS, model_config
+from hamner.kernels.aot import TARGETS, record_launches, save_specs
+from hamner.kernels.norms import BWD_CANDIDATES, set_backward_tiling
+from hamner.model import HamnerModel
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel",
+           "_swiglu_bwd_kernel", "_rope_kernel",
+           "_cross_entropy_grad_kernel"}
+
+
+def training_step_launches() -> list:
+    torch.manual_seed(0)
+    with record_launches() as recorded:
+        for preset in PRESETS:
+            config = replace(model_config(preset), n_layers=1)
+            model = HamnerModel(config)
+            idx = torch.randint(0, config.vocab_size, (1, 17))
+            for dtype in DTYPES:
+                with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                    loss = model(idx[:, :-1], idx[:, 1:])
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+        for tiling in BWD_CANDIDATES:  # the configurations a GPU run sweeps, at v3-50m's width
+            with set_backward_tiling(tiling):
+                x = torch.randn(64, 512, dtype=torch.bfloat16, requires_grad=True)
+                kernels.rms_norm(x, torch.ones(512, dtype=torch.bfloat16, requires_grad=True)).sum().backward()
+    return list(recorded.values())
+
+
+@pytest.mark.triton
+def test_every_launched_specialisation_compiles_for_every_target(tmp_path, python, subprocess_env):
+    specs = training_step_launches()
+    assert KERNELS <= {s.kernel for s in specs}
+    assert {t for s in specs for t in s.signature.values() if t.startswith("*")} >= {"*fp32", "*bf16", "*fp16"}
+    path = tmp_path / "specs.json"
+    save_specs(specs, path)
+    done = subprocess.run([python, "-m", "hamner.kernels.aot", str(path)], env=subprocess_env,
+                          capture_output=True, text=True, timeout=900)
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert f"{len(specs)} specialisations x {len(TARGETS)} targets: 0 failed" in done.stdout
