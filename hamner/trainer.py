@@ -17,6 +17,7 @@ rows (train_metrics), validation / samples / task accuracy / probe (train_eval),
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,10 +79,16 @@ def train(settings: TrainSettings) -> TrainResult:
     trainer = None
     try:
         trainer = Trainer(resolved, curriculum, info, dist.device_for(info, device), given=settings)
-        return trainer.run()
+        result = trainer.run()
+        dist.barrier(info)  # no rank leaves the process group while another still has work in flight
+        return result
     finally:
         if trainer is not None:
             trainer.close()
+            # The trainer holds reference cycles: free it (and DDP's reducer with its gloo work) now,
+            # while the process group and the interpreter are alive, not in the GC at exit.
+            trainer = None
+            gc.collect()
         dist.shutdown(info)
 
 
