@@ -36,3 +36,8 @@ def replace_atomically(path: Path, chunks: Iterable[bytes], temp: Path | None = 
         temp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    """`replace_atomically` for UTF-8 text."""
+    replace_atomically(path, [text.encode("utf-8")])

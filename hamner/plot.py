@@ -8,6 +8,7 @@ one line per difficulty). Empty cells (validation loss on most rows, MFU on CPU)
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from collections import defaultdict
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hamner.cli import ArgumentParser, command  # noqa: E402
+from hamner.durable import replace_atomically  # noqa: E402
 from hamner.errors import PlotError  # noqa: E402
 
 METRICS_COLUMNS = ("step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s",
@@ -96,7 +98,7 @@ def plot_loss(m: dict[str, list], out: Path) -> Path:
         ax.plot(vx, vy, "o-", ms=4, lw=1.5, color="C3", label="validation loss")
     ax.set(xlabel="tokens", ylabel="loss", title="Loss by tokens seen (bands: curriculum stages)")
     ax.legend(loc="upper right")
-    return _save(fig, out / "loss.png")
+    return save_figure(fig, out / "loss.png")
 
 
 def plot_lr(m: dict[str, list], out: Path) -> Path:
@@ -105,7 +107,7 @@ def plot_lr(m: dict[str, list], out: Path) -> Path:
     ax.plot(*_present(m["step"], m["lr"]), lw=1.5)
     ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    return _save(fig, out / "lr.png")
+    return save_figure(fig, out / "lr.png")
 
 
 def plot_throughput(m: dict[str, list], out: Path) -> Path:
@@ -118,7 +120,7 @@ def plot_throughput(m: dict[str, list], out: Path) -> Path:
         twin = ax.twinx()
         twin.plot(mx, [100 * v for v in my], lw=1, color="C1")
         twin.set_ylabel("MFU (%)", color="C1")
-    return _save(fig, out / "throughput.png")
+    return save_figure(fig, out / "throughput.png")
 
 
 def plot_task_accuracy(run_dir: Path, out: Path) -> Path | None:
@@ -145,13 +147,16 @@ def plot_task_accuracy(run_dir: Path, out: Path) -> Path | None:
         ax.axis("off")
     fig.supxlabel("step")
     fig.supylabel("exact-match accuracy")
-    return _save(fig, out / "task_accuracy.png")
+    return save_figure(fig, out / "task_accuracy.png")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> Path:
+    """Lay out `fig`, write it as PNG to `path` durably (see hamner.durable) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=dpi)
     plt.close(fig)
+    replace_atomically(path, [image.getvalue()])
     return path
 
 

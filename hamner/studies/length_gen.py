@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from hamner import checkpoint as ckpt
 from hamner.cli import ArgumentParser
 from hamner.data.tokenizer import Tokenizer
+from hamner.durable import write_text
 from hamner.errors import DataError, InferenceError
 from hamner.eval.length import extended_model
 from hamner.eval.tasks import held_out_seed
@@ -192,10 +192,7 @@ def run_labels(a: Path, b: Path) -> tuple[str, str]:
 
 def plot_evolution(study: dict, path: Path) -> Path:
     """Chunk perplexity at each position against the training step, one line per position."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hamner.plot import plt, save_figure  # matplotlib (Agg) loads only when a plot is drawn
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     checkpoints = study["checkpoints"]
@@ -210,15 +207,12 @@ def plot_evolution(study: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     name = "/".join(Path(study["run"]).resolve().parts[-2:])
     ax.set_title(f"{name}: {study['mode']} pass, W={study['window']}")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_comparison(rows: list[dict], names: tuple[str, str], path: Path) -> Path:
     """Perplexity of both runs per position and the ratio a / b."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hamner.plot import plt, save_figure  # matplotlib (Agg) loads only when a plot is drawn
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     labels = [f"{r['multiple']}×W" for r in rows]
@@ -232,18 +226,7 @@ def plot_comparison(rows: list[dict], names: tuple[str, str], path: Path) -> Pat
     right.set_ylabel(f"ratio {names[0]} / {names[1]}")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def format_study(study: dict) -> str:
@@ -256,12 +239,6 @@ def format_study(study: dict) -> str:
     for c in study["checkpoints"]:
         lines.append(f"{c['step']!s:>8}" + "".join(f"{r['perplexity']:>11.3f}" for r in c["rows"]))
     return "\n".join(lines)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _multiples(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
@@ -326,11 +303,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.studies.le
             for r in rows:
                 print(f"{str(r['multiple']) + 'xW':<12}{r['perplexity_a']:>{width}.3f}{r['perplexity_b']:>{width}.3f}"
                       f"{r['ratio']:>9.3f}")
-        _write(out / "length_gen.json", json.dumps(report, indent=2) + "\n")
+        write_text(out / "length_gen.json", json.dumps(report, indent=2) + "\n")
         lines = ["step,multiple,position,start,end,loss,perplexity"] + [
             f"{c['step']},{r['multiple']},{r['position']},{r['start']},{r['end']},{r['loss']:.6g},{r['perplexity']:.6g}"
             for c in study["checkpoints"] for r in c["rows"]]
-        _write(out / "length_gen.csv", "\n".join(lines) + "\n")
+        write_text(out / "length_gen.csv", "\n".join(lines) + "\n")
     except (InferenceError, DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hamner.durable import write_text  # noqa: E402
+from hamner.plot import save_figure  # noqa: E402
 from hamner.tournament.rounds import Outcome, RoundOutcome, is_tie, mean_and_spread  # noqa: E402
-from hamner.tournament.runs import RunResult, write_atomic  # noqa: E402
+from hamner.tournament.runs import RunResult  # noqa: E402
 from hamner.tournament.sizing import model_size  # noqa: E402
 
 MEASURE_NAMES = {"non_embedding": "non-embedding parameters", "active": "active non-embedding parameters",
@@ -181,12 +182,7 @@ def plot_round(rnd: RoundOutcome, path: Path) -> Path:
         ax.grid(alpha=0.3)
     by_tokens.legend(fontsize=8)
     fig.suptitle(f"round {rnd.index}: {rnd.tokens:,} tokens per run")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _plot_curve(by_tokens: plt.Axes, by_time: plt.Axes, run: RunResult, colour: str, label: str | None) -> None:
@@ -202,6 +198,6 @@ def write_report(outcome: Outcome, out: Path) -> dict:
     """Write report.json, report.md and round-N.png into `out`; returns the report."""
     report = build_report(outcome)
     plots = [plot_round(r, out / f"round-{r.index}.png") for r in outcome.rounds]
-    write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(out / "report.md", format_markdown(report, plots))
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "report.md", format_markdown(report, plots))
     return report

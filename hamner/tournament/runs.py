@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch
 
 from hamner import checkpoint as ckpt
 from hamner.config import HamnerConfig, model_config
+from hamner.durable import write_text
 from hamner.train_settings import TrainSettings
 
 MARKER = "tournament.json"
@@ -130,7 +130,7 @@ def ensure_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunResult:
         if reason == "signal":
             raise Interrupted(str(plan.directory))
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-        write_atomic(plan.directory / MARKER, json.dumps(
+        write_text(plan.directory / MARKER, json.dumps(
             {"reason": reason, "peak_memory": peak, "wall_s": time.perf_counter() - started}) + "\n")
     return read_run(plan)
 
@@ -180,15 +180,6 @@ def write_if_changed(path: Path, text: str) -> Path:
     """`path` holding `text`, written (atomically, with its folder) only when it holds something else."""
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text)
+        write_text(path, text)
     return path
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
