@@ -102,7 +102,7 @@ def _liger_ops() -> dict[str, Callable[..., Outputs]]:
 
     ops: dict[str, Callable[..., Outputs]] = {
         "rms_norm": lambda x, w: (lf.liger_rms_norm(x, w, EPS),),
-        "swiglu": lambda g, u: (lf.liger_swiglu(g, u),),
+        "swiglu": lambda gate_up: (lf.liger_swiglu(*gate_up.chunk(2, dim=-1)),),
         # Liger wants Hugging Face's layout: [B, H, T, D] and full-width [1, T, D] tables.
         "rope": lambda q, k, cos, sin, cos_hf, sin_hf: tuple(
             t.transpose(1, 2) for t in lf.liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos_hf, sin_hf)),
@@ -133,7 +133,7 @@ def _in_shared_signature(ops: ModuleType) -> dict[str, Callable[..., Outputs]]:
     return {
         "rms_norm": lambda x, w: (ops.rms_norm(x, w, EPS),),
         "add_rms_norm": lambda x, r, w: ops.add_rms_norm(x, r, w, EPS),
-        "swiglu": lambda g, u: (ops.swiglu(g, u),),
+        "swiglu": lambda gate_up: (ops.swiglu(gate_up),),
         "rope": lambda q, k, cos, sin, cos_hf, sin_hf: ops.apply_rope(q, k, cos, sin),
         "attention": lambda q, k, v: (ops.attention(q, k, v, causal=True),),
         "fused_linear_cross_entropy": lambda h, w, t: (ops.fused_linear_cross_entropy(h, w, t),),
@@ -215,8 +215,8 @@ def op_cases(config: HamnerConfig, shape: str, batch: int, seq_len: int, device:
         return Inputs((x, r, w), (x, r, w), (grad_like(gen, x), grad_like(gen, x)))
 
     def make_swiglu(gen, dev, dtype):
-        g, u = rows(gen, dev, dtype, i, 2)
-        return Inputs((g, u), (g, u), (grad_like(gen, g),))
+        (gate_up,) = rows(gen, dev, dtype, 2 * i, 1)
+        return Inputs((gate_up,), (gate_up,), (_randn(gen, (n, i), dev, dtype, grad=False),))
 
     def make_rope(gen, dev, dtype):
         q = _randn(gen, (batch, seq_len, hq, d), dev, dtype)

@@ -14,7 +14,7 @@ two as a list [AdamW, Muon]; `hamner.step.train_step` steps, skips, clips and ze
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -28,6 +28,37 @@ MUON_MOMENTUM: float = 0.95
 MUON_WEIGHT_DECAY: float = 0.0
 # One optimizer, or several over disjoint parameters that are stepped together.
 Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+# Group keys that only label a group (for `apply_lr`), not hyperparameters of the update.
+_LABELS = ("params", "layer", "optimizer")
+
+
+class LayeredAdamW(torch.optim.AdamW):
+    """AdamW over per-layer groups that steps the groups with equal hyperparameters as one.
+
+    The loop splits its groups by layer so a curriculum can scale chosen layers' rates, but
+    `torch.optim.AdamW` makes one multi-tensor (or fused) call per group: on a CPU with a small model
+    the extra calls cost more than the update itself (about 1.5 % of the demo step for 10 groups).
+    During `step` the groups that share every hyperparameter (usually all layers at one rate) are
+    merged; parameters, per-parameter state, `param_groups`, `state_dict` and hooks are unchanged.
+    """
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        groups = self.param_groups
+        merged: dict[tuple, dict] = {}
+        try:
+            for group in groups:
+                key = tuple(sorted((k, v) for k, v in group.items() if k not in _LABELS))
+                if key in merged:
+                    merged[key]["params"] = [*merged[key]["params"], *group["params"]]
+                else:
+                    merged[key] = dict(group)
+        except TypeError:  # an unhashable hyperparameter (a tensor rate): step group by group
+            return super().step(closure)
+        self.param_groups = list(merged.values())
+        try:
+            return super().step(closure)
+        finally:
+            self.param_groups = groups
 
 
 def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY,
@@ -61,8 +92,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
         raise ValueError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
     fused = device.type == "cuda"
     if kind == "adamw":
-        return torch.optim.AdamW(layer_param_groups(model, weight_decay), lr=lr, betas=BETAS,
-                                 fused=fused, foreach=not fused)
+        return LayeredAdamW(layer_param_groups(model, weight_decay), lr=lr, betas=BETAS,
+                            fused=fused, foreach=not fused)
     matrices = hidden_matrices(model)
     muon_ids = {id(p) for p in matrices}
     rest = {id(p) for p in model.parameters()} - muon_ids
@@ -74,7 +105,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
                             lr=muon_lr,
                             weight_decay=MUON_WEIGHT_DECAY, momentum=MUON_MOMENTUM, nesterov=True)
     groups = [{**group, "optimizer": "adamw"} for group in layer_param_groups(model, weight_decay, rest)]
-    adamw = torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
+    adamw = LayeredAdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
     return [adamw, muon]
 
 

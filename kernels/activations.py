@@ -1,10 +1,12 @@
 """SwiGLU activation, silu(gate) * up, as fused Triton kernels with autograd.
 
-gate and up are read through their row strides, so the two halves of one fused gate/up
-projection are used in place without a copy. Math is in fp32; the backward recomputes silu
-from the saved gate and up instead of keeping the activation, trading a few flops for memory.
-The kernel path is registered as `hamner::` custom ops so torch.compile traces it without graph
-breaks; CPU tensors outside the Triton interpreter take `kernels.reference`.
+The op takes the output of one fused gate/up projection, [..., 2I] with gate in the first half
+and up in the second, read in place through its row stride. The backward writes both halves'
+gradients into one [..., 2I] tensor, which is the gradient of that projection's output as it
+is: no concatenation after the kernel. Math is in fp32; the backward recomputes silu from the
+saved input instead of keeping the activation, trading a few flops for memory. The kernel path
+is registered as `hamner::` custom ops so torch.compile traces it without graph breaks; CPU
+tensors outside the Triton interpreter take `kernels.reference`.
 """
 from __future__ import annotations
 
@@ -25,30 +27,28 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _swiglu_fwd_kernel(G, g_row_stride, U, u_row_stride, Y, n_cols, BLOCK: tl.constexpr):
+def _swiglu_fwd_kernel(X, x_row_stride, Y, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
-    g = tl.load(G + row * g_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(U + row * u_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(X + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(X + row * x_row_stride + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(Y + row * n_cols + cols, g * _sigmoid(g) * u, mask=mask)
 
 
 @triton.jit
-def _swiglu_bwd_kernel(
-    DY, dy_row_stride, G, g_row_stride, U, u_row_stride, DG, DU, n_cols, BLOCK: tl.constexpr
-):
+def _swiglu_bwd_kernel(DY, dy_row_stride, X, x_row_stride, DX, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
     dy = tl.load(DY + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + row * g_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(U + row * u_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(X + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(X + row * x_row_stride + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
     sig = _sigmoid(g)
     silu = g * sig
     # d silu / dg = sig * (1 + g * (1 - sig))
-    tl.store(DG + row * n_cols + cols, dy * u * sig * (1.0 + g * (1.0 - sig)), mask=mask)
-    tl.store(DU + row * n_cols + cols, dy * silu, mask=mask)
+    tl.store(DX + row * 2 * n_cols + cols, dy * u * sig * (1.0 + g * (1.0 - sig)), mask=mask)
+    tl.store(DX + row * 2 * n_cols + n_cols + cols, dy * silu, mask=mask)
 
 
 def _grid(n_rows: int, n_cols: int) -> tuple[tuple[int, int], int, int]:
@@ -57,57 +57,57 @@ def _grid(n_rows: int, n_cols: int) -> tuple[tuple[int, int], int, int]:
 
 
 @torch.library.custom_op("hamner::swiglu_fwd", mutates_args=())
-def _swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    gate, up = as_rows(gate), as_rows(up)
-    n_rows, n_cols = gate.shape
-    y = torch.empty((n_rows, n_cols), dtype=gate.dtype, device=gate.device)
+def _swiglu_fwd(gate_up: torch.Tensor) -> torch.Tensor:
+    gate_up = as_rows(gate_up)
+    n_rows, n_cols = gate_up.shape[0], gate_up.shape[1] // 2
+    y = torch.empty((n_rows, n_cols), dtype=gate_up.dtype, device=gate_up.device)
     grid, block, warps = _grid(n_rows, n_cols)
-    _swiglu_fwd_kernel[grid](gate, gate.stride(0), up, up.stride(0), y, n_cols, BLOCK=block, num_warps=warps)
+    _swiglu_fwd_kernel[grid](gate_up, gate_up.stride(0), y, n_cols, BLOCK=block, num_warps=warps)
     dispatch.record_launch("swiglu_fwd")
     return y
 
 
 @_swiglu_fwd.register_fake
-def _(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return gate.new_empty(gate.shape)
+def _(gate_up: torch.Tensor) -> torch.Tensor:
+    return gate_up.new_empty((gate_up.shape[0], gate_up.shape[1] // 2))
 
 
 @torch.library.custom_op("hamner::swiglu_bwd", mutates_args=())
-def _swiglu_bwd(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dgate, dup), recomputing silu(gate) from the saved inputs."""
-    dy, gate, up = as_rows(dy), as_rows(gate), as_rows(up)
-    n_rows, n_cols = gate.shape
-    dgate = torch.empty((n_rows, n_cols), dtype=gate.dtype, device=gate.device)
-    dup = torch.empty((n_rows, n_cols), dtype=up.dtype, device=up.device)
+def _swiglu_bwd(dy: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
+    """The gradient of gate_up [rows, 2I] (gate half, then up half), recomputing silu(gate)."""
+    dy, gate_up = as_rows(dy), as_rows(gate_up)
+    n_rows, n_cols = dy.shape
+    dgate_up = torch.empty((n_rows, 2 * n_cols), dtype=gate_up.dtype, device=gate_up.device)
     grid, block, warps = _grid(n_rows, n_cols)
-    _swiglu_bwd_kernel[grid](
-        dy, dy.stride(0), gate, gate.stride(0), up, up.stride(0), dgate, dup, n_cols,
-        BLOCK=block, num_warps=warps,
-    )
+    _swiglu_bwd_kernel[grid](dy, dy.stride(0), gate_up, gate_up.stride(0), dgate_up, n_cols,
+                             BLOCK=block, num_warps=warps)
     dispatch.record_launch("swiglu_bwd")
-    return dgate, dup
+    return dgate_up
 
 
 @_swiglu_bwd.register_fake
-def _(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+def _(dy: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
+    return gate_up.new_empty(gate_up.shape)
 
 
 def _swiglu_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _swiglu_backward(ctx, dy: torch.Tensor):
-    gate, up = ctx.saved_tensors
-    return _swiglu_bwd(dy, gate, up)
+def _swiglu_backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+    (gate_up,) = ctx.saved_tensors
+    return _swiglu_bwd(dy, gate_up)
 
 
 _swiglu_fwd.register_autograd(_swiglu_backward, setup_context=_swiglu_setup)
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up in fp32, output in gate's dtype; gate/up may be strided views of any leading shape."""
-    if not dispatch.use_triton(gate):
-        return reference.swiglu(gate, up)
-    rows = (-1, gate.shape[-1])
-    return _swiglu_fwd(gate.reshape(rows), up.reshape(rows)).view(gate.shape)
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate, up the first and second half of the last dim of `gate_up` (a fused
+    gate/up projection's output, any leading shape, any row stride); fp32 math, output in its dtype."""
+    if not dispatch.use_triton(gate_up):
+        return reference.swiglu(gate_up)
+    if gate_up.shape[-1] % 2:
+        raise ValueError(f"swiglu needs an even last dimension (gate and up halves), got {gate_up.shape[-1]}")
+    width = gate_up.shape[-1]
+    return _swiglu_fwd(gate_up.reshape(-1, width)).view(*gate_up.shape[:-1], width // 2)

@@ -98,7 +98,6 @@ def moe_experts(
     counts.index_add_(0, flat_experts, torch.ones_like(flat_experts))
     offsets = counts.cumsum(0).to(torch.int32)  # end row of each expert's block
     hidden = _grouped_mm(x[tokens], w_gate_up.transpose(1, 2), offsets)
-    gate, up = hidden.chunk(2, dim=-1)
-    out = _grouped_mm(swiglu(gate, up).contiguous(), w_down.transpose(1, 2), offsets)
+    out = _grouped_mm(swiglu(hidden), w_down.transpose(1, 2), offsets)
     out = out * weights.reshape(-1)[order, None]
     return torch.zeros_like(x).index_add_(0, tokens, out)

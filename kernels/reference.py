@@ -16,25 +16,83 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm, optionally after a residual add, with its backward written out.
+
+    y = w * xhat, xhat = s * r, r = rsqrt(mean(s^2) + eps), s = x (+ residual). The backward is
+    ds = r * (dxhat - xhat * mean(dxhat * xhat)) with dxhat = dy * w, dw = sum over rows of dy * xhat;
+    written out, a CPU step runs about half the ops autograd would record for the same formula.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+        summed = x if residual is None else x + residual
+        sf = summed.to(_compute_dtype(x.dtype))
+        width = sf.shape[-1]
+        r = torch.linalg.vector_norm(sf, dim=-1, keepdim=True).square_().div_(width).add_(eps).rsqrt_()
+        normed = (sf * r).to(x.dtype)
+        ctx.save_for_backward(normed, r, weight)
+        ctx.has_residual = residual is not None
+        out = (weight * normed).to(x.dtype)
+        return (out, summed) if residual is not None else out
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor, *dsummed: torch.Tensor | None):
+        normed, r, weight = ctx.saved_tensors
+        xhat, dyf = normed.to(r.dtype), dy.to(r.dtype)
+        width = xhat.shape[-1]
+        dxhat = dyf * weight.to(r.dtype)
+        dweight = (dyf * xhat).reshape(-1, width).sum(0).to(weight.dtype)
+        dot = torch.linalg.vecdot(dxhat, xhat).unsqueeze(-1)
+        dx = torch.addcmul(dxhat, xhat, dot, value=-1.0 / width).mul_(r)
+        if dsummed and dsummed[0] is not None:
+            dx = dx.add_(dsummed[0])
+        dx = dx.to(normed.dtype)
+        return dx, (dx if ctx.has_residual else None), dweight, None
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Llama RMSNorm: weight * (x * rsqrt(mean(x^2) + eps)), normalised in fp32, output in x's dtype."""
-    xf = x.to(_compute_dtype(x.dtype))
-    normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return (weight * normed).to(x.dtype)
+    return _RMSNorm.apply(x, None, weight, eps)
 
 
 def add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add followed by RMSNorm; returns (normed, summed)."""
-    summed = x + residual
-    return rms_norm(summed, weight, eps), summed
+    return _RMSNorm.apply(x, residual, weight, eps)
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up, computed in fp32, output in gate's dtype."""
-    dtype = _compute_dtype(gate.dtype)
-    return (F.silu(gate.to(dtype)) * up.to(dtype)).to(gate.dtype)
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up on the two halves of one tensor, whose backward writes both halves' gradients
+    into one tensor: the fused gate/up projection gets its gradient without a concatenation. Keeps
+    silu(gate) for the backward, as autograd would, rather than recomputing it."""
+
+    @staticmethod
+    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.to(_compute_dtype(gate_up.dtype)).chunk(2, dim=-1)
+        silu = F.silu(gate)
+        ctx.save_for_backward(gate_up, silu)
+        return (silu * up).to(gate_up.dtype)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        gate_up, silu = ctx.saved_tensors
+        gate, up = gate_up.to(silu.dtype).chunk(2, dim=-1)
+        dyf = dy.to(silu.dtype)
+        dgate_up = torch.empty(gate_up.shape, dtype=silu.dtype, device=gate_up.device)
+        dgate, dup = dgate_up.chunk(2, dim=-1)
+        torch.mul(dyf, silu, out=dup)
+        torch.ops.aten.silu_backward.grad_input(dyf * up, gate, grad_input=dgate)
+        return dgate_up.to(gate_up.dtype)
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate, up the first and second half of the last dim of `gate_up` (one
+    fused projection's output); math in fp32, output in gate_up's dtype."""
+    if gate_up.shape[-1] % 2:
+        raise ValueError(f"swiglu needs an even last dimension (gate and up halves), got {gate_up.shape[-1]}")
+    return _SwiGLU.apply(gate_up)
 
 
 def rope_cache(
@@ -47,16 +105,18 @@ def rope_cache(
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x rotated by the angles of its positions: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    half = x.shape[-1] // 2
-    xf = x.to(_compute_dtype(x.dtype))
-    cos = cos[: x.shape[1]].to(xf.dtype)[None, :, None, :]
-    sin = sin[: x.shape[1]].to(xf.dtype)[None, :, None, :]
-    x1, x2 = xf[..., :half], xf[..., half:]
-    out = torch.empty_like(xf)  # filled by halves: no concatenation (and torch.compile traces it)
-    out[..., :half] = x1 * cos - x2 * sin
-    out[..., half:] = x2 * cos + x1 * sin
-    return out.to(x.dtype)
+    """x rotated by the angles of its positions: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+
+    As x * [cos, cos] + swap(x) * [-sin, sin] on x viewed as [..., 2, D/2]: three passes over x.
+    """
+    compute = _compute_dtype(x.dtype)
+    halves = x.to(compute).unflatten(-1, (2, -1))  # [B, T, H, 2, D/2]
+    cos = cos[: x.shape[1]].to(compute)
+    sin = sin[: x.shape[1]].to(compute)
+    signed_sin = torch.stack((-sin, sin), dim=-2)[None, :, None]  # [1, T, 1, 2, D/2]
+    out = halves * cos[None, :, None, None, :]
+    out.addcmul_(halves.flip(-2), signed_sin)
+    return out.flatten(-2).to(x.dtype)
 
 
 class _Rope(torch.autograd.Function):
@@ -231,7 +291,6 @@ def moe_experts(
     out = torch.zeros_like(x)
     for expert in range(w_down.shape[0]):
         tokens, slots = (expert_ids == expert).nonzero(as_tuple=True)
-        gate, up = (x[tokens] @ w_gate_up[expert].T).chunk(2, dim=-1)
-        y = swiglu(gate, up) @ w_down[expert].T
+        y = swiglu(x[tokens] @ w_gate_up[expert].T) @ w_down[expert].T
         out = out.index_add(0, tokens, y * weights[tokens, slots, None])
     return out

@@ -93,3 +93,42 @@ def test_moe_expert_weights_stay_on_adamw_and_a_muon_step_runs():
     before = [p.detach().clone() for p in experts]
     step_all([adamw, muon], torch.tensor(True), sync_free=False)
     assert all(not torch.equal(b, p) for b, p in zip(before, experts))
+
+
+def test_layered_adamw_steps_groups_with_equal_hyperparameters_in_one_call(monkeypatch):
+    """Layers at one rate are updated by one multi-tensor call; a scaled layer keeps its own call and
+    rate; the parameters come out bit for bit as torch's AdamW leaves them, and the groups the
+    checkpoint sees are the per-layer ones."""
+    import torch.optim.adam as adam_module
+
+    def models_and_optimizers():
+        torch.manual_seed(0)
+        model = HamnerModel(model_config("demo"))
+        return model, build_optimizer(model, 1e-2, CPU)
+
+    model, ours = models_and_optimizers()
+    twin, _ = models_and_optimizers()
+    plain = torch.optim.AdamW([{**g, "params": [dict(twin.named_parameters())[n] for n in names]}
+                               for g, names in _group_names(model, ours)], lr=1e-2, betas=(0.9, 0.95), foreach=True)
+    calls = []
+    real_adam = adam_module.adam
+    monkeypatch.setattr(adam_module, "adam", lambda *a, **k: calls.append(k["lr"]) or real_adam(*a, **k))
+    for step in range(3):
+        for optimizer, m in ((ours, model), (plain, twin)):
+            apply_lr(optimizer, 1e-2, {1: 0.2})
+            torch.manual_seed(step)
+            fake_grads(m)
+            optimizer.step()
+    groups = len(ours.param_groups)
+    # ours: decay and no-decay, each at the base rate and at layer 1's
+    assert groups > 4 and len(calls) == 3 * (4 + groups)
+    assert sorted(set(calls)) == [pytest.approx(2e-3), pytest.approx(1e-2)]
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), name
+    assert len(ours.state_dict()["param_groups"]) == groups
+
+
+def _group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[dict, list[str]]]:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [({k: v for k, v in g.items() if k != "params"}, [name_of[id(p)] for p in g["params"]])
+            for g in optimizer.param_groups]

@@ -21,5 +21,4 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # views of the fused output
-        return self.down(kernels.swiglu(gate, up))
+        return self.down(kernels.swiglu(self.gate_up(x)))
