@@ -19,7 +19,9 @@ steps after the same warm-up (excluded from the timing), in this one process, on
 under bf16 autocast on a GPU (fp32 on CPU, as the training loop does). Every variant is stepped by
 the training loop's own step function, `hamner.step.train_step` (with grad_accum=1): autocast
 forward, backward, clip_grad_norm_(1.0), optimizer step skipped on a non-finite loss (on CUDA
-through the fused kernel's found_inf, without a host sync), zero_grad(set_to_none=True).
+through the fused kernel's found_inf, without a host sync), zero_grad(set_to_none=True). On a CPU
+the process first applies the trainer's allocator setting (`hamner.host_memory.keep_freed_memory`),
+which every variant then shares.
 
 The table gives each variant's figures and (a)'s speed-up over it; a JSON file with the device,
 driver, versions, config and figures goes to bench/results/. CPU runs work (use a tiny shape:
@@ -52,6 +54,7 @@ from hamner import step as hamner_step  # noqa: E402
 from hamner.cli import ArgumentParser, command  # noqa: E402
 from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
 from hamner.errors import HamnerError  # noqa: E402
+from hamner.host_memory import keep_freed_memory  # noqa: E402
 from hamner.kernels import dispatch  # noqa: E402
 from hamner.model import HamnerModel  # noqa: E402
 from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
@@ -354,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = "the preset's mixers or MLP have no transformers Llama equivalent"
     if args.threads:
         torch.set_num_threads(args.threads)
+    # The trainer's CPU allocator setting, once for the whole process: every variant runs with it.
+    kept_freed_memory = device.type == "cpu" and keep_freed_memory()
     env = environment(device)
     with torch.device("meta"):  # parameter counts only, no memory
         flops_per_token = HamnerModel(config).flops_per_token(args.seq_len)
@@ -395,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset, "config": config.to_dict(),
         "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
         "rounds": args.rounds, "interleave": args.interleave, "threads": torch.get_num_threads(),
+        "kept_freed_memory": kept_freed_memory,
         "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "flops_per_token": flops_per_token, "peak_flops": peak,
         "timing_meaningful": device.type == "cuda",

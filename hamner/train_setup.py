@@ -21,16 +21,19 @@ from hamner.data.mixture import MixtureSampler, open_validation
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import CheckpointError, DataError, RunDirError, TrainError
+from hamner.host_memory import keep_freed_memory
 from hamner.model import HamnerModel
 from hamner.run_dir import RunDir
 from hamner.train_settings import DTYPES, RunSettings
 
 
 def configure_torch(s: RunSettings, device: torch.device) -> torch.dtype:
-    """Apply the run's thread count and TF32 matmuls; returns its autocast dtype (refusing bf16 on a GPU
-    without it)."""
+    """Apply the run's thread count, TF32 matmuls and, on a CPU, the allocator setting that keeps freed
+    memory (`hamner.host_memory`); returns its autocast dtype (refusing bf16 on a GPU without it)."""
     if s.threads is not None:
         torch.set_num_threads(s.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     dtype = DTYPES[s.dtype]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainError("this GPU has no bf16 support; use --dtype fp16 or fp32")

@@ -40,13 +40,15 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor, *dsummed: torch.Tensor | None):
         normed, r, weight = ctx.saved_tensors
         xhat, dyf = normed.to(r.dtype), dy.to(r.dtype)
-        width = xhat.shape[-1]
-        dxhat = dyf * weight.to(r.dtype)
-        dweight = (dyf * xhat).reshape(-1, width).sum(0).to(weight.dtype)
-        dot = torch.linalg.vecdot(dxhat, xhat).unsqueeze(-1)
-        dx = torch.addcmul(dxhat, xhat, dot, value=-1.0 / width).mul_(r)
+        width, weight_f = xhat.shape[-1], weight.to(r.dtype)
+        dy_xhat = dyf * xhat
+        dweight = dy_xhat.reshape(-1, width).sum(0).to(weight.dtype)
+        dot = (dy_xhat @ weight_f).unsqueeze(-1)  # sum over the row of dxhat * xhat, dxhat = dy * w
+        tangent = torch.addcmul(dyf * weight_f, xhat, dot, value=-1.0 / width)
         if dsummed and dsummed[0] is not None:
-            dx = dx.add_(dsummed[0])
+            dx = torch.addcmul(dsummed[0].to(r.dtype), tangent, r)
+        else:
+            dx = tangent.mul_(r)
         dx = dx.to(normed.dtype)
         return dx, (dx if ctx.has_residual else None), dweight, None
 
@@ -80,10 +82,13 @@ class _SwiGLU(torch.autograd.Function):
         gate_up, silu = ctx.saved_tensors
         gate, up = gate_up.to(silu.dtype).chunk(2, dim=-1)
         dyf = dy.to(silu.dtype)
-        dgate_up = torch.empty(gate_up.shape, dtype=silu.dtype, device=gate_up.device)
-        dgate, dup = dgate_up.chunk(2, dim=-1)
-        torch.mul(dyf, silu, out=dup)
-        torch.ops.aten.silu_backward.grad_input(dyf * up, gate, grad_input=dgate)
+        if torch.compiler.is_compiling():  # Dynamo cannot trace out= into views; the compiler fuses the cat
+            dgate_up = torch.cat((torch.ops.aten.silu_backward(dyf * up, gate), dyf * silu), dim=-1)
+        else:  # each half written in place: no concatenation pass
+            dgate_up = torch.empty(gate_up.shape, dtype=silu.dtype, device=gate_up.device)
+            dgate, dup = dgate_up.chunk(2, dim=-1)
+            torch.mul(dyf, silu, out=dup)
+            torch.ops.aten.silu_backward.grad_input(dyf * up, gate, grad_input=dgate)
         return dgate_up.to(gate_up.dtype)
 
 
@@ -119,26 +124,39 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return out.flatten(-2).to(x.dtype)
 
 
+def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x rotated with adjacent pairs (x[2i], x[2i+1]) as complex numbers times exp(i angle): one pass."""
+    compute = _compute_dtype(x.dtype)
+    xf = x.to(compute)
+    if xf.stride(-1) != 1 or any(stride % 2 for stride in xf.stride()[:-1]):
+        xf = xf.contiguous()
+    turns = torch.complex(cos[: x.shape[1]].to(compute), sin[: x.shape[1]].to(compute))[None, :, None, :]
+    rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * turns
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
+
+
 class _Rope(torch.autograd.Function):
     """RoPE with its own backward: the gradient of a rotation is the inverse rotation (sin negated).
     Written out so a CPU step does no concatenation and no zero-filled gradients of slices."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool):
         ctx.save_for_backward(cos, sin)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        ctx.rotate = _rotate_pairs if interleaved else _rotate
+        return ctx.rotate(q, cos, sin), ctx.rotate(k, cos, sin)
 
     @staticmethod
     def backward(ctx, dq: torch.Tensor, dk: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        return _rotate(dq, cos, -sin), _rotate(dk, cos, -sin), None, None
+        return ctx.rotate(dq, cos, -sin), ctx.rotate(dk, cos, -sin), None, None, None
 
 
 def apply_rope(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding, rotate-half convention, on q [B, T, Hq, D] and k [B, T, Hkv, D]."""
-    return _Rope.apply(q, k, cos, sin)
+    """Rotary embedding on q [B, T, Hq, D] and k [B, T, Hkv, D]: element i pairs with i + D/2
+    (rotate-half, as Llama), or with `interleaved` element 2i with 2i + 1 (as GPT-J)."""
+    return _Rope.apply(q, k, cos, sin, interleaved)
 
 
 def fused_linear_cross_entropy(

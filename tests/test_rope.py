@@ -21,11 +21,47 @@ def _randn(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.T
     return torch.randn(shape, generator=generator).to(dtype).requires_grad_()
 
 
-def _with_tables(ops, cos: torch.Tensor, sin: torch.Tensor):
+def _with_tables(ops, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False):
     """apply_rope with fixed tables; the reference side gets them in float64."""
     if ops is reference:
         cos, sin = cos.double(), sin.double()
-    return lambda q, k: ops.apply_rope(q, k, cos, sin)
+    return lambda q, k: ops.apply_rope(q, k, cos, sin, interleaved=interleaved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_interleaved_rope_matches_float64_reference(strided: bool, dtype: torch.dtype) -> None:
+    """Pairs (2i, 2i + 1); on contiguous q, k and on views of one fused projection."""
+    n_q_heads, n_kv_heads, head_dim = 4, 2, 32
+    cos, sin = kernels.rope_cache(SEQ + 3, head_dim)
+
+    def run(ops):
+        rope = _with_tables(ops, cos, sin, interleaved=True)
+        if not strided:
+            return rope
+
+        def on_views(qkv: torch.Tensor):
+            q, k, _ = qkv.split([n_q_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim], dim=-1)
+            return rope(q.view(BATCH, SEQ, n_q_heads, head_dim), k.view(BATCH, SEQ, n_kv_heads, head_dim))
+
+        return on_views
+
+    if strided:
+        leaves = [_randn((BATCH, SEQ, (n_q_heads + 2 * n_kv_heads) * head_dim), dtype)]
+    else:
+        leaves = [_randn((BATCH, SEQ, n_q_heads, head_dim), dtype, 0),
+                  _randn((BATCH, SEQ, n_kv_heads, head_dim), dtype, 1)]
+    check_against_float64("rope_interleaved", run(kernels), run(reference), leaves, ["rope"])
+
+
+def test_interleaved_pairs_are_the_rotate_half_pairs_reordered() -> None:
+    """Interleaved RoPE on x with its halves zipped equals rotate-half RoPE on x, zipped the same way."""
+    cos, sin = kernels.rope_cache(SEQ, 8)
+    q, k = _randn((BATCH, SEQ, 3, 8), torch.float32, 0), _randn((BATCH, SEQ, 1, 8), torch.float32, 1)
+    order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])
+    for interleaved, plain in zip(kernels.apply_rope(q[..., order], k[..., order], cos, sin, interleaved=True),
+                                  kernels.apply_rope(q, k, cos, sin)):
+        torch.testing.assert_close(interleaved, plain[..., order])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -93,7 +129,8 @@ def test_rope_rejects_tables_of_the_wrong_shape() -> None:
 def test_custom_op_passes_opcheck() -> None:
     cos, sin = kernels.rope_cache(SEQ + 2, 8)
     q, k = _randn((1, SEQ, 4, 8), torch.float32, 0), _randn((1, SEQ, 2, 8), torch.float32, 1)
-    torch.library.opcheck(rope_module._rope, (q, k, cos, sin, False))
+    torch.library.opcheck(rope_module._rope, (q, k, cos, sin, False, False))
+    torch.library.opcheck(rope_module._rope, (q, k, cos, sin, False, True))
 
 
 def test_compiles_without_graph_breaks() -> None:

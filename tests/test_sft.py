@@ -269,7 +269,7 @@ def test_probe_of_a_fine_tuned_model_scores_trained_items_and_reports_held_out_a
             val_fraction=0.0, progress=False)
     curriculum = tmp_path / "facts.toml"
     curriculum.write_text(f'name = "facts"\ntokenizer = "bytes"\nprobe = "{probe}"\n[sources.facts]\n'
-                          'loss = "assistant"\n[[stages]]\nname = "memorise"\nsteps = 150\n'
+                          'loss = "assistant"\n[[stages]]\nname = "memorise"\nsteps = 200\n'
                           'weights = { facts = 1.0 }\nlr = 5e-3\nwarmup_steps = 5\n')
     result = train(tiny_settings(tmp_path / "run", curriculum, data=str(tmp_path / "data"), batch_size=4,
                                  seq_len=128, log_interval=50))
@@ -280,7 +280,7 @@ def test_probe_of_a_fine_tuned_model_scores_trained_items_and_reports_held_out_a
     assert rows["all", "held_out"]["total"] == 2
     logged = (result.run_dir / "probe.csv").read_text().splitlines()
     assert logged[0] == "step,stage,kind,split,correct,total,accuracy"
-    assert "150,memorise,facts,trained,4,4,1" in logged
+    assert "200,memorise,facts,trained,4,4,1" in logged
 
 
 def test_probe_files_are_checked(tmp_path):

@@ -6,6 +6,13 @@ The Llama attention (Touvron et al. 2023, "LLaMA"); the sliding window as in Bel
 ("Longformer") and Mistral 7B (Jiang et al. 2023). Decoding keeps the keys and values seen so far:
 all of them for full attention, only the last W - 1 (all a new query still sees besides its own)
 for the window, so the window's cache stays bounded however long the text.
+
+RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half, which the stored weights
+and the Hugging Face export follow). The forward projects q and k with each head's rows reordered
+to (0, D/2, 1, D/2 + 1, ...), which puts every pair side by side: RoPE is then one complex multiply,
+one pass over q and k instead of three on a CPU. Scores are dot products within a head, unchanged
+(up to rounding) when q and k are reordered alike, so the output is the rotate-half attention's;
+the decoding cache holds the reordered keys.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from hamner import kernels
 
@@ -78,22 +86,35 @@ class Attention(nn.Module):
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=False)  # rows: q, k, v
         self.out = nn.Linear(q_dim, config.hidden_size, bias=False)
+        self._pair_major: dict[torch.device, torch.Tensor] = {}  # device -> row order, see pair_major_rows
+
+    def pair_major_rows(self, device: torch.device) -> torch.Tensor:
+        """Row order of `qkv.weight` that puts each q and k head's RoPE pairs (i, i + D/2) side by side;
+        v rows keep their order."""
+        if device not in self._pair_major:
+            half, rotated = self.head_dim // 2, self.n_heads + self.n_kv_heads
+            zipped = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).reshape(-1)
+            qk = (torch.arange(rotated)[:, None] * self.head_dim + zipped).reshape(-1)
+            v = torch.arange(rotated * self.head_dim, self.qkv.out_features)
+            self._pair_major[device] = torch.cat((qk, v)).to(device)
+        return self._pair_major[device]
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: KVState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
+        weight = self.qkv.weight.index_select(0, self.pair_major_rows(x.device))
+        q, k, v = F.linear(x, weight).split((q_dim, kv_dim, kv_dim), dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if cos.dim() == 3:  # a position per token ([B, T, D/2]): rotate the B x T tokens as one sequence
             q, k = kernels.apply_rope(q.reshape(1, B * T, self.n_heads, self.head_dim),
                                       k.reshape(1, B * T, self.n_kv_heads, self.head_dim),
-                                      cos.reshape(B * T, -1), sin.reshape(B * T, -1))
+                                      cos.reshape(B * T, -1), sin.reshape(B * T, -1), interleaved=True)
             q, k = q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv_heads, self.head_dim)
         else:
-            q, k = kernels.apply_rope(q, k, cos, sin)
+            q, k = kernels.apply_rope(q, k, cos, sin, interleaved=True)
         if state is not None:
             k, v = state.append(k, v)
         # Queries are the last T positions of the keys.
