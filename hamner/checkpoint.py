@@ -31,10 +31,13 @@ from hamner.config import HamnerConfig
 from hamner.durable import fsync_path, replace_atomically
 from hamner.errors import CheckpointError
 from hamner.hf import is_hf_dir, load_hf_model
+from hamner.mixers.attention import Attention
 from hamner.model import HamnerModel
 
 FORMAT = "hamner-checkpoint"
-VERSION = 1
+# 2: the optimizer state of attention's q/k rows is in the parameter's pair order (hamner.mixers.attention);
+# version 1 held it in rotate-half order, and `upgrade_optimizer_state` converts it on resume.
+VERSION = 2
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER = "trainer.pt"
@@ -212,6 +215,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ha
     model = HamnerModel(config)
     load_weights(model, ckpt, device="cpu")
     return model.to(device), config
+
+
+def upgrade_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], version: int) -> None:
+    """Bring optimizer state restored from a checkpoint of format `version` to this one's layout:
+    before version 2, attention's q/k rows were held (and their moments saved) in rotate-half order."""
+    if version >= 2:
+        return
+    for module in model.modules():
+        if isinstance(module, Attention):
+            weight = module.qkv.weight
+            for optimizer in optimizers:
+                for value in optimizer.state.get(weight, {}).values():
+                    if torch.is_tensor(value) and value.shape == weight.shape:
+                        value.copy_(module.to_pair_order(value))
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:

@@ -8,7 +8,9 @@ residual add is fused into the next RMSNorm through `kernels.add_rms_norm`: a bl
 residual stream `x` and the previous sublayer's output `delta` that has not been added yet, and
 hands on the same pair.
 
-Parameter names of the Llama block are stable (a Hugging Face Llama exporter relies on them):
+The state_dict of the Llama block has stable names and layout (checkpoints and the Hugging Face
+exporter rely on them; the attention parameter holds its q/k rows in another order in memory, see
+`hamner.mixers.attention`):
   embed.weight                      [V, C]            also the output head
   layers.{i}.attn_norm.weight       [C]
   layers.{i}.attn.qkv.weight        [(Hq + 2 Hkv) D, C] rows: q, then k, then v

@@ -178,13 +178,15 @@ class Trainer:
         """Weights and every registered part from the latest checkpoint. Returns the run's record."""
         open_run_dir(self.rundir, self.dist, resume=True, notes=self._notes)
         target = ckpt.resolve_checkpoint(run_dir)
-        check_same_model(ckpt.read_meta(target)["model"], self.config, run_dir, self.s.preset)
+        meta = ckpt.read_meta(target)
+        check_same_model(meta["model"], self.config, run_dir, self.s.preset)
         state = ckpt.load_trainer_state(target)
         ckpt.load_weights(self.model, target, device=self.device)
         try:
             self.state.load_state_dict(state)
         except (ValueError, KeyError) as exc:
             raise TrainError(f"cannot resume {run_dir}: {exc}") from None
+        ckpt.upgrade_optimizer_state(self.model, self.optim.optimizers, meta.get("version", 1))
         if self.controller.finished:
             raise TrainError(f"{run_dir} has already finished its curriculum; nothing to resume")
         if self.s.max_steps is not None and self.progress.step >= self.s.max_steps:

@@ -90,9 +90,10 @@ def test_loss_equals_cross_entropy_of_logits_without_shifting():
 
 
 def _llama_logits(model: HamnerModel, idx: torch.Tensor) -> torch.Tensor:
-    """Independent plain-PyTorch Llama forward reading the documented weight layout (q|k|v rows, gate|up rows)."""
+    """Independent plain-PyTorch Llama forward reading the documented state_dict layout (q|k|v rows in
+    rotate-half order, gate|up rows)."""
     c = model.config
-    params = dict(model.named_parameters())
+    params = model.state_dict()
     T, D, q_dim, kv_dim = idx.shape[1], c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
 
     def norm(x, w):
@@ -233,3 +234,23 @@ def test_triton_kernels_under_bf16_autocast_match_reference_ops():
         assert grad.dtype == torch.float32, name
         relative = (grad - grads_ref[name]).norm() / grads_ref[name].norm()
         assert relative < 5e-2, f"{name}: relative gradient error {relative:.2e}"
+
+
+def test_attention_parameter_holds_pair_order_and_state_dict_rotate_half():
+    """The q/k rows sit in pair order in memory; state_dict and load_state_dict speak rotate-half."""
+    from hamner.mixers.attention import pair_order
+
+    config = HamnerConfig(vocab_size=97, hidden_size=64, n_layers=1, n_heads=4, n_kv_heads=2, intermediate_size=96,
+                          max_seq_len=32)
+    model = HamnerModel(config)
+    attn = model.layers[0].attn
+    saved = model.state_dict()["layers.0.attn.qkv.weight"]
+    order = pair_order(6, 16, attn.qkv.out_features)
+    assert order[:4].tolist() == [0, 8, 1, 9] and order[96:].tolist() == list(range(96, 128))
+    assert torch.equal(attn.qkv.weight[:, :].detach(), saved[order])
+    assert torch.equal(attn.to_rotate_half(attn.to_pair_order(saved)), saved)
+    other = HamnerModel(config)
+    other.load_state_dict(model.state_dict())
+    assert torch.equal(other.layers[0].attn.qkv.weight, attn.qkv.weight)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        other.load_state_dict({**model.state_dict(), "layers.0.attn.qkv.weight": torch.zeros(3, 64)})

@@ -57,3 +57,43 @@ def test_muon_resume_with_grad_accum_and_layer_scales_gives_identical_losses(tmp
     b, _ = load_model(tmp_path / "parts")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def _as_version_1(ckpt_dir, config) -> None:
+    """Rewrite a checkpoint as format version 1 wrote it: attention's q/k moments in rotate-half row order."""
+    import json
+
+    from hamner.mixers.attention import Attention
+    from hamner.model import HamnerModel
+    from hamner.optim import build_optimizer
+
+    model = HamnerModel(config)
+    index = {id(p): i for i, p in enumerate(
+        p for group in build_optimizer(model, 1e-3, torch.device("cpu")).param_groups for p in group["params"])}
+    state = torch.load(ckpt_dir / "trainer.pt", weights_only=False)
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, Attention):
+            moments = state["optimizer"]["state"][index[id(module.qkv.weight)]]
+            for key in ("exp_avg", "exp_avg_sq"):
+                moments[key] = module.to_rotate_half(moments[key])
+                converted += 1
+    assert converted == 2 * config.n_layers
+    torch.save(state, ckpt_dir / "trainer.pt")
+    meta = json.loads((ckpt_dir / "config.json").read_text())
+    (ckpt_dir / "config.json").write_text(json.dumps({**meta, "version": 1}))
+
+
+def test_resume_from_a_version_1_checkpoint_gives_identical_losses(tmp_path):
+    """Version 1 held attention's q/k rows, and so their optimizer moments, in rotate-half order;
+    resuming such a checkpoint converts them and continues exactly."""
+    from hamner.checkpoint import resolve_checkpoint
+
+    curriculum = write_curriculum(tmp_path, first=4, second=4)
+    train(tiny_settings(tmp_path / "whole", curriculum, max_steps=6))
+    train(tiny_settings(tmp_path / "parts", curriculum, max_steps=3))
+    _, config = load_model(tmp_path / "parts")
+    _as_version_1(resolve_checkpoint(tmp_path / "parts"), config)
+    assert train(resume_settings(tmp_path / "parts", {"max_steps": 6})).step == 6
+    expected = [(r["step"], r["loss"]) for r in metrics(tmp_path / "whole")]
+    assert [(r["step"], r["loss"]) for r in metrics(tmp_path / "parts")] == expected

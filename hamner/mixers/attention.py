@@ -7,12 +7,14 @@ The Llama attention (Touvron et al. 2023, "LLaMA"); the sliding window as in Bel
 all of them for full attention, only the last W - 1 (all a new query still sees besides its own)
 for the window, so the window's cache stays bounded however long the text.
 
-RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half, which the stored weights
-and the Hugging Face export follow). The forward projects q and k with each head's rows reordered
-to (0, D/2, 1, D/2 + 1, ...), which puts every pair side by side: RoPE is then one complex multiply,
-one pass over q and k instead of three on a CPU. Scores are dot products within a head, unchanged
-(up to rounding) when q and k are reordered alike, so the output is the rotate-half attention's;
-the decoding cache holds the reordered keys.
+RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half), and that is the order
+`state_dict()` and `load_state_dict()` use (checkpoints, the Hugging Face export). The parameter
+itself holds each q and k head's rows in pair order, (0, D/2, 1, D/2 + 1, ...), so the projection
+puts every pair side by side and RoPE is one complex multiply: one pass over q and k instead of
+three on a CPU, and no reordering of the weight at every step. Scores are dot products within a
+head, unchanged (up to rounding) when q and k are reordered alike, so the output is the
+rotate-half attention's; the decoding cache holds the reordered keys. Optimizer state follows the
+parameter, in pair order.
 """
 from __future__ import annotations
 
@@ -20,12 +22,32 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hamner import kernels
 
 if TYPE_CHECKING:
     from hamner.config import HamnerConfig
+
+
+def pair_order(rotated_heads: int, head_dim: int, rows: int) -> torch.Tensor:
+    """Row order taking a rotate-half projection [q heads; k heads; v] to pair order: in each of the
+    first `rotated_heads` heads, rows (0, D/2, 1, D/2 + 1, ...); the remaining rows (v) unchanged."""
+    half, cpu = head_dim // 2, torch.device("cpu")  # on the CPU also inside a `with torch.device("meta")` build
+    zipped = torch.stack((torch.arange(half, device=cpu), torch.arange(half, device=cpu) + half), dim=-1).reshape(-1)
+    rotated = (torch.arange(rotated_heads, device=cpu)[:, None] * head_dim + zipped).reshape(-1)
+    return torch.cat((rotated, torch.arange(rotated_heads * head_dim, rows, device=cpu)))
+
+
+def _state_dict_in_rotate_half(module: Attention, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    key = prefix + "qkv.weight"
+    if key in state_dict:
+        state_dict[key] = module.to_rotate_half(state_dict[key].detach())
+
+
+def _load_in_pair_order(module: Attention, state_dict: dict, prefix: str, *args: object) -> None:
+    key = prefix + "qkv.weight"
+    if key in state_dict and state_dict[key].shape == module.qkv.weight.shape:  # else load_state_dict names the misfit
+        state_dict[key] = module.to_pair_order(state_dict[key])
 
 
 class KVState:
@@ -86,25 +108,23 @@ class Attention(nn.Module):
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=False)  # rows: q, k, v
         self.out = nn.Linear(q_dim, config.hidden_size, bias=False)
-        self._pair_major: dict[torch.device, torch.Tensor] = {}  # device -> row order, see pair_major_rows
+        self._pair_order = pair_order(self.n_heads + self.n_kv_heads, self.head_dim, self.qkv.out_features)
+        self.register_state_dict_post_hook(_state_dict_in_rotate_half)
+        self.register_load_state_dict_pre_hook(_load_in_pair_order)
 
-    def pair_major_rows(self, device: torch.device) -> torch.Tensor:
-        """Row order of `qkv.weight` that puts each q and k head's RoPE pairs (i, i + D/2) side by side;
-        v rows keep their order."""
-        if device not in self._pair_major:
-            half, rotated = self.head_dim // 2, self.n_heads + self.n_kv_heads
-            zipped = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).reshape(-1)
-            qk = (torch.arange(rotated)[:, None] * self.head_dim + zipped).reshape(-1)
-            v = torch.arange(rotated * self.head_dim, self.qkv.out_features)
-            self._pair_major[device] = torch.cat((qk, v)).to(device)
-        return self._pair_major[device]
+    def to_pair_order(self, rows: torch.Tensor) -> torch.Tensor:
+        """`qkv.weight`-shaped rows in rotate-half order (as saved) put in the parameter's pair order."""
+        return rows.index_select(0, self._pair_order.to(rows.device))
+
+    def to_rotate_half(self, rows: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_pair_order`: rows as the parameter holds them, in the saved order."""
+        return rows.index_select(0, self._pair_order.argsort().to(rows.device))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: KVState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        weight = self.qkv.weight.index_select(0, self.pair_major_rows(x.device))
-        q, k, v = F.linear(x, weight).split((q_dim, kv_dim, kv_dim), dim=-1)
+        q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
