@@ -131,27 +131,30 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _rotate_pairs(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D] with adjacent pairs (x[2i], x[2i+1]) as complex numbers, times `turns` [T, D/2]
-    (exp(i angle)): one pass. The table is spread over the heads first, so the multiply runs over
-    whole contiguous rows; broadcast over a short inner dimension it is several times slower on a CPU."""
+    """x [B, T, H, D] with adjacent pairs (x[2i], x[2i+1]) as complex numbers, times `turns`
+    [T, >= H, D/2] (exp(i angle) for every head): one pass."""
     xf = _upcast(x)
     if xf.stride(-1) != 1 or any(stride % 2 for stride in xf.stride()[:-1]):
         xf = xf.contiguous()
-    table = turns[:, None, :].expand(-1, x.shape[2], -1).contiguous()
-    rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * table
+    rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * turns[:, : x.shape[2]]
     return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
 class _Rope(torch.autograd.Function):
     """RoPE with its own backward: the gradient of a rotation is the inverse rotation (sin negated).
-    Written out so a CPU step does no concatenation and no zero-filled gradients of slices."""
+    Written out so a CPU step does no concatenation and no zero-filled gradients of slices.
+
+    With interleaved pairs the angles become one complex table [T, H, D/2] per call, spread over the
+    heads: the multiply then runs over whole contiguous rows (broadcast over a short inner dimension
+    it is several times slower on a CPU), and the backward reuses the table, conjugated."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool):
         ctx.interleaved = interleaved
-        T = q.shape[1]
         if interleaved:
-            turns = torch.complex(_upcast(cos[:T]), _upcast(sin[:T]))
+            T, heads = q.shape[1], max(q.shape[2], k.shape[2])
+            cos, sin = (_upcast(t[:T]).unsqueeze(-2).expand(-1, heads, -1) for t in (cos, sin))
+            turns = torch.complex(cos, sin)
             ctx.save_for_backward(turns)
             return _rotate_pairs(q, turns), _rotate_pairs(k, turns)
         ctx.save_for_backward(cos, sin)
