@@ -187,7 +187,7 @@ def fused_linear_cross_entropy(
     it is accepted (callers need not know which op runs) and ignored.
     """
     logits = hidden @ weight.T
-    return F.cross_entropy(logits.to(_compute_dtype(logits.dtype)), targets, ignore_index=ignore_index)
+    return F.cross_entropy(_upcast(logits), targets, ignore_index=ignore_index)
 
 
 def causal_mask(n_queries: int, n_keys: int, window: int | None = None,
@@ -221,7 +221,7 @@ def attention(
     qh = q.transpose(1, 2)
     kh = k.repeat_interleave(group, dim=2).transpose(1, 2)
     vh = v.repeat_interleave(group, dim=2).transpose(1, 2)
-    scores = (qh @ kh.transpose(-1, -2)).to(_compute_dtype(q.dtype)) / math.sqrt(q.shape[-1])
+    scores = _upcast(qh @ kh.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if causal:
         # Queries are the last tq positions of the tk keys (matters for cached decoding).
         mask = causal_mask(scores.shape[-2], scores.shape[-1], window, device=q.device)

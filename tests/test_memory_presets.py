@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from train_helpers import tiny_settings
+from train_helpers import plain_training_losses, tiny_settings
 
 from hamner import HamnerConfig, HamnerModel, model_config
 from hamner.checkpoint import load_model
@@ -77,14 +77,7 @@ def test_a_tiny_model_lowers_its_loss_in_30_steps(name):
     torch.manual_seed(0)
     model = HamnerModel(TINY[name])
     batch = torch.randint(0, 97, (4, 1)).repeat(1, 33) + torch.arange(33) % 5  # a learnable pattern
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = model(batch[:, :-1], batch[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = plain_training_losses(model, batch, lr=3e-3)
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_checks import rel_error
 from tiny_checkpoint import save_tiny_run, tiny_config
-from train_helpers import tiny_settings, write_curriculum
+from train_helpers import plain_training_losses, tiny_settings, write_curriculum
 
 from hamner.config import PRESETS, HamnerConfig, load_model_file, model_config
 from hamner.decoding_cache import DecodingCache
@@ -247,14 +247,7 @@ def test_a_tiny_model_of_each_preset_learns_in_30_steps(name):
     model = HamnerModel(shrunk(name)).train()
     pattern = torch.randint(0, 97, (12,))
     windows = torch.stack([pattern.roll(-s).repeat(4)[:33] for s in range(4)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = model(windows[:, :-1], windows[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = plain_training_losses(model, windows, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import torch
+
 from hamner.train_settings import TrainSettings
 
 CURRICULUM = """\
@@ -61,3 +63,16 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
     """Rows of RUN/metrics.csv."""
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def plain_training_losses(model: torch.nn.Module, windows: torch.Tensor, lr: float, steps: int = 30) -> list[float]:
+    """Losses of `steps` plain AdamW steps on the same windows [B, T + 1] (no trainer, no schedule)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(windows[:, :-1], windows[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
