@@ -1,7 +1,7 @@
-"""`python chat.py ...`: the same as `hamner chat ...` (the command lives in `hamner.chat_cli`)."""
+"""`python chat.py ...`: the same as `hamner chat ...` (the command lives in `hamner.commands.chat`)."""
 import sys
 
-from hamner.chat_cli import main
+from hamner.commands.chat import main
 
 if __name__ == "__main__":
     sys.exit(main())

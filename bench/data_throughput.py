@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from hamner.cli import ArgumentParser, command  # noqa: E402
+from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
 
 
 def _best_rate(fn, amount: float, repeats: int) -> float:

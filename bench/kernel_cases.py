@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from hamner import kernels
-from hamner.config import HamnerConfig, model_config
 from hamner.kernels import reference
+from hamner.model.config import HamnerConfig, model_config
 
 PASSES: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
 EPS: float = 1e-5

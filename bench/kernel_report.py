@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout that was not pip-installed, too
 
-from hamner.cli import ArgumentParser, command  # noqa: E402
+from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
 
 COPY_TARGET = 0.8
 COLUMNS = ("op", "shape", "pass", "variant", "median ms", "GB/s", "% of copy", "TFLOP/s", "peak MiB",

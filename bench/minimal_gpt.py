@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hamner.config import HamnerConfig
+from hamner.model.config import HamnerConfig
 
 
 class _Block(nn.Module):

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from environment import environment  # noqa: E402
 from throughput import RESULTS_DIR, _release, make_batches, measure  # noqa: E402
 
-from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
-from hamner.model import HamnerModel  # noqa: E402
-from hamner.throughput import peak_flops  # noqa: E402
+from hamner.model.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.model.transformer import HamnerModel  # noqa: E402
+from hamner.train.throughput import peak_flops  # noqa: E402
 
 
 def dense_twin(config: HamnerConfig) -> HamnerConfig:

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 from environment import environment  # noqa: E402
 from timing import median_ms, time_calls  # noqa: E402
 
-from hamner.cli import ArgumentParser, command  # noqa: E402
-from hamner.config import PRESETS  # noqa: E402
+from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
 from hamner.kernels import norms  # noqa: E402
+from hamner.model.config import PRESETS  # noqa: E402
 
 
 def time_tilings(width: int, rows: int, device: torch.device, dtype: torch.dtype, warmup: int,

@@ -2,7 +2,7 @@
 
 A fixed model trains on fixed data (the shared TinyStories text, tokenized into a temporary
 directory; validation on a held-out 2 % of its stories) with each recipe in turn, through the real
-training loop (`hamner.trainer.train`: same data order, seed, batch and evaluation points). The
+training loop (`hamner.train.trainer.train`: same data order, seed, batch and evaluation points). The
 target is the AdamW recipe's final validation loss; for every recipe the run records the tokens and
 wall-clock seconds (training plus its evaluations, from the loop's own clock) at the first
 evaluation at or below the target, and the ratio of those tokens to AdamW's.
@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 
 from environment import environment  # noqa: E402
 
-from hamner.cli import ArgumentParser, command  # noqa: E402
-from hamner.train_settings import TrainSettings, pick_device  # noqa: E402
-from hamner.trainer import train  # noqa: E402
+from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
+from hamner.train.settings import TrainSettings, pick_device  # noqa: E402
+from hamner.train.trainer import train  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TRAIN_TEXT = "tinystories_train_2MiB.txt"

@@ -24,8 +24,8 @@ import torch
 from kernel_cases import EAGER, HAMNER, PASSES, SEED, Inputs, OpCase, all_cases, bench_device, bench_dtype, op_cases
 from timing import bench_clock, gbps, peak_memory_bytes, rotation_sets, tflops
 
-from hamner.config import model_config
 from hamner.kernels import dispatch
+from hamner.model.config import model_config
 
 DEVICE = bench_device()
 CASES = all_cases(DEVICE)

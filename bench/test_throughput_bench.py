@@ -85,10 +85,10 @@ def test_unknown_preset_is_an_argparse_error(capsys) -> None:
 
 
 def test_the_benchmark_times_the_training_loops_step_function(tmp_path: Path, monkeypatch) -> None:
-    """Every warm-up and timed step goes through hamner.step.train_step, and the timing covers it:
+    """Every warm-up and timed step goes through hamner.train.step.train_step, and the timing covers it:
     a spy that makes each call 50 ms slower raises the measured step time by as much."""
-    from hamner import step
     from hamner.kernels import dispatch
+    from hamner.train import step
 
     real = step.train_step
     calls: list[float] = []
@@ -112,9 +112,9 @@ def test_the_benchmark_times_the_training_loops_step_function(tmp_path: Path, mo
 
 def test_the_minimal_gpt_and_interleaved_timing_step_through_the_loops_step_function(tmp_path: Path,
                                                                                    monkeypatch) -> None:
-    """Variant (e) and the interleaved timing also take every step through hamner.step.train_step."""
-    from hamner import step
+    """Variant (e) and the interleaved timing also take every step through hamner.train.step.train_step."""
     from hamner.kernels import dispatch
+    from hamner.train import step
 
     real = step.train_step
     models: list[str] = []

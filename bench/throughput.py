@@ -4,7 +4,7 @@ Measures tokens/s, MFU and peak memory of one training step (forward, backward, 
 optimizer) for:
 
   a        our model and training step: HamnerModel with the Triton kernels, fused linear +
-           cross-entropy, the loop's AdamW (hamner.optim.build_optimizer, fused on CUDA)
+           cross-entropy, the loop's AdamW (hamner.train.optim.build_optimizer, fused on CUDA)
   b        the same model written plainly in PyTorch: HamnerModel under
            kernels.dispatch.reference_only() (eager, SDPA attention, unfused ops, logits materialised)
   c        (b) under torch.compile
@@ -17,10 +17,10 @@ optimizer) for:
 All variants see the same random token batches (one seeded generator), run the same number of
 steps after the same warm-up (excluded from the timing), in this one process, one after another,
 under bf16 autocast on a GPU (fp32 on CPU, as the training loop does). Every variant is stepped by
-the training loop's own step function, `hamner.step.train_step` (with grad_accum=1): autocast
+the training loop's own step function, `hamner.train.step.train_step` (with grad_accum=1): autocast
 forward, backward, clip_grad_norm_(1.0), optimizer step skipped on a non-finite loss (on CUDA
 through the fused kernel's found_inf, without a host sync), zero_grad(set_to_none=True). On a CPU
-the process first applies the trainer's allocator setting (`hamner.host_memory.keep_freed_memory`),
+the process first applies the trainer's allocator setting (`hamner.train.host_memory.keep_freed_memory`),
 which every variant then shares.
 
 The table gives each variant's figures and (a)'s speed-up over it; a JSON file with the device,
@@ -50,15 +50,15 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 from environment import environment  # noqa: E402
 from minimal_gpt import MinimalGPT  # noqa: E402
 
-from hamner import step as hamner_step  # noqa: E402
-from hamner.cli import ArgumentParser, command  # noqa: E402
-from hamner.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
 from hamner.errors import HamnerError  # noqa: E402
-from hamner.host_memory import keep_freed_memory  # noqa: E402
 from hamner.kernels import dispatch  # noqa: E402
-from hamner.model import HamnerModel  # noqa: E402
-from hamner.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
-from hamner.throughput import peak_flops  # noqa: E402
+from hamner.model.config import PRESETS, HamnerConfig, model_config  # noqa: E402
+from hamner.model.transformer import HamnerModel  # noqa: E402
+from hamner.train import step as hamner_step  # noqa: E402
+from hamner.train.host_memory import keep_freed_memory  # noqa: E402
+from hamner.train.optim import BETAS, WEIGHT_DECAY, build_optimizer  # noqa: E402
+from hamner.train.throughput import peak_flops  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "a": "hamner (ours)",
@@ -101,7 +101,7 @@ def _hf_model(config: HamnerConfig, device: torch.device, liger: bool) -> torch.
     """LlamaForCausalLM with our config and our initial weights (tied embeddings, SDPA attention)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hamner.hf import hf_config, to_hf_state_dict
+    from hamner.use.hf import hf_config, to_hf_state_dict
 
     hf = LlamaForCausalLM(LlamaConfig(**hf_config(config, eos_id=0), attn_implementation="sdpa"))
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(_hamner_model(config, "cpu").state_dict(), config),

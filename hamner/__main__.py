@@ -1,6 +1,6 @@
-"""`python -m hamner COMMAND ...`: the same as the `hamner` console command (see `hamner.commands`)."""
+"""`python -m hamner COMMAND ...`: the same as the `hamner` console command (see `hamner.commands.dispatcher`)."""
 import sys
 
-from hamner.commands import main
+from hamner.commands.dispatcher import main
 
 sys.exit(main())

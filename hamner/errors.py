@@ -1,7 +1,7 @@
 """Every error Hamner reports to a user, under one base class.
 
 A `HamnerError` is bad input or a run that cannot go on, never a bug: its message is one line that
-names the problem and how to fix it. Commands run through `hamner.cli.command`, which prints such an
+names the problem and how to fix it. Commands run through `hamner.commands.parsing.command`, which prints such an
 error as `error: <message>` and exits with status 2; anything else is a bug and keeps its traceback.
 Classes that replaced a `ValueError` keep it as a second base, so `except ValueError` still catches them.
 """

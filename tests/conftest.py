@@ -55,9 +55,12 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def subprocess_env() -> dict[str, str]:
-    """Environment for running project commands in a subprocess: reference ops, repo on the path."""
+    """Environment for running project commands in a subprocess: reference ops, the installed package.
+
+    The checkout's root is not put on PYTHONPATH: commands must work as a user runs them, with
+    Hamner installed (`pip install -e .`) and nothing in the checkout shadowing other packages.
+    """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from hamner import kernels
-from hamner.config import PRESETS, model_config
 from hamner.kernels.aot import TARGETS, record_launches, save_specs
 from hamner.kernels.norms import BWD_CANDIDATES, set_backward_tiling
-from hamner.model import HamnerModel
+from hamner.model.config import PRESETS, model_config
+from hamner.model.transformer import HamnerModel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel",

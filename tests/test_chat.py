@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from tiny_checkpoint import save_tiny_run, tiny_config
 
-import hamner.chat_cli as chat
+import hamner.commands.chat as chat
 from hamner.data.chat_format import STOP_STRINGS, prompt_for_reply
 from hamner.data.tokenizer import load_tokenizer
-from hamner.generate import generate
-from hamner.hf import export_hf
+from hamner.use.generate import generate
+from hamner.use.hf import export_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTES = load_tokenizer("bytes")

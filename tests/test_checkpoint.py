@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from hamner import checkpoint as ckpt
-from hamner.config import model_config
-from hamner.model import HamnerModel
+from hamner.model.config import model_config
+from hamner.model.transformer import HamnerModel
+from hamner.run import checkpoint as ckpt
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 from tiny_checkpoint import save_tiny_run, tiny_config
 
-from hamner.cli import ArgumentParser, command
+from hamner.commands.eval import main as eval_main
+from hamner.commands.parsing import ArgumentParser, command
 from hamner.errors import (
     CheckpointError,
     CurriculumError,
@@ -19,9 +20,8 @@ from hamner.errors import (
     PlotError,
     TrainError,
 )
-from hamner.eval.cli import main as eval_main
-from hamner.hf import export_hf
-from hamner.model import HamnerModel
+from hamner.model.transformer import HamnerModel
+from hamner.use.hf import export_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 

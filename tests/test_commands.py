@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hamner.commands import COMMANDS, main
+from hamner.commands.dispatcher import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("train", "chat", "eval", "export", "prepare", "plot", "tournament")

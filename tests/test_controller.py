@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hamner.controller import CurriculumController
-from hamner.curriculum import PlateauRule, load_curriculum
+from hamner.train.curriculum.controller import CurriculumController
+from hamner.train.curriculum.spec import PlateauRule, load_curriculum
 
 
 def reference_plateau_step(losses: np.ndarray, rule: PlateauRule) -> int | None:
@@ -275,10 +275,10 @@ def test_demo_runs_its_fixed_steps_then_finishes():
 def test_controller_and_curriculum_import_no_torch_or_numpy():
     import ast
 
-    import hamner.controller
-    import hamner.curriculum
+    import hamner.train.curriculum.controller
+    import hamner.train.curriculum.spec
 
-    for module in (hamner.controller, hamner.curriculum):
+    for module in (hamner.train.curriculum.controller, hamner.train.curriculum.spec):
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hamner.curriculum import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
+from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
 SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
            "concepts-sequential", "concepts-replay", "ttt-extended"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from train_helpers import metrics, tiny_flags, write_curriculum
 
-from hamner import checkpoint as ckpt
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.data.tokenizer import load_tokenizer
+from hamner.run import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 

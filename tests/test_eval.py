@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from tiny_checkpoint import save_tiny_run, tiny_config
 
 import hamner.eval.needle as needle_mod
+from hamner.commands.eval import main as eval_main
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.stories import generate_story
 from hamner.data.tokenizer import load_tokenizer
-from hamner.eval.cli import main as eval_main
 from hamner.eval.length import extended_model, length_generalisation
 from hamner.eval.loss import stream_loss
 from hamner.eval.needle import NEEDLE, QUESTION, haystack_prompt, needle_recall
-from hamner.model import HamnerModel
+from hamner.model.transformer import HamnerModel
 
 BYTES = load_tokenizer("bytes")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from hamner import checkpoint as ckpt
-from hamner.train_settings import resume_settings
-from hamner.trainer import train
+from hamner.run import checkpoint as ckpt
+from hamner.train.settings import resume_settings
+from hamner.train.trainer import train
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not hasattr(os, "fork"),
                                 reason="the kill hook forks and names fsync'ed files through /proc/self/fd")

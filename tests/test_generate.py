@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from hamner import HamnerConfig, HamnerModel
-from hamner.decoding_cache import DecodingCache
-from hamner.generate import (
+from hamner.kernels import dispatch
+from hamner.model.decoding_cache import DecodingCache
+from hamner.use.generate import (
     Sampling,
     filter_top_k,
     filter_top_p,
@@ -13,7 +14,6 @@ from hamner.generate import (
     penalize_repetition,
     stream,
 )
-from hamner.kernels import dispatch
 
 # Tiny models run much faster on one thread than on two contended ones.
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from kernel_checks import rel_error
 
 from hamner import kernels
-from hamner.config import HamnerConfig
 from hamner.kernels import linear_attention, reference
 from hamner.kernels.linear_attention import chunked_decayed_linear_attention, decayed_linear_attention
-from hamner.mixers import hebbian
-from hamner.mixers.hebbian import HebbianMemory
+from hamner.model.config import HamnerConfig
+from hamner.model.mixers import hebbian
+from hamner.model.mixers.hebbian import HebbianMemory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,7 +7,7 @@ import pytest
 
 LOOP = """
 import resource, sys, torch
-from hamner.host_memory import keep_freed_memory
+from hamner.train.host_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 for _ in range(3):

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from tiny_checkpoint import tiny_config
 
-from hamner.checkpoint import save_checkpoint
-from hamner.eval.cli import main as eval_main
-from hamner.model import HamnerModel
-from hamner.studies.length_gen import ChunkGrid, chunk_losses, chunk_perplexity, main
+from hamner.commands.eval import main as eval_main
+from hamner.eval.length_study import ChunkGrid, chunk_losses, chunk_perplexity, main
+from hamner.model.transformer import HamnerModel
+from hamner.run.checkpoint import save_checkpoint
 
 
 def test_chunk_positions_follow_the_grid():

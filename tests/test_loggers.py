@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 
-from hamner import train_cli
+from hamner.commands import train as train_cli
 from hamner.errors import TrainError
-from hamner.loggers import REPORTERS
-from hamner.trainer import train
+from hamner.train.loggers import REPORTERS
+from hamner.train.trainer import train
 
 
 def _run(tmp_path: Path, report_to: list[str]) -> Path:
@@ -79,7 +79,7 @@ def test_wandb_offline_run_holds_the_history(tmp_path, monkeypatch):
 
 
 def test_an_uninstalled_reporter_is_a_one_line_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("hamner.loggers.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("hamner.train.loggers.importlib.util.find_spec", lambda name: None)
     curriculum = write_curriculum(tmp_path)
     with pytest.raises(TrainError, match=r"--report-to wandb needs wandb: pip install wandb"):
         train(tiny_settings(tmp_path / "run", curriculum, report_to=["wandb"]))

@@ -10,13 +10,13 @@ import torch
 from train_helpers import plain_training_losses, tiny_settings
 
 from hamner import HamnerConfig, HamnerModel, model_config
-from hamner.checkpoint import load_model
-from hamner.config import PRESETS
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.tokenizer import load_tokenizer
-from hamner.generate import generate
-from hamner.train_settings import TrainError, resume_settings
-from hamner.trainer import train
+from hamner.model.config import PRESETS
+from hamner.run.checkpoint import load_model
+from hamner.train.settings import TrainError, resume_settings
+from hamner.train.trainer import train
+from hamner.use.generate import generate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

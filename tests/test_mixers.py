@@ -10,16 +10,16 @@ from kernel_checks import rel_error
 from tiny_checkpoint import save_tiny_run, tiny_config
 from train_helpers import plain_training_losses, tiny_settings, write_curriculum
 
-from hamner.config import PRESETS, HamnerConfig, load_model_file, model_config
-from hamner.decoding_cache import DecodingCache
-from hamner.export import main as export_command
-from hamner.generate import generate
-from hamner.hf import export_hf
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
-from hamner.model import HamnerModel
-from hamner.train_settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
-from hamner.trainer import train
+from hamner.model.config import PRESETS, HamnerConfig, load_model_file, model_config
+from hamner.model.decoding_cache import DecodingCache
+from hamner.model.transformer import HamnerModel
+from hamner.train.settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
+from hamner.train.trainer import train
+from hamner.use.export import main as export_command
+from hamner.use.generate import generate
+from hamner.use.hf import export_hf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -310,7 +310,7 @@ def test_a_bad_model_file_stops_training_with_one_line(tmp_path):
 
 
 def test_config_validates_mixer_names_without_importing_torch(python, subprocess_env):
-    code = ("import sys; from hamner.config import PRESETS; from hamner.mixers import MIXERS; "
+    code = ("import sys; from hamner.model.config import PRESETS; from hamner.model.mixers import MIXERS; "
             "assert 'diff_attention' in MIXERS and PRESETS['swa-125m'].window == 64; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([python, "-c", code], env=subprocess_env, check=True, timeout=60)

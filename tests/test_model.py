@@ -238,7 +238,7 @@ def test_triton_kernels_under_bf16_autocast_match_reference_ops():
 
 def test_attention_parameter_holds_pair_order_and_state_dict_rotate_half():
     """The q/k rows sit in pair order in memory; state_dict and load_state_dict speak rotate-half."""
-    from hamner.mixers.attention import pair_order
+    from hamner.model.mixers.attention import pair_order
 
     config = HamnerConfig(vocab_size=97, hidden_size=64, n_layers=1, n_heads=4, n_kv_heads=2, intermediate_size=96,
                           max_seq_len=32)

@@ -4,10 +4,10 @@ import pytest
 import torch
 from kernel_checks import rel_error
 
-from hamner.config import HamnerConfig
 from hamner.kernels import dispatch, moe_experts, reference
-from hamner.mlps.moe import MoE, balance_loss, expert_fraction, z_loss
-from hamner.model import HamnerModel
+from hamner.model.config import HamnerConfig
+from hamner.model.mlps.moe import MoE, balance_loss, expert_fraction, z_loss
+from hamner.model.transformer import HamnerModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

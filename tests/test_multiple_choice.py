@@ -7,11 +7,11 @@ import pytest
 import torch
 from tiny_checkpoint import save_tiny_run, tiny_config
 
+from hamner.commands import eval as eval_cli
+from hamner.commands.eval import main as eval_main
 from hamner.data.tokenizer import load_tokenizer
-from hamner.eval import cli as eval_cli
-from hamner.eval.cli import main as eval_main
-from hamner.model import HamnerModel
-from hamner.studies.multiple_choice import Item, ending_log_probs, load_items, multiple_choice_accuracy
+from hamner.eval.multiple_choice import Item, ending_log_probs, load_items, multiple_choice_accuracy
+from hamner.model.transformer import HamnerModel
 
 BYTES = load_tokenizer("bytes")
 

@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hamner.config import model_config
-from hamner.model import HamnerModel
-from hamner.optim import apply_lr, build_optimizer, step_if_finite
-from hamner.train_state import OptimizerSlot
+from hamner.model.config import model_config
+from hamner.model.transformer import HamnerModel
+from hamner.train.optim import apply_lr, build_optimizer, step_if_finite
+from hamner.train.state import OptimizerSlot
 
 CPU = torch.device("cpu")
 

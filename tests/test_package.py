@@ -1,7 +1,8 @@
 """The package's shape: every subpackage installs, no import cycle anywhere, and every kernel op has its
 reference's signature."""
-import ast
 import inspect
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -13,94 +14,31 @@ from hamner.kernels import reference
 from hamner.kernels.dispatch import TRITON_INSTALLED
 
 ROOT = Path(__file__).resolve().parent.parent
-# Installed package name -> folder in the checkout (hamner/kernels and hamner/data are symlinks to these).
-PACKAGES = {"hamner": ROOT / "hamner", "hamner.kernels": ROOT / "kernels", "hamner.data": ROOT / "data"}
-
-
-def package_modules() -> dict[str, Path]:
-    """Every module of the package by dotted name (a package is its __init__.py)."""
-    modules = {}
-    for package, folder in PACKAGES.items():
-        for path in folder.rglob("*.py"):
-            parts = path.relative_to(folder).with_suffix("").parts
-            if package == "hamner" and f"hamner.{parts[0]}" in PACKAGES:
-                continue  # the symlinks hamner/kernels and hamner/data: walked under their own names
-            name = ".".join((package, *parts))
-            modules[name.removesuffix(".__init__")] = path
-    return modules
-
-
-def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
-    """Package modules `path` imports anywhere: at the top, inside functions, under TYPE_CHECKING."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}".rstrip(".")
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in known:  # `import a.b.c` of a module a.b.c that we do not hold
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
-    return found
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as [a, b, ..., a], or None."""
-    state: dict[str, str] = {}
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = "open"
-        path.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        state[node] = "done"
-        path.pop()
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (cycle := visit(node)):
-            return cycle
-    return None
 
 
 def test_pyproject_installs_every_subpackage():
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     installed = set(find_packages(str(ROOT), include=find["include"]))
-    subpackages = {"hamner." + p.parent.name for p in (ROOT / "hamner").glob("*/__init__.py")}
-    assert {"hamner.mixers", "hamner.mlps", "hamner.eval", "hamner.kernels", "hamner.data"} <= subpackages
+    subpackages = {"hamner." + ".".join(p.parent.relative_to(ROOT / "hamner").parts)
+                   for p in (ROOT / "hamner").rglob("*/__init__.py")}
+    assert {"hamner.kernels", "hamner.data", "hamner.model", "hamner.model.mixers", "hamner.train",
+            "hamner.train.curriculum", "hamner.run", "hamner.use", "hamner.eval", "hamner.commands"} <= subpackages
     assert subpackages <= installed
 
 
-def test_the_package_has_no_import_cycle():
-    modules = package_modules()
-    assert {"hamner.cli", "hamner.kernels.reference", "hamner.data.prepare", "hamner.eval.cli"} <= set(modules)
-    graph = {name: imported_modules(name, path, set(modules)) for name, path in modules.items()}
-    assert "hamner.decoding_cache" in graph["hamner.model"] and "hamner.hf" in graph["hamner.checkpoint"]
-    cycle = find_cycle(graph)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+def test_hamner_is_the_only_package_at_the_top_of_the_checkout():
+    """A top-level package would shadow an installed one of the same name whenever the root is on sys.path."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages == {"hamner"}
+    assert not [p for p in ROOT.iterdir() if p.is_symlink()]
 
 
-def test_the_cycle_finder_finds_cycles():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
-
-
-def test_function_level_imports_count(tmp_path):
-    (tmp_path / "x.py").write_text("def f():\n    from hamner import y\n")
-    assert imported_modules("hamner.x", tmp_path / "x.py", {"hamner", "hamner.x", "hamner.y"}) == {"hamner.y"}
+def test_the_rooms_import_only_downwards_and_no_package_imports_in_a_cycle():
+    """The import-linter contracts in pyproject.toml: the layers of rooms and no cycle between packages."""
+    done = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken." in done.stdout
 
 
 NOT_OPS = {"reference", "attention_backend", "linear_attention_backend"}  # which backend runs, not ops

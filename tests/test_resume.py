@@ -4,10 +4,10 @@ import pytest
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from hamner.checkpoint import load_model
 from hamner.errors import TrainError
-from hamner.train_settings import resume_settings
-from hamner.trainer import train
+from hamner.run.checkpoint import load_model
+from hamner.train.settings import resume_settings
+from hamner.train.trainer import train
 
 TOTAL = 10
 
@@ -63,9 +63,9 @@ def _as_version_1(ckpt_dir, config) -> None:
     """Rewrite a checkpoint as format version 1 wrote it: attention's q/k moments in rotate-half row order."""
     import json
 
-    from hamner.mixers.attention import Attention
-    from hamner.model import HamnerModel
-    from hamner.optim import build_optimizer
+    from hamner.model.mixers.attention import Attention
+    from hamner.model.transformer import HamnerModel
+    from hamner.train.optim import build_optimizer
 
     model = HamnerModel(config)
     index = {id(p): i for i, p in enumerate(
@@ -87,7 +87,7 @@ def _as_version_1(ckpt_dir, config) -> None:
 def test_resume_from_a_version_1_checkpoint_gives_identical_losses(tmp_path):
     """Version 1 held attention's q/k rows, and so their optimizer moments, in rotate-half order;
     resuming such a checkpoint converts them and continues exactly."""
-    from hamner.checkpoint import resolve_checkpoint
+    from hamner.run.checkpoint import resolve_checkpoint
 
     curriculum = write_curriculum(tmp_path, first=4, second=4)
     train(tiny_settings(tmp_path / "whole", curriculum, max_steps=6))

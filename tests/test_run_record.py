@@ -10,13 +10,13 @@ from typing import get_type_hints
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from hamner import train_cli
-from hamner.curriculum import load_curriculum
+from hamner.commands import train as train_cli
 from hamner.data.synthetic import SyntheticSource
-from hamner.run_record import git_state
-from hamner.train_eval import VALIDATION_SEED
-from hamner.train_settings import RunSettings, TrainSettings, flag, resolve, resume_settings
-from hamner.trainer import train as run_training
+from hamner.train.curriculum.spec import load_curriculum
+from hamner.train.evaluation import VALIDATION_SEED
+from hamner.train.run_record import git_state
+from hamner.train.settings import RunSettings, TrainSettings, flag, resolve, resume_settings
+from hamner.train.trainer import train as run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL = {"model", "tokenizer", "data", "init_from", "resume", "max_steps", "threads",

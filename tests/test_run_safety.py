@@ -12,15 +12,15 @@ from safetensors import SafetensorError
 from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 
 import train as train_cli
-from hamner import checkpoint as ckpt
 from hamner.data.prepare import main as prepare_main
 from hamner.data.shards import INCOMPLETE, write_meta, write_shard
 from hamner.data.tokenizer import ByteTokenizer, load_tokenizer
 from hamner.data.windows import ShardSource
 from hamner.errors import DataError, TrainError
-from hamner.run_dir import CsvLog, RunDir, trim_lines
-from hamner.train_settings import resume_settings
-from hamner.trainer import train
+from hamner.run import checkpoint as ckpt
+from hamner.run.directory import CsvLog, RunDir, trim_lines
+from hamner.train.settings import resume_settings
+from hamner.train.trainer import train
 
 SHARD_CURRICULUM = """\
 name = "shards"

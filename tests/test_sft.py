@@ -7,9 +7,6 @@ import pytest
 import torch
 from train_helpers import metrics, tiny_settings
 
-from hamner.checkpoint import load_model
-from hamner.config import model_config
-from hamner.curriculum import load_curriculum
 from hamner.data.chat_format import MARKERS, format_conversation
 from hamner.data.chat_gen import ChatSource
 from hamner.data.concepts import KINDS, concept_items
@@ -22,10 +19,13 @@ from hamner.data.tokenizer import load_tokenizer
 from hamner.errors import DataError, TrainError
 from hamner.eval.probe import load_probe, score_probe
 from hamner.kernels import attention_dispatch, reference
-from hamner.model import HamnerModel
-from hamner.packing import document_ids, document_positions
-from hamner.train_settings import resume_settings
-from hamner.trainer import train
+from hamner.model.config import model_config
+from hamner.model.packing import document_ids, document_positions
+from hamner.model.transformer import HamnerModel
+from hamner.run.checkpoint import load_model
+from hamner.train.curriculum.spec import load_curriculum
+from hamner.train.settings import resume_settings
+from hamner.train.trainer import train
 
 CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo wörld, 12+30?"},
@@ -299,7 +299,7 @@ def test_probe_files_are_checked(tmp_path):
 
 
 def test_fine_tuning_starts_from_a_hugging_face_directory(convo_data, tmp_path, single_thread):
-    from hamner.hf import export_hf
+    from hamner.use.hf import export_hf
 
     export_hf(HamnerModel(model_config("demo")), model_config("demo"), tmp_path / "hf", eos_id=256)
     curriculum = tmp_path / "warm.toml"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from train_helpers import tiny_flags, write_curriculum
 
-from hamner import checkpoint as ckpt
+from hamner.run import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ import contextlib
 import pytest
 import torch
 
-from hamner.step import train_step
-from hamner.train_state import OptimizerSlot, Progress, TrainState
+from hamner.train.state import OptimizerSlot, Progress, TrainState
+from hamner.train.step import train_step
 
 
 def _model_and_data(seed: int = 0):

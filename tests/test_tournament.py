@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from hamner.commands.tournament import main
 from hamner.tournament import rounds as rounds_module
 from hamner.tournament import runs
-from hamner.tournament.cli import main
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import is_tie, mean_and_spread, run_tournament, size_entrants
 from hamner.tournament.sizing import match_size, model_size

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from train_helpers import tiny_flags, write_curriculum
 
-import hamner.train_cli as train
+import hamner.commands.train as train
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ("--preset", "--curriculum", "--data", "--out", "--resume", "--stage", "--init-from", "--max-steps",

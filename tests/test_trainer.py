@@ -9,15 +9,15 @@ import pytest
 import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
-from hamner import checkpoint as ckpt
-from hamner.config import model_config
 from hamner.data.synthetic import TASKS
 from hamner.errors import TrainError
-from hamner.model import HamnerModel
-from hamner.optim import apply_lr, build_optimizer, step_if_finite
-from hamner.run_dir import METRICS_COLUMNS
-from hamner.throughput import IntervalMeter
-from hamner.trainer import train
+from hamner.model.config import model_config
+from hamner.model.transformer import HamnerModel
+from hamner.run import checkpoint as ckpt
+from hamner.run.directory import METRICS_COLUMNS
+from hamner.train.optim import apply_lr, build_optimizer, step_if_finite
+from hamner.train.throughput import IntervalMeter
+from hamner.train.trainer import train
 
 
 def test_a_short_run_learns_and_writes_every_output(tmp_path):

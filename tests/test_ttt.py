@@ -6,10 +6,10 @@ import torch
 from kernel_checks import rel_error
 
 from hamner import kernels
-from hamner.config import HamnerConfig
 from hamner.kernels import reference
 from hamner.kernels.ttt import layer_norm_l2_grad, ttt_linear
-from hamner.mixers.ttt import TTTLinear
+from hamner.model.config import HamnerConfig
+from hamner.model.mixers.ttt import TTTLinear
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from hamner.checkpoint import save_checkpoint
-from hamner.config import HamnerConfig
-from hamner.model import HamnerModel
+from hamner.model.config import HamnerConfig
+from hamner.model.transformer import HamnerModel
+from hamner.run.checkpoint import save_checkpoint
 
 
 def tiny_config(**overrides) -> HamnerConfig:

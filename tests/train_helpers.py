@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hamner.train_settings import TrainSettings
+from hamner.train.settings import TrainSettings
 
 CURRICULUM = """\
 name = "test-synth"

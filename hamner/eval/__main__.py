@@ -1,6 +1,6 @@
-"""`python -m hamner.eval RUN_OR_CHECKPOINT ...`: the same as `hamner eval` (see `hamner.eval.cli`)."""
+"""`python -m hamner.eval RUN_OR_CHECKPOINT ...`: the same as `hamner eval` (see `hamner.commands.eval`)."""
 import sys
 
-from hamner.eval.cli import main
+from hamner.commands.eval import main
 
 sys.exit(main())

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner.errors import EvalError
-from hamner.model import HamnerModel
+from hamner.model.transformer import HamnerModel
 
 MULTIPLES: tuple[int, ...] = (0, 1, 2, 5, 10, 20)
 

@@ -17,7 +17,7 @@ import torch
 from hamner.data.tokenizer import Tokenizer
 from hamner.data.windows import ShardSource
 from hamner.errors import EvalError
-from hamner.model import HamnerModel
+from hamner.model.transformer import HamnerModel
 
 
 def read_split(source_dir: str | Path, tokenizer: Tokenizer, split: str = "val",

@@ -13,8 +13,8 @@ import re
 
 from hamner.data.tokenizer import Tokenizer
 from hamner.errors import EvalError
-from hamner.generate import generate
-from hamner.model import HamnerModel
+from hamner.model.transformer import HamnerModel
+from hamner.use.generate import generate
 
 NEEDLE = "The secret number is {number}."
 QUESTION = " What is the secret number?"

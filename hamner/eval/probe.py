@@ -21,7 +21,7 @@ import torch
 from hamner.data.chat_format import STOP_STRINGS
 from hamner.data.tokenizer import Tokenizer
 from hamner.errors import DataError
-from hamner.generate import generate
+from hamner.use.generate import generate
 
 SPLITS = ("trained", "held_out")
 STOPS = ("\n",) + STOP_STRINGS  # an answer is one line

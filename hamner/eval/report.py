@@ -9,7 +9,7 @@ Sections:
   length       loss and perplexity of W-token chunks at k x W positions, k up to 20, read in one
                pass past the training context (`hamner.eval.length`).
 The pieces are plain functions of (model, tokenizer, ...) so the training loop's periodic
-evaluation calls the same code. `hamner eval` (`hamner.eval.cli`) writes the report as JSON.
+evaluation calls the same code. `hamner eval` (`hamner.commands.eval`) writes the report as JSON.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from hamner.eval.length import MULTIPLES, length_generalisation
 from hamner.eval.loss import read_split, source_val_metrics
 from hamner.eval.needle import DEPTHS, default_lengths, needle_recall
 from hamner.eval.tasks import format_table, held_out_seed, task_accuracy
-from hamner.model import HamnerModel
+from hamner.model.transformer import HamnerModel
 
 QUICK_DIFFICULTIES: tuple[int, ...] = (1, 3)
 DIFFICULTIES: tuple[int, ...] = (1, 2, 3, 4, 5)

@@ -14,7 +14,7 @@ import torch
 
 from hamner.data.synthetic import TASKS, sample_texts, split_answer
 from hamner.data.tokenizer import Tokenizer
-from hamner.generate import generate
+from hamner.use.generate import generate
 
 HELD_OUT_SEED_BASE = 1 << 32
 

@@ -1,5 +1,5 @@
 import sys
 
-from hamner.tournament.cli import main
+from hamner.commands.tournament import main
 
 sys.exit(main())

@@ -18,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hamner.durable import write_text  # noqa: E402
-from hamner.plot import save_figure  # noqa: E402
+from hamner.run.durable import write_text  # noqa: E402
+from hamner.run.plot import save_figure  # noqa: E402
 from hamner.tournament.rounds import Outcome, RoundOutcome, is_tie, mean_and_spread  # noqa: E402
 from hamner.tournament.runs import RunResult  # noqa: E402
 from hamner.tournament.sizing import model_size  # noqa: E402

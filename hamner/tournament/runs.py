@@ -1,6 +1,6 @@
 """One tournament run: an ordinary Hamner run directory, trained, resumed or skipped, then read back.
 
-The only coupling to the trainer is `train_model`: it calls `hamner.trainer.train` with the
+The only coupling to the trainer is `train_model`: it calls `hamner.train.trainer.train` with the
 entrant's preset and a model file (`write_model_file`) holding the fields that differ from it, so
 each run directory resumes by hand too (`python train.py --resume DIR`). A run counts as finished when
 it holds `tournament.json` (written atomically after training) or its latest checkpoint has
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from hamner import checkpoint as ckpt
-from hamner.config import HamnerConfig, model_config
-from hamner.durable import write_text
-from hamner.train_settings import TrainSettings
+from hamner.model.config import HamnerConfig, model_config
+from hamner.run import checkpoint as ckpt
+from hamner.run.durable import write_text
+from hamner.train.settings import TrainSettings
 
 MARKER = "tournament.json"
 
@@ -87,7 +87,7 @@ def write_model_file(path: Path, config: HamnerConfig, preset: str) -> Path:
 
 def train_model(plan: RunPlan, resume: bool) -> str:
     """Train (or resume) the run `plan` describes in-process; returns the trainer's end reason."""
-    from hamner.trainer import train
+    from hamner.train.trainer import train
 
     settings = TrainSettings(
         preset=plan.preset, model=str(plan.model_file), curriculum=plan.curriculum, out=str(plan.directory),

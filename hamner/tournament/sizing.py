@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from hamner.config import HamnerConfig
-from hamner.model import HamnerModel
+from hamner.model.config import HamnerConfig
+from hamner.model.transformer import HamnerModel
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hamner.config import PRESETS, HamnerConfig, model_config
 from hamner.errors import HamnerError
+from hamner.model.config import PRESETS, HamnerConfig, model_config
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")

@@ -1,0 +1,128 @@
+"""`hamner eval RUN_OR_CHECKPOINT [--data DIR --sources a,b] [--quick]`: evaluate a model, write eval.json.
+
+The sections are described in `hamner.eval.report`; this module reads the command line, loads the
+model, writes the JSON report (NaN and infinity as strings, so it stays valid JSON) and prints its tables.
+With `--probe FILE_OR_NAME` it scores only that probe (`hamner.eval.probe`): exact-match accuracy
+on prompt/answer pairs, trained and held-out items apart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from hamner.commands.parsing import ArgumentParser, command
+from hamner.errors import DataError
+from hamner.eval.probe import format_probe, load_probe, score_probe
+from hamner.eval.report import evaluate, format_report
+from hamner.run.checkpoint import resolve_checkpoint
+from hamner.use.load import load_for_inference, pick_device
+
+REPORT_NAME = "eval.json"
+
+
+def _sources(data: str | None, names: str | None) -> dict[str, Path]:
+    if names and not data:
+        raise DataError("--sources needs --data DIR (the directory holding one folder per source)")
+    if not data:
+        return {}
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"no such data directory: {root}")
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else sorted(
+        p.name for p in root.iterdir() if p.is_dir() and list(p.glob("*val_*.bin")))
+    if not chosen:
+        raise DataError(f"{root} holds no source directories with val shards")
+    missing = [n for n in chosen if not (root / n).is_dir()]
+    if missing:
+        raise DataError(f"source {missing[0]!r} not found under {root}")
+    return {n: root / n for n in chosen}
+
+
+def _difficulties(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        levels = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or not all(1 <= d <= 5 for d in levels):
+        parser.error(f"--difficulties must be comma-separated whole numbers from 1 to 5, got {text!r}")
+    return levels
+
+
+def _finite(value):
+    """JSON has no NaN/inf: write them as strings so the report stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+@command()
+def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> int:
+    """Evaluate the checkpoint the flags name, write the JSON report and print its tables."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--length-gen" in argv:  # the length-generalisation study has flags of its own
+        from hamner.eval.length_study import main as length_gen
+
+        return length_gen([a for a in argv if a != "--length-gen"], prog=f"{prog} RUN --length-gen")
+    parser = ArgumentParser(
+        prog=prog,
+        description="Evaluate a Hamner model: validation loss/perplexity/bits per byte, synthetic-task accuracy, "
+        "needle in a haystack and length generalisation. Writes a JSON report and prints tables.")
+    parser.add_argument("checkpoint", help="run directory (its latest checkpoint), checkpoint directory "
+                        "or Hugging Face Llama directory")
+    parser.add_argument("--data", help="data root holding one prepared shard directory per source")
+    parser.add_argument("--sources", help="comma-separated source names under --data (default: all with val shards)")
+    parser.add_argument("--out", help=f"report path (default: {REPORT_NAME} in the checkpoint directory)")
+    parser.add_argument("--quick", action="store_true", help="fewer tokens, samples and needles: a fast smoke check")
+    parser.add_argument("--samples", type=int, help="synthetic samples per task and difficulty (default 50, quick 10)")
+    parser.add_argument("--difficulties", help="synthetic difficulties, comma-separated (default 1,2,3,4,5; quick 1,3)")
+    parser.add_argument("--window", type=int, help="length-generalisation window W (default: the model's context)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out samples and needles (default 0)")
+    parser.add_argument("--probe", metavar="FILE_OR_NAME", help="score only this probe, trained and held-out items "
+                        "apart: a JSONL file of {prompt, answer, trained[, kind]} or concepts, concepts/<kind>")
+    parser.add_argument("--document-start", action="store_true", help="probe prompts start a document, with no "
+                        "end-of-text before them (for models trained with packing = \"document\")")
+    parser.add_argument("--hellaswag", metavar="FILE.jsonl", help="also score multiple choice from a local "
+                        "HellaSwag-format file (ctx, endings, label per line)")
+    parser.add_argument("--hellaswag-limit", type=int, metavar="N", help="score only the first N items")
+    parser.add_argument("--length-gen", action="store_true", help="run the length-generalisation study instead "
+                        "(chunk perplexity at 1x..20x W; see --length-gen --help)")
+    args = parser.parse_args(argv)
+    for name in ("window", "samples", "hellaswag_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    difficulties = _difficulties(parser, args.difficulties)
+    start = time.perf_counter()
+    sources = _sources(args.data, args.sources)
+    device = pick_device(args.device)
+    model, config, tokenizer = load_for_inference(args.checkpoint, device)
+    report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
+              "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
+    if args.probe:
+        rows = score_probe(model, tokenizer, load_probe(args.probe), document_start=args.document_start)
+        report["probe"] = {"name": args.probe, "rows": rows}
+    else:
+        report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
+                               samples=args.samples, difficulties=difficulties, seed=args.seed))
+    if args.hellaswag:
+        from hamner.eval.multiple_choice import load_items, multiple_choice_accuracy
+
+        report["multiple_choice"] = {"file": args.hellaswag, **multiple_choice_accuracy(
+            model, tokenizer, load_items(args.hellaswag, args.hellaswag_limit))}
+    report["elapsed_s"] = time.perf_counter() - start
+    out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    print(format_probe(report["probe"]["rows"]) if args.probe else format_report(report))
+    print(f"\nreport written to {out}")
+    return 0

@@ -1,0 +1,256 @@
+"""The Hamner model's shape and the named presets.
+
+A `HamnerConfig` is everything needed to rebuild a model (checkpoints store `to_dict()`), plus
+the tokenizer spec its vocabulary belongs to, so a checkpoint always knows how to read text.
+The token mixer(s) and MLP of the blocks are named choices from the registries in
+`hamner.model.mixers` and `hamner.model.mlps`; the defaults give the plain Llama block.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hamner.model.mixers import MIXERS
+from hamner.model.mlps import MLPS
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class HamnerConfig:
+    """Shape and initialisation of a Llama-style decoder (pre-norm, GQA, SwiGLU, RoPE, tied embeddings).
+
+    `tokenizer` is the spec string the data layer's `load_tokenizer` understands: "bytes", a
+    tokenizer.json path or a Hugging Face hub name.
+
+    `mixer` names the token mixer of every block ("attention", "swa", "diff_attention", ... see
+    `hamner.model.mixers.MIXERS`); several joined by "+" (e.g. "swa+hebbian") run side by side on the
+    same normed input and their outputs are summed. `layer_mixers` (one such name per layer)
+    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu" or "moe", `hamner.model.mlps.MLPS`).
+    The remaining fields are settings of particular mixers and MLPs and are ignored by the others.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    intermediate_size: int
+    max_seq_len: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    scale_residual_init: bool = False
+    activation_checkpointing: bool = False
+    tokenizer: str = "bytes"
+    mixer: str = "attention"
+    layer_mixers: list[str] | None = None
+    mlp: str = "swiglu"
+    # Sliding-window attention ("swa"): each query sees the last `window` keys, itself included.
+    window: int | None = None
+    # Mixture-of-experts MLP ("moe"): experts of width moe_intermediate_size (default
+    # intermediate_size), moe_top_k of them per token, and the weights of the auxiliary losses.
+    n_experts: int = 8
+    moe_top_k: int = 2
+    moe_intermediate_size: int | None = None
+    moe_balance_weight: float = 0.01
+    moe_z_weight: float = 0.001
+    # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
+    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
+    hebbian_plasticity: float = 0.99
+    # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
+    # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
+    ttt_mini_batch: int = 16
+    ttt_base_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
+                     "intermediate_size", "max_seq_len"):
+            value = getattr(self, name)
+            if not _positive_int(value):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        """The mixer and MLP choices exist, and each accepts its settings (one-line errors naming the field)."""
+        if self.layer_mixers is not None:
+            if not isinstance(self.layer_mixers, list) or len(self.layer_mixers) != self.n_layers:
+                raise ValueError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
+                                 f"got {self.layer_mixers!r}")
+        names = [self.mixer] if self.layer_mixers is None else self.layer_mixers
+        field = "mixer" if self.layer_mixers is None else "layer_mixers"
+        used: set[str] = set()
+        for spec in names:
+            if not isinstance(spec, str):
+                raise ValueError(f"{field}: expected a mixer name (several joined by '+'), got {spec!r}")
+            parts = spec.split("+")
+            for part in parts:
+                if part not in MIXERS:
+                    raise ValueError(f"{field}: unknown mixer {part!r}; choose from {', '.join(MIXERS)} "
+                                     "(several joined by '+')")
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"{field}: {spec!r} names a mixer twice")
+            used.update(parts)
+        if not isinstance(self.mlp, str) or self.mlp not in MLPS:
+            raise ValueError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
+        if "swa" in used and not _positive_int(self.window):
+            raise ValueError(f"window must be a positive integer for the swa mixer, got {self.window!r}")
+        if "diff_attention" in used and (self.n_heads % 2 or self.n_kv_heads % 2):
+            raise ValueError(f"n_heads ({self.n_heads}) and n_kv_heads ({self.n_kv_heads}) must be even for "
+                             "diff_attention (it pairs heads)")
+        if "hebbian" in used and not (_number(self.hebbian_plasticity) and 0 < self.hebbian_plasticity <= 1):
+            raise ValueError(f"hebbian_plasticity must be in (0, 1], got {self.hebbian_plasticity!r}")
+        if "ttt_linear" in used:
+            if not _positive_int(self.ttt_mini_batch):
+                raise ValueError(f"ttt_mini_batch must be a positive integer, got {self.ttt_mini_batch!r}")
+            if not (_number(self.ttt_base_lr) and self.ttt_base_lr > 0):
+                raise ValueError(f"ttt_base_lr must be positive, got {self.ttt_base_lr!r}")
+        if self.mlp == "moe":
+            self._check_moe()
+
+    def _check_moe(self) -> None:
+        for name in ("n_experts", "moe_top_k"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.moe_top_k > self.n_experts:
+            raise ValueError(f"moe_top_k ({self.moe_top_k}) must not exceed n_experts ({self.n_experts})")
+        if self.moe_intermediate_size is not None and not _positive_int(self.moe_intermediate_size):
+            raise ValueError(f"moe_intermediate_size must be a positive integer, got {self.moe_intermediate_size!r}")
+        for name in ("moe_balance_weight", "moe_z_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+    def layer_mixer(self, layer_index: int) -> str:
+        """The mixer spec of layer `layer_index` ("swa", or several joined by "+")."""
+        return self.mixer if self.layer_mixers is None else self.layer_mixers[layer_index]
+
+    def layer_mixer_names(self, layer_index: int) -> list[str]:
+        """The mixers of layer `layer_index`, in order ("swa+hebbian" -> ["swa", "hebbian"])."""
+        return self.layer_mixer(layer_index).split("+")
+
+    @property
+    def residual_init_std(self) -> float:
+        """Init std of projections that write into the residual stream (init_std / sqrt(2 n_layers) if scaled)."""
+        return self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else self.init_std
+
+    @property
+    def llama_compatible(self) -> bool:
+        """True when every block is plain attention + SwiGLU, the shape a Hugging Face Llama holds."""
+        return self.mlp == "swiglu" and all(
+            self.layer_mixer_names(i) == ["attention"] for i in range(self.n_layers))
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HamnerConfig:
+        """Inverse of `to_dict`; unknown keys are an error (they mean a foreign or newer config).
+
+        Missing keys take their defaults, so configs saved before a field existed still load.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown HamnerConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+COSMO2_TOKENIZER = "HuggingFaceTB/cosmo2-tokenizer"
+
+PRESETS: dict[str, HamnerConfig] = {
+    # 47,190,528 parameters.
+    "v3-50m": HamnerConfig(vocab_size=49152, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
+                           intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER),
+    # 163,609,344 parameters.
+    "v2-164m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=20, n_heads=12, n_kv_heads=4,
+                            intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER),
+    # Byte-level (256 bytes + <|endoftext|> at id 256), 759,040 parameters: small enough that the demo
+    # curriculum's ~2.5M tokens train in about three minutes on 2 CPU cores.
+    "demo": HamnerConfig(vocab_size=257, hidden_size=128, n_layers=4, n_heads=4, n_kv_heads=2,
+                         intermediate_size=344, max_seq_len=256, tokenizer="bytes"),
+    # The TTT-125M study's sliding-window baseline (window 64): 122,702,592 parameters.
+    "swa-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
+                             intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                             mixer="swa", window=64),
+    # v3-50m with differential attention (4 differential heads per layer): 47,193,600 parameters.
+    "diffattn-50m": HamnerConfig(vocab_size=49152, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
+                                 intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                                 mixer="diff_attention"),
+    # v3-50m with an 8-expert top-2 MoE MLP; experts half as wide as its MLP (688, rounded up to a
+    # multiple of 16 for the grouped matmul), so a token uses about as many parameters as in v3-50m:
+    # 98,083,328 parameters, 47,358,464 active.
+    "moe-50m": HamnerConfig(vocab_size=49152, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
+                            intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                            mlp="moe", n_experts=8, moe_top_k=2, moe_intermediate_size=688),
+    # AGIFORMER, byte-level: every layer runs sliding-window attention and the Hebbian memory side by
+    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. 31,005,744 parameters.
+    "agiformer-31m": HamnerConfig(vocab_size=257, hidden_size=512, n_layers=6, n_heads=8, n_kv_heads=8,
+                                  intermediate_size=1984, max_seq_len=1024, tokenizer="bytes",
+                                  mixer="swa+hebbian", window=128),
+    # TTT-Linear in every layer (mini-batches of 16 tokens), the shape of swa-125m. 123,449,424 parameters.
+    "ttt-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
+                             intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
+                             mixer="ttt_linear"),
+}
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list[str]": (list,), "None": (),
+}
+
+
+def load_model_file(path: str | Path, base: HamnerConfig) -> HamnerConfig:
+    """`base` with the fields a TOML model file sets (any HamnerConfig field, e.g. mixer = "swa", window = 64).
+
+    Every mistake is a ValueError of one line naming the file and the field.
+    """
+    try:
+        table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"model file {path}: cannot read it ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model file {path}: not valid TOML ({exc})") from None
+    fields = {f.name: f for f in dataclasses.fields(HamnerConfig)}
+    for name, value in table.items():
+        if name not in fields:
+            raise ValueError(f"model file {path}: unknown field {name!r}; known fields: {', '.join(fields)}")
+        allowed = tuple(t for part in str(fields[name].type).split(" | ") for t in _FIELD_TYPES[part])
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ValueError(f"model file {path}: field {name!r} must be {fields[name].type}, got {value!r}")
+    try:
+        return dataclasses.replace(base, **table)
+    except ValueError as exc:
+        raise ValueError(f"model file {path}: {exc}") from None
+
+
+def model_config(name: str) -> HamnerConfig:
+    """A fresh copy of the preset called `name`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

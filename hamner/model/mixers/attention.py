@@ -1,0 +1,153 @@
+"""Causal grouped-query softmax attention with RoPE, full or over a sliding window.
+
+    y_t = sum_{s in S_t} softmax_s(q_t . k_s / sqrt(D)) v_s,   S_t = {0..t} (full) or {t-W+1..t} (window W)
+
+The Llama attention (Touvron et al. 2023, "LLaMA"); the sliding window as in Beltagy et al. 2020
+("Longformer") and Mistral 7B (Jiang et al. 2023). Decoding keeps the keys and values seen so far:
+all of them for full attention, only the last W - 1 (all a new query still sees besides its own)
+for the window, so the window's cache stays bounded however long the text.
+
+RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half), and that is the order
+`state_dict()` and `load_state_dict()` use (checkpoints, the Hugging Face export). The parameter
+itself holds each q and k head's rows in pair order, (0, D/2, 1, D/2 + 1, ...), so the projection
+puts every pair side by side and RoPE is one complex multiply: one pass over q and k instead of
+three on a CPU, and no reordering of the weight at every step. Scores are dot products within a
+head, unchanged (up to rounding) when q and k are reordered alike, so the output is the
+rotate-half attention's; the decoding cache holds the reordered keys. Optimizer state follows the
+parameter, in pair order.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from hamner import kernels
+
+if TYPE_CHECKING:
+    from hamner.model.config import HamnerConfig
+
+
+def pair_order(rotated_heads: int, head_dim: int, rows: int) -> torch.Tensor:
+    """Row order taking a rotate-half projection [q heads; k heads; v] to pair order: in each of the
+    first `rotated_heads` heads, rows (0, D/2, 1, D/2 + 1, ...); the remaining rows (v) unchanged."""
+    half, cpu = head_dim // 2, torch.device("cpu")  # on the CPU also inside a `with torch.device("meta")` build
+    zipped = torch.stack((torch.arange(half, device=cpu), torch.arange(half, device=cpu) + half), dim=-1).reshape(-1)
+    rotated = (torch.arange(rotated_heads, device=cpu)[:, None] * head_dim + zipped).reshape(-1)
+    return torch.cat((rotated, torch.arange(rotated_heads * head_dim, rows, device=cpu)))
+
+
+def _state_dict_in_rotate_half(module: Attention, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    key = prefix + "qkv.weight"
+    if key in state_dict:
+        state_dict[key] = module.to_rotate_half(state_dict[key].detach())
+
+
+def _load_in_pair_order(module: Attention, state_dict: dict, prefix: str, *args: object) -> None:
+    key = prefix + "qkv.weight"
+    if key in state_dict and state_dict[key].shape == module.qkv.weight.shape:  # else load_state_dict names the misfit
+        state_dict[key] = module.to_pair_order(state_dict[key])
+
+
+class KVState:
+    """Keys and values [B, T, H, D] a causal attention mixer has absorbed, for decoding.
+
+    Unbounded (`window` None): buffers of `max_len` positions filled left to right. Bounded: the
+    last `window - 1` keys and values only, kept as a sliding buffer.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, window: int | None = None) -> None:
+        self.k, self.v = k, v  # preallocated [B, max_len, ...] (unbounded) or [B, 0, ...] (window)
+        self.window = window
+        self.length = 0  # tokens absorbed
+
+    @classmethod
+    def empty(cls, batch_size: int, max_len: int, k_head_shape: tuple[int, ...], v_head_shape: tuple[int, ...],
+              window: int | None, device: torch.device, dtype: torch.dtype) -> KVState:
+        """An empty state whose keys are [.., *k_head_shape] and values [.., *v_head_shape] per position."""
+        room = max_len if window is None else 0
+        k = torch.zeros(batch_size, room, *k_head_shape, device=device, dtype=dtype)
+        v = torch.zeros(batch_size, room, *v_head_shape, device=device, dtype=dtype)
+        return cls(k, v, window)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Absorb new k, v [B, T, ...]; return the keys and values the new queries attend over.
+
+        Unbounded: every key so far. Window: the kept ones followed by the new ones.
+        """
+        n = k.shape[1]
+        if self.window is not None:
+            k_all, v_all = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)
+            start = max(0, k_all.shape[1] - (self.window - 1))
+            self.k, self.v = k_all[:, start:], v_all[:, start:]
+            self.length += n
+            return k_all, v_all
+        end = self.length + n
+        if end > self.k.shape[1]:
+            raise ValueError(f"KV cache overflow: {end} positions, room for {self.k.shape[1]}")
+        self.k[:, self.length:end] = k
+        self.v[:, self.length:end] = v
+        self.length = end
+        return self.k[:, :end], self.v[:, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows`."""
+        self.k, self.v = self.k[rows], self.v[rows]
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention with RoPE; q, k, v come from one fused projection."""
+
+    keeps_documents_apart = True
+
+    def __init__(self, config: HamnerConfig, layer_index: int, window: int | None = None) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.window = window
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=False)  # rows: q, k, v
+        self.out = nn.Linear(q_dim, config.hidden_size, bias=False)
+        self._pair_order = pair_order(self.n_heads + self.n_kv_heads, self.head_dim, self.qkv.out_features)
+        self.register_state_dict_post_hook(_state_dict_in_rotate_half)
+        self.register_load_state_dict_pre_hook(_load_in_pair_order)
+
+    def to_pair_order(self, rows: torch.Tensor) -> torch.Tensor:
+        """`qkv.weight`-shaped rows in rotate-half order (as saved) put in the parameter's pair order."""
+        return rows.index_select(0, self._pair_order.to(rows.device))
+
+    def to_rotate_half(self, rows: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_pair_order`: rows as the parameter holds them, in the saved order."""
+        return rows.index_select(0, self._pair_order.argsort().to(rows.device))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                state: KVState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if cos.dim() == 3:  # a position per token ([B, T, D/2]): rotate the B x T tokens as one sequence
+            q, k = kernels.apply_rope(q.reshape(1, B * T, self.n_heads, self.head_dim),
+                                      k.reshape(1, B * T, self.n_kv_heads, self.head_dim),
+                                      cos.reshape(B * T, -1), sin.reshape(B * T, -1), interleaved=True)
+            q, k = q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv_heads, self.head_dim)
+        else:
+            q, k = kernels.apply_rope(q, k, cos, sin, interleaved=True)
+        if state is not None:
+            k, v = state.append(k, v)
+        # Queries are the last T positions of the keys.
+        y = kernels.attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids)
+        return self.out(y.reshape(B, T, q_dim))
+
+    def new_state(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVState:
+        head = (self.n_kv_heads, self.head_dim)
+        return KVState.empty(batch_size, max_len, head, head, self.window, device, dtype)
+
+
+class SlidingWindowAttention(Attention):
+    """Attention where each query sees only the last `config.window` keys, itself included."""
+
+    def __init__(self, config: HamnerConfig, layer_index: int) -> None:
+        super().__init__(config, layer_index, window=config.window)

@@ -1,0 +1,332 @@
+"""Checkpoints: weights as safetensors beside the trainer state, written so a crash never breaks `latest`.
+
+Layout of a run directory:
+
+    RUN/checkpoints/<name>/model.safetensors   weights
+    RUN/checkpoints/<name>/config.json         model config (with its tokenizer spec), curriculum, step, stage
+    RUN/checkpoints/<name>/trainer.pt          optimizer, scaler, controller, sampler, step, every RNG state
+    RUN/checkpoints/latest                     text file naming the newest complete checkpoint
+
+Each checkpoint is written to a temporary directory `.tmp-NAME-PID`, every file fsync'ed, then
+renamed to its name and the parent fsync'ed; only then is `latest` rewritten (temp file + fsync +
+rename), so at every instant it names a complete checkpoint. The checkpoint `latest` names is
+never replaced or deleted, and one step is never saved twice. Periodic `step-*` checkpoints are
+pruned to the newest few; stage ends (`stage-N-end`) and `best` are kept. Temporaries a killed
+process left behind are cleared by `remove_temporaries` when a run (re)opens its directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from hamner.errors import CheckpointError
+from hamner.model.config import HamnerConfig
+from hamner.model.mixers.attention import Attention
+from hamner.model.transformer import HamnerModel
+from hamner.run.durable import fsync_path, replace_atomically
+from hamner.use.hf import is_hf_dir, load_hf_model
+
+FORMAT = "hamner-checkpoint"
+# 2: the optimizer state of attention's q/k rows is in the parameter's pair order (hamner.model.mixers.attention);
+# version 1 held it in rotate-half order, and `upgrade_optimizer_state` converts it on resume.
+VERSION = 2
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINER = "trainer.pt"
+LATEST = "latest"
+BEST = "best"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_name(step: int) -> str:
+    """Name of the periodic checkpoint taken after `step` optimizer steps."""
+    return f"step-{step:08d}"
+
+
+def stage_end_name(stage: int) -> str:
+    """Name of the checkpoint taken when stage `stage` (0-based) ends."""
+    return f"stage-{stage}-end"
+
+
+def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, meta: dict[str, Any],
+                    trainer_state: dict[str, Any] | None, make_latest: bool = True) -> Path:
+    """Write one checkpoint under every name in `names` (the first is the real copy, the others hard
+    links), then point `latest` at the first. `meta` goes into config.json (it must hold the model
+    config under "model" and the step under "step"); `trainer_state` into trainer.pt (None for
+    weights-only checkpoints).
+
+    No step is saved twice: when `latest` already names a complete `names[0]` of the same step (a
+    signal landing on a save step), that checkpoint is returned as it is. The checkpoint `latest`
+    names is never replaced. A failed write (a full disk) leaves no temporary behind, keeps every
+    earlier checkpoint and `latest`, and raises a one-line CheckpointError."""
+    root = checkpoints_dir(run_dir)
+    latest = _read_latest_name(root)
+    if names[0] == latest and meta.get("step") is not None and _saved_step(root / latest) == meta["step"]:
+        return root / latest
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        primary = _write_dir(root, names[0], latest, lambda tmp: _write_files(tmp, model, meta, trainer_state))
+        for name in names[1:]:
+            _write_dir(root, name, latest, lambda tmp: _link_files(primary, tmp))
+        if make_latest:
+            replace_atomically(root / LATEST, [(names[0] + "\n").encode()],
+                               temp=root / f".tmp-{LATEST}-{os.getpid()}")
+    except (OSError, SafetensorError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        kept = f"the last good checkpoint ({latest}) is kept" if latest else "no earlier checkpoint exists"
+        raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc)}; {kept}") from None
+    return primary
+
+
+def prune_periodic(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` periodic checkpoints (never the one `latest` names); returns the removed.
+
+    Each is first renamed to a `.del-*` temporary, so a crash never leaves a half-deleted checkpoint
+    under a real name."""
+    root = checkpoints_dir(run_dir)
+    latest = _read_latest_name(root)
+    periodic = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != latest)
+    doomed = periodic[: max(0, len(periodic) - keep)] if keep > 0 else periodic
+    for path in doomed:
+        trash = root / f".del-{path.name}-{os.getpid()}"
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def has_complete_checkpoint(run_dir: Path) -> bool:
+    """True when the run directory's `latest` names a checkpoint that can be resumed."""
+    root = checkpoints_dir(run_dir)
+    name = _read_latest_name(root)
+    return name is not None and _saved_step(root / name) is not None
+
+
+def remove_temporaries(run_dir: Path) -> list[str]:
+    """Clear what killed processes left in RUN/checkpoints; returns the names handled.
+
+    `.tmp-*` (unfinished writes) and `.del-*` (half-pruned checkpoints) are removed. An `.old-NAME-*`
+    is a complete checkpoint that was being replaced: it is renamed back to NAME when NAME is
+    missing, and removed otherwise. Only the process holding the run directory's lock may call this."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    handled = []
+    for item in sorted(root.iterdir()):
+        if not item.name.startswith((".tmp-", ".old-", ".del-")):
+            continue
+        handled.append(item.name)
+        if item.name.startswith(".old-"):
+            name = item.name.removeprefix(".old-").rsplit("-", 1)[0]
+            if not (root / name).exists():
+                os.rename(item, root / name)
+                continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    if handled:
+        fsync_path(root)
+    return handled
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory that `path` names: a run directory (its latest), a checkpoint
+    directory, a Hugging Face Llama directory (one weights file or shards), or a file inside one."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
+    if path.is_file():
+        path = path.parent
+    if is_hf_dir(path) or ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
+        return path
+    root = checkpoints_dir(path)
+    if root.is_dir():
+        name = _read_latest_name(root)
+        if name is None:
+            raise CheckpointError(f"run directory {path} has no complete checkpoint (checkpoints/latest is missing)")
+        target = root / name
+        if not (target / WEIGHTS).is_file():
+            raise CheckpointError(f"checkpoint {target} named by {root / LATEST} is missing")
+        return target
+    raise CheckpointError(f"{path} is neither a Hamner run directory nor a checkpoint directory "
+                          f"(expected {WEIGHTS} and {CONFIG}, or checkpoints/latest)")
+
+
+def read_meta(ckpt_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config.json, checked to be a Hamner checkpoint."""
+    try:
+        meta = json.loads((Path(ckpt_dir) / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable {Path(ckpt_dir) / CONFIG}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{ckpt_dir} is not a Hamner checkpoint (config.json lacks format={FORMAT!r})")
+    return meta
+
+
+def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.device = "cpu") -> None:
+    """Load the checkpoint's weights into `model` (shapes and names must match exactly)."""
+    try:
+        state = load_file(str(Path(ckpt_dir) / WEIGHTS), device=str(device))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"unreadable weights {Path(ckpt_dir) / WEIGHTS}: {_one_line(exc)}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"it lacks tensor {missing[0]}" if missing else f"it holds an unknown tensor {unexpected[0]}"
+        more = len(missing) + len(unexpected) - 1
+        raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: {what}"
+                              + (f" (and {more} more differences)" if more else ""))
+    for name, wanted in expected.items():  # the model's order: the first layer that differs is named
+        if state[name].shape != wanted.shape:
+            raise CheckpointError(f"weights in {ckpt_dir} do not fit the model: tensor {name} has shape "
+                                  f"{tuple(state[name].shape)} in the checkpoint but {tuple(wanted.shape)} "
+                                  "in the model")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
+    """(model, config) from a run directory (its latest checkpoint), a checkpoint directory, or a
+    Hugging Face Llama directory (see `hamner.use.hf`).
+
+    This is the one entry point for reading trained models (chat, eval, export, --init-from): other
+    formats are recognised here, before the Hamner layout."""
+    if is_hf_dir(path):
+        try:
+            return load_hf_model(path, device)
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+            raise CheckpointError(f"cannot import Hugging Face directory {path}: {_one_line(exc)}") from None
+    ckpt = resolve_checkpoint(path)
+    meta = read_meta(ckpt)
+    try:
+        config = HamnerConfig.from_dict(meta["model"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"model config in {ckpt / CONFIG} is invalid: {_one_line(exc)}") from None
+    model = HamnerModel(config)
+    load_weights(model, ckpt, device="cpu")
+    return model.to(device), config
+
+
+def upgrade_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], version: int) -> None:
+    """Bring optimizer state restored from a checkpoint of format `version` to this one's layout:
+    before version 2, attention's q/k rows were held (and their moments saved) in rotate-half order."""
+    if version >= 2:
+        return
+    for module in model.modules():
+        if isinstance(module, Attention):
+            weight = module.qkv.weight
+            for optimizer in optimizers:
+                for value in optimizer.state.get(weight, {}).values():
+                    if torch.is_tensor(value) and value.shape == weight.shape:
+                        value.copy_(module.to_pair_order(value))
+
+
+def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    """The trainer state saved beside the weights (our own file: it holds optimizer and RNG objects)."""
+    path = Path(ckpt_dir) / TRAINER
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} has no {TRAINER}: it cannot be resumed (weights-only checkpoint)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated pickle raises anything from EOFError to UnpicklingError
+        raise CheckpointError(f"unreadable trainer state {path}: {_one_line(exc)}") from None
+
+
+def _write_files(tmp: Path, model: torch.nn.Module, meta: dict[str, Any],
+                 trainer_state: dict[str, Any] | None) -> None:
+    """The checkpoint's files, each fsync'ed as soon as it is written."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    fsync_path(tmp / WEIGHTS)
+    (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2) + "\n")
+    fsync_path(tmp / CONFIG)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER)
+        fsync_path(tmp / TRAINER)
+
+
+def _link_files(source: Path, tmp: Path) -> None:
+    for item in source.iterdir():
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:
+            shutil.copy2(item, tmp / item.name)
+            fsync_path(tmp / item.name)
+
+
+def _write_dir(root: Path, name: str, latest: str | None, fill: Callable[[Path], None]) -> Path:
+    """Fill a fresh temporary directory, fsync it, then rename it to root/name.
+
+    An existing root/name (never the one `latest` names) is first moved to `.old-NAME-PID` and
+    removed once the new one is in place; `remove_temporaries` renames it back after a crash
+    between the two renames."""
+    final = root / name
+    if name == latest and final.exists():
+        raise CheckpointError(f"refusing to replace {final}: {root / LATEST} names it and it holds step "
+                              f"{_saved_step(final)}, not this save's step")
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        fsync_path(tmp)
+        if final.exists():
+            old = root / f".old-{name}-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            fsync_path(root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+            fsync_path(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _saved_step(ckpt_dir: Path) -> int | None:
+    """The step a complete, resumable checkpoint directory records; None when it is missing or partial."""
+    if not all((ckpt_dir / f).is_file() for f in (WEIGHTS, CONFIG, TRAINER)):
+        return None
+    try:
+        step = json.loads((ckpt_dir / CONFIG).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _read_latest_name(root: Path) -> str | None:
+    try:
+        name = (root / LATEST).read_text().strip()
+    except OSError:
+        return None
+    return name or None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a write failed, in a few words ("No space left on device" rather than a Rust debug dump)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    for errno_name in ("No space left on device", "Disk quota exceeded", "Permission denied",
+                       "Read-only file system"):
+        if errno_name in text:
+            return errno_name
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,182 @@
+"""The run directory: its text outputs (config.json, metrics.csv, task_accuracy.csv, samples.jsonl,
+train.log, and probe.csv for runs whose curriculum names a probe) and the lock that lets one process
+at a time use it.
+
+Only rank 0 writes (a RunDir built with `enabled=False` does nothing). Nothing is created on disk
+before `open()`, which the trainer calls once a run really starts, so a failed start leaves no
+directory behind. `open()` takes an exclusive `flock` on RUN/.lock for the life of the process (the
+kernel drops it when the process dies, so a stale lock never blocks) and writes the holder's pid
+and host into it, so a second process is refused with a line naming the first.
+
+Logs are appended and flushed line by line, so a kill loses at most the line being written. On
+resume, rows past the checkpoint's step (written by the interrupted run after its last checkpoint)
+and a torn last line are dropped, each file rewritten through a temporary file, fsync and rename:
+a kill during the trim leaves either the old or the new file, never an empty one.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hamner.errors import RunDirError
+from hamner.run.durable import replace_atomically
+
+METRICS_COLUMNS: tuple[str, ...] = (
+    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
+)
+TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
+LOCK = ".lock"
+TEMP_SUFFIX = ".tmp"
+PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
+
+
+class CsvLog:
+    """An append-only CSV with a fixed header (written with the first row); missing values are empty cells."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.columns = columns
+        self.enabled = enabled
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"{self.path.name} has no column(s) {sorted(unknown)}")
+        with open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if f.tell() == 0:
+                writer.writerow(self.columns)
+            writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in self.columns])
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows whose step is greater than `step` (used when resuming from that step)."""
+        if self.enabled:
+            trim_lines(self.path, lambda line: _csv_step(line) <= step, header_lines=1)
+
+
+class RunDir:
+    """All text outputs of one training run, and its lock."""
+
+    def __init__(self, path: Path, enabled: bool = True, probe: bool = False) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.metrics = CsvLog(self.path / "metrics.csv", METRICS_COLUMNS, enabled)
+        self.task_accuracy = CsvLog(self.path / "task_accuracy.csv", TASK_COLUMNS, enabled)
+        self.probe = CsvLog(self.path / "probe.csv", PROBE_COLUMNS, enabled and probe)
+        self.samples = self.path / "samples.jsonl"
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        """Create the directory if needed and lock it until `close()` or the end of the process.
+
+        Raises RunDirError naming the holder when another live process has the lock. Clears the
+        temporary files of atomic rewrites (here and one folder down) that a killed process left."""
+        if not self.enabled or self._lock_fd is not None:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot use {self.path} as a run directory: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"run directory {self.path} is in use by {holder}; wait for it to finish "
+                              "or pick another directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                 .encode())
+        self._lock_fd = fd
+        for leftover in [*self.path.glob(f".*{TEMP_SUFFIX}"), *self.path.glob(f"*/.*{TEMP_SUFFIX}")]:
+            leftover.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the lock (the kernel does the same when the process dies)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """The run's full settings (model, tokenizer, curriculum, CLI) as config.json."""
+        if self.enabled:
+            replace_bytes(self.path / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
+
+    def read_config(self) -> dict[str, Any]:
+        return json.loads((self.path / "config.json").read_text())
+
+    def log(self, message: str) -> None:
+        """One timestamped line in train.log."""
+        if self.enabled:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(self.path / "train.log", "a") as f:
+                f.write(f"{stamp} {message}\n")
+
+    def add_sample(self, record: dict[str, Any]) -> None:
+        """One generated sample (step, stage, prompt, completion) as a line of samples.jsonl."""
+        if self.enabled:
+            with open(self.samples, "a") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def resume_at(self, step: int) -> None:
+        """Forget log rows written after `step` by an interrupted run (metrics, task accuracy, samples)."""
+        if not self.enabled:
+            return
+        self.metrics.truncate_after(step)
+        self.task_accuracy.truncate_after(step)
+        self.probe.truncate_after(step)
+        trim_lines(self.samples, lambda line: _json_step(line) <= step, header_lines=0)
+
+
+def trim_lines(path: Path, keep: Callable[[bytes], bool], header_lines: int) -> bool:
+    """Rewrite `path` without the lines after its header that `keep` rejects, and without a last line
+    that lacks its newline (torn by a kill). The new file goes to a temporary beside it, is fsync'ed
+    and renamed over the old one. A missing, empty or already clean file is left alone. Returns
+    whether the file was rewritten."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    *lines, torn = data.split(b"\n")
+    kept = lines[:header_lines] + [line for line in lines[header_lines:] if keep(line)]
+    if len(kept) == len(lines) and not torn:
+        return False
+    replace_bytes(path, b"".join(line + b"\n" for line in kept))
+    return True
+
+
+def replace_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` durably (a temporary `.NAME.tmp` beside it, fsync, rename)."""
+    replace_atomically(path, [data], temp=path.with_name(f".{path.name}{TEMP_SUFFIX}"))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _csv_step(line: bytes) -> int:
+    """The step in the first cell of a CSV row; rows that are not ours count as past every step."""
+    try:
+        return int(next(csv.reader(io.StringIO(line.decode("utf-8"))))[0])
+    except (ValueError, IndexError, StopIteration, UnicodeDecodeError):
+        return 1 << 62
+
+
+def _json_step(line: bytes) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62

@@ -1,0 +1,1 @@
+"""Curricula: the TOML format of stages and mixtures (`spec`) and the controller that walks it (`controller`)."""

@@ -1,0 +1,504 @@
+"""Curricula as data: the TOML format, its validation, and the frozen objects the controller reads.
+
+A curriculum is a list of stages. Each stage says which data sources to mix (and how much of
+each), the synthetic-task difficulty, its learning-rate schedule and how it ends. Curricula live
+as TOML files in hamner/curricula/ so a user can copy one and edit it; every field is checked
+on load so that a typo stops the run with a one-line message instead of silently training on
+the wrong mixture. See hamner/curricula/hamner-v3.1.toml for a commented example.
+
+Run-level data options: `[sources.NAME]` tables say what a source's loss covers (`loss = "all"`,
+the default, or `"assistant"`: only the assistant's replies, from the data's loss masks);
+`packing = "document"` keeps attention inside each document of a packed row and restarts
+positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
+(a JSONL file or a built-in set, see hamner.probe) scored at every stage end.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hamner.errors import CurriculumError
+
+CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
+
+# Sources made on the fly by the data layer; every other source is a shard directory under --data.
+BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat", "concepts")
+# "synthetic/<task>" is the synthetic generator restricted to one task (e.g. synthetic/arithmetic).
+SYNTHETIC_TASK_PREFIX = "synthetic/"
+# "concepts/<kind>" is the built-in concept set restricted to one kind (e.g. concepts/opposites).
+CONCEPTS_PREFIX = "concepts/"
+
+MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
+SCHEDULES = ("constant", "cosine", "wsd")
+LOSS_MODES = ("all", "assistant")
+PACKINGS = ("stream", "document")
+DECAY_SHAPES = ("linear", "1-sqrt")  # how a wsd stage's decay falls from the peak to the floor
+OPTIMIZERS = ("adamw", "muon")
+# Muon's peak LR at the curriculum's reference LR (base_lr, else the first stage's lr). Muon's
+# orthogonalised update has unit spectral norm, so its rate lives on another scale from AdamW's;
+# 0.02 is the rate of the Muon speedrun records (Keller Jordan's modded-nanogpt).
+DEFAULT_MUON_LR = 0.02
+DEFAULT_DECAY_FRACTION = 0.2
+
+_SOURCE_NAME = re.compile(r"^(synthetic/|concepts/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_MIDDLE = re.compile(r"^middle:(\d+)$")
+
+_TOP_KEYS = {
+    "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
+    "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
+}
+_SOURCE_KEYS = ("loss",)
+_STAGE_KEYS = {
+    "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
+    "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape",
+}
+_PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
+_EARLY_STOP_KEYS = ("patience", "min_delta")
+_LAYER_SCALE_KEYS = ("layers", "scale")
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """Advance when the loss stops falling.
+
+    Checked every `check_every` steps of the stage once `min_steps` have run. Improvement is
+    (mean of the `window` losses before the last `recent` − mean of the last `recent`) divided
+    by the former; below `threshold` is a strike, anything else resets the strikes; `strikes`
+    consecutive strikes end the stage.
+    """
+
+    check_every: int
+    min_steps: int
+    window: int
+    recent: int
+    threshold: float
+    strikes: int
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """End the stage when validation loss has not improved by `min_delta` for `patience` evals."""
+
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class LayerLrScale:
+    """Scale the learning rate of some transformer layers: "middle:K" or explicit indices."""
+
+    layers: str | tuple[int, ...]
+    scale: float
+
+    def resolve(self, n_layers: int) -> dict[int, float]:
+        """Layer index -> LR scale for a model with `n_layers` layers; other layers use 1.0."""
+        if isinstance(self.layers, str):
+            k = int(_MIDDLE.match(self.layers).group(1))
+            if k > n_layers:
+                raise CurriculumError(f"layer_lr_scale {self.layers!r} needs at least {k} layers, model has {n_layers}")
+            start = (n_layers - k) // 2
+            indices = range(start, start + k)
+        else:
+            bad = [i for i in self.layers if i >= n_layers]
+            if bad:
+                raise CurriculumError(f"layer_lr_scale names layers {bad} but the model has {n_layers} layers")
+            indices = self.layers
+        return {i: self.scale for i in indices}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a curriculum, with every default filled in and the peak LR resolved."""
+
+    name: str
+    weights: dict[str, float]
+    difficulty: tuple[float, float]  # (start, end); equal when the stage has no ramp
+    lr: float  # peak learning rate (AdamW's, and of every parameter Muon does not take)
+    warmup_steps: int
+    schedule: str  # "constant", "cosine" or "wsd"
+    min_lr_ratio: float  # cosine / wsd floor as a fraction of the peak
+    steps: int | None  # fixed length
+    until_step: int | None  # ends at this absolute global step
+    max_steps: int | None  # cap for a stage that ends on plateau / early stop
+    plateau: PlateauRule | None
+    early_stop: EarlyStop | None
+    fresh_optimizer: bool
+    layer_lr_scale: LayerLrScale | None
+    # Model knobs this stage sets (e.g. {"plasticity": 0.1}); they hold until a later stage changes them.
+    model_knobs: dict[str, float]
+    optimizer: str = "adamw"  # "adamw", or "muon" for the hidden matrices (AdamW for the rest)
+    muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
+    decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
+    decay_shape: str = "1-sqrt"  # wsd: "linear" or "1-sqrt"
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """A whole curriculum: run-level settings and the ordered stages."""
+
+    name: str
+    description: str
+    tokenizer: str | None  # required tokenizer spec (e.g. "bytes"), None when any will do
+    base_lr: float | None
+    bits_per_byte: bool  # report validation bits per byte
+    keep_best: bool  # keep the checkpoint with the best validation loss
+    requires_init: bool  # a warm start: the trainer refuses to run without --init-from
+    eval_interval: int  # optimizer steps between validation evaluations
+    stages: tuple[Stage, ...]
+    path: Path
+    source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
+    packing: str  # "stream" or "document"
+    probe: str | None  # probe file or built-in probe name, scored at every stage end
+
+    def assistant_only_sources(self) -> list[str]:
+        """Sources whose loss counts the assistant's replies only."""
+        return sorted(name for name, loss in self.source_loss.items() if loss == "assistant")
+
+    def sources(self) -> list[str]:
+        """Every source with a positive weight in some stage, sorted."""
+        return sorted({s for stage in self.stages for s, w in stage.weights.items() if w > 0})
+
+    def data_sources(self) -> list[str]:
+        """The sources that must exist as prepared shard directories under --data."""
+        return [s for s in self.sources() if not is_builtin_source(s)]
+
+    def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
+        """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
+        ValueError comes back as one line naming the field."""
+        for i, stage in enumerate(self.stages):
+            for name, value in stage.model_knobs.items():
+                try:
+                    check(name, value)
+                except ValueError as exc:
+                    raise ValueError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
+
+    def uses_synthetic(self) -> bool:
+        """Whether any stage draws synthetic-task samples (mixed or of one task)."""
+        return any(is_synthetic_source(s) for s in self.sources())
+
+
+def is_synthetic_source(name: str) -> bool:
+    """"synthetic" (all tasks mixed) or "synthetic/<task>" (one task)."""
+    return name == "synthetic" or name.startswith(SYNTHETIC_TASK_PREFIX)
+
+
+def is_builtin_source(name: str) -> bool:
+    """Sources the data layer generates; every other name is a prepared shard directory."""
+    return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
+
+
+def available_curricula() -> list[str]:
+    """Names of the curricula shipped in hamner/curricula/."""
+    return sorted(p.stem for p in CURRICULA_DIR.glob("*.toml"))
+
+
+def load_curriculum(name_or_path: str | Path) -> Curriculum:
+    """Load and validate a curriculum by shipped name (e.g. "hamner-v3.1") or by file path.
+
+    Any problem raises CurriculumError with a one-line message naming the file and the field.
+    """
+    text = str(name_or_path)
+    shipped = f"shipped curricula: {', '.join(available_curricula())}"
+    if isinstance(name_or_path, Path) or "/" in text or text.endswith(".toml"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise CurriculumError(f"curriculum file {text} does not exist; {shipped}")
+    else:
+        path = CURRICULA_DIR / f"{text}.toml"
+        if not path.is_file():
+            raise CurriculumError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CurriculumError(f"{path}: not valid TOML: {e}") from None
+    return _parse(raw, path)
+
+
+class _Fields:
+    """Typed access to one TOML table, with the error prefix for messages about it."""
+
+    def __init__(self, table: Any, where: str, allowed: set[str] | tuple[str, ...]):
+        if not isinstance(table, dict):
+            raise CurriculumError(f"{where}: must be a table, got {table!r}")
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise CurriculumError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        self.table, self.where = table, where
+
+    def fail(self, key: str, problem: str) -> CurriculumError:
+        return CurriculumError(f"{self.where}.{key}: {problem}")
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def integer(self, key: str, default: int | None = None, minimum: int = 0) -> int | None:
+        value = self.table.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, key: str, default: float | None = None, low: float = -math.inf,
+               high: float = math.inf, low_open: bool = False) -> float | None:
+        value = self.table.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
+        if value < low or value > high or (low_open and value == low):
+            bound = f"> {low}" if low_open else f">= {low}"
+            raise self.fail(key, f"must be {bound} and <= {high}, got {value}" if high < math.inf
+                            else f"must be {bound}, got {value}")
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self.table.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def required(self, *keys: str) -> None:
+        for key in keys:
+            if key not in self.table:
+                raise CurriculumError(f"{self.where}: missing required key {key!r}")
+
+
+def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
+    top = _Fields(raw, path.name, _TOP_KEYS)
+    top.required("stages")
+    base_lr = top.number("base_lr", low=0.0, low_open=True)
+    optimizer = _optimizer(top, "adamw")
+    muon_lr = top.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True)
+    defaults = raw.get("defaults", {})
+    _Fields(defaults, f"{path.name}: defaults", _STAGE_KEYS - {"name"})
+    stage_tables = raw["stages"]
+    if not isinstance(stage_tables, list) or not stage_tables:
+        raise top.fail("stages", "must be a non-empty array of [[stages]] tables")
+    stages = tuple(
+        _parse_stage({**defaults, **table} if isinstance(table, dict) else table,
+                     f"{path.name}: stages[{i}]", base_lr, optimizer)
+        for i, table in enumerate(stage_tables)
+    )
+    stages = _resolve_muon_lr(stages, stage_tables, defaults, muon_lr, base_lr)
+    for i in range(1, len(stages)):
+        if stages[i].optimizer != stages[i - 1].optimizer and not stages[i].fresh_optimizer:
+            raise CurriculumError(f"{path.name}: stages[{i}].optimizer: switching from {stages[i - 1].optimizer!r} "
+                             f"to {stages[i].optimizer!r} needs fresh_optimizer = true in that stage")
+    last_until = 0
+    for i, stage in enumerate(stages):
+        if stage.until_step is not None:
+            if stage.until_step <= last_until:
+                raise CurriculumError(f"{path.name}: stages[{i}].until_step: must be after the previous stage's "
+                                 f"until_step {last_until}, got {stage.until_step}")
+            last_until = stage.until_step
+    names = [s.name for s in stages]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
+    packing = top.text("packing", "stream")
+    if packing not in PACKINGS:
+        raise top.fail("packing", f"must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    used = {name for stage in stages for name in stage.weights}
+    return Curriculum(
+        name=top.text("name", path.stem),
+        description=top.text("description") or "",
+        tokenizer=top.text("tokenizer"),
+        base_lr=base_lr,
+        bits_per_byte=top.flag("bits_per_byte", False),
+        keep_best=top.flag("keep_best", False),
+        requires_init=top.flag("requires_init", False),
+        eval_interval=top.integer("eval_interval", 500, minimum=1),
+        stages=stages,
+        path=path,
+        source_loss=_parse_sources(raw.get("sources", {}), f"{path.name}: sources", used),
+        packing=packing,
+        probe=top.text("probe"),
+    )
+
+
+def _optimizer(f: _Fields, default: str) -> str:
+    value = f.text("optimizer", default)
+    if value not in OPTIMIZERS:
+        raise f.fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {value!r}")
+    return value
+
+
+def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
+                     base_lr: float | None) -> tuple[Stage, ...]:
+    """Each stage's Muon peak: its own (or the defaults') `muon_lr`, else the curriculum's `muon_lr`
+    scaled like the stage's AdamW peak is to the reference rate (base_lr, else the first stage's lr),
+    so an `lr_mult` scales both optimizers alike."""
+    reference = base_lr if base_lr is not None else stages[0].lr
+    return tuple(
+        stage if "muon_lr" in {**defaults, **table} else replace(stage, muon_lr=muon_lr * stage.lr / reference)
+        for stage, table in zip(stages, tables)
+    )
+
+
+def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
+    """The [sources.NAME] tables: per source, what its loss covers."""
+    _Fields(table, where, set(table) if isinstance(table, dict) else ())
+    loss = {}
+    for name, options in table.items():
+        if name not in used:
+            raise CurriculumError(f"{where}.{name}: no stage uses source {name!r}")
+        f = _Fields(options, f"{where}.{name}", _SOURCE_KEYS)
+        mode = f.text("loss", "all")
+        if mode not in LOSS_MODES:
+            raise f.fail("loss", f"must be one of {', '.join(LOSS_MODES)}, got {mode!r}")
+        loss[name] = mode
+    return loss
+
+
+def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) -> Stage:
+    f = _Fields(table, where, _STAGE_KEYS)
+    f.required("name", "weights")
+    weights = _parse_weights(table["weights"], f"{where}.weights")
+
+    if f.has("lr") == f.has("lr_mult"):
+        raise CurriculumError(f"{where}: give exactly one of 'lr' (absolute) or 'lr_mult' (times base_lr)")
+    if f.has("lr"):
+        lr = f.number("lr", low=0.0, low_open=True)
+    else:
+        if base_lr is None:
+            raise f.fail("lr_mult", "needs a curriculum-level base_lr")
+        lr = base_lr * f.number("lr_mult", low=0.0, low_open=True)
+
+    schedule = f.text("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise f.fail("schedule", f"must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "constant" and f.has("min_lr_ratio"):
+        raise f.fail("min_lr_ratio", "only applies to schedule = \"cosine\" or \"wsd\"")
+    for key in ("decay_fraction", "decay_shape"):
+        if schedule != "wsd" and f.has(key):
+            raise f.fail(key, "only applies to schedule = \"wsd\"")
+    decay_shape = f.text("decay_shape", "1-sqrt")
+    if decay_shape not in DECAY_SHAPES:
+        raise f.fail("decay_shape", f"must be one of {', '.join(DECAY_SHAPES)}, got {decay_shape!r}")
+
+    bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
+    if len(bounds) != 1:
+        problem = "has no end condition" if not bounds else f"has {' and '.join(bounds)}"
+        raise CurriculumError(f"{where}: {problem}; give exactly one of steps (fixed length), until_step "
+                         "(absolute global step) or max_steps (cap for plateau / early_stop)")
+    plateau = _parse_plateau(table["plateau"], f"{where}.plateau") if f.has("plateau") else None
+    early_stop = _parse_early_stop(table["early_stop"], f"{where}.early_stop") if f.has("early_stop") else None
+    if f.has("max_steps") and plateau is None and early_stop is None:
+        raise f.fail("max_steps", "caps a stage that ends on plateau or early_stop; use steps for a fixed length")
+
+    difficulty = _parse_difficulty(table.get("difficulty"), f"{where}.difficulty", weights)
+    return Stage(
+        name=f.text("name"),
+        weights=weights,
+        difficulty=difficulty,
+        lr=lr,
+        warmup_steps=f.integer("warmup_steps", 0),
+        schedule=schedule,
+        min_lr_ratio=f.number("min_lr_ratio", 0.0, low=0.0, high=1.0),
+        steps=f.integer("steps", minimum=1),
+        until_step=f.integer("until_step", minimum=1),
+        max_steps=f.integer("max_steps", minimum=1),
+        plateau=plateau,
+        early_stop=early_stop,
+        fresh_optimizer=f.flag("fresh_optimizer", False),
+        layer_lr_scale=_parse_layer_scale(table["layer_lr_scale"], f"{where}.layer_lr_scale")
+        if f.has("layer_lr_scale") else None,
+        model_knobs=_parse_model_knobs(table.get("model", {}), f"{where}.model"),
+        optimizer=_optimizer(f, optimizer),
+        muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
+        decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
+        decay_shape=decay_shape,
+    )
+
+
+def _parse_weights(table: Any, where: str) -> dict[str, float]:
+    if not isinstance(table, dict) or not table:
+        raise CurriculumError(f"{where}: must be a non-empty table of source = weight")
+    f = _Fields(table, where, set(table))
+    weights = {}
+    for name in table:
+        if not _SOURCE_NAME.match(name):
+            raise f.fail(name, "source names are directory names (letters, digits, _ . -), synthetic/<task> "
+                               "or concepts/<kind>")
+        weights[name] = f.number(name, low=0.0)
+    if sum(weights.values()) <= 0:
+        raise CurriculumError(f"{where}: all weights are zero")
+    return weights
+
+
+def _parse_model_knobs(table: Any, where: str) -> dict[str, float]:
+    """`model = { knob = number, ... }`; whether the model has those knobs is checked when it is built."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: must be a table of knob = number, got {table!r}")
+    f = _Fields(table, where, set(table))
+    return {name: f.number(name) for name in table}
+
+
+def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:
+    if value is None:
+        if any(w > 0 and is_synthetic_source(name) for name, w in weights.items()):
+            raise CurriculumError(f"{where}: missing; a stage with synthetic weight needs a difficulty "
+                             f"(a value or a [start, end] ramp in {MIN_DIFFICULTY}..{MAX_DIFFICULTY})")
+        return (float(MIN_DIFFICULTY), float(MIN_DIFFICULTY))
+    ends = value if isinstance(value, list) else [value]
+    if len(ends) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in ends):
+        raise CurriculumError(f"{where}: must be a number or a [start, end] ramp, got {value!r}")
+    if any(not MIN_DIFFICULTY <= v <= MAX_DIFFICULTY for v in ends):
+        raise CurriculumError(f"{where}: must be within {MIN_DIFFICULTY}..{MAX_DIFFICULTY}, got {value!r}")
+    return (float(ends[0]), float(ends[-1]))
+
+
+def _parse_plateau(table: Any, where: str) -> PlateauRule:
+    f = _Fields(table, where, _PLATEAU_KEYS)
+    f.required(*_PLATEAU_KEYS)
+    rule = PlateauRule(
+        check_every=f.integer("check_every", minimum=1),
+        min_steps=f.integer("min_steps", minimum=1),
+        window=f.integer("window", minimum=1),
+        recent=f.integer("recent", minimum=1),
+        threshold=f.number("threshold", low=0.0),
+        strikes=f.integer("strikes", minimum=1),
+    )
+    if rule.min_steps < rule.window + rule.recent:
+        raise f.fail("min_steps", f"must be at least window + recent = {rule.window + rule.recent} "
+                                  f"so the first check has its losses, got {rule.min_steps}")
+    return rule
+
+
+def _parse_early_stop(table: Any, where: str) -> EarlyStop:
+    f = _Fields(table, where, _EARLY_STOP_KEYS)
+    f.required(*_EARLY_STOP_KEYS)
+    return EarlyStop(patience=f.integer("patience", minimum=1), min_delta=f.number("min_delta", low=0.0))
+
+
+def _parse_layer_scale(table: Any, where: str) -> LayerLrScale:
+    f = _Fields(table, where, _LAYER_SCALE_KEYS)
+    f.required(*_LAYER_SCALE_KEYS)
+    layers = table["layers"]
+    if isinstance(layers, str):
+        match = _MIDDLE.match(layers)
+        if not match or int(match.group(1)) < 1:
+            raise f.fail("layers", f"must be \"middle:K\" (K >= 1) or a list of layer indices, got {layers!r}")
+    elif (isinstance(layers, list) and layers
+          and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
+        if len(set(layers)) != len(layers):
+            raise f.fail("layers", f"repeats a layer index: {layers}")
+        layers = tuple(layers)
+    else:
+        raise f.fail("layers", f"must be \"middle:K\" or a non-empty list of layer indices >= 0, got {layers!r}")
+    return LayerLrScale(layers=layers, scale=f.number("scale", low=0.0, low_open=True))
