@@ -4,7 +4,7 @@
 
 The synthetic figure is the issue's target (>= 2M tokens/s on one CPU core, cosmo2 tokenizer, tasks
 mixed, difficulty 3, token ids out): the process is pinned to one core and numba to one thread.
-The shard figure prepares the TinyStories sample with `python -m hamner.data.prepare` into a temporary
+The shard figure prepares the TinyStories sample with `hamner prepare` into a temporary
 directory and times the mixture sampler's 24 x 1025 batches. `--save` writes the figures as JSON to
 bench/results/data_throughput.json. Not a pytest test (the file name keeps pytest from collecting it).
 """
@@ -70,11 +70,11 @@ def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tinystories"
-        cmd = [sys.executable, "-m", "hamner.data.prepare", str(stories), "--out", str(out), "--tokenizer", tok_path,
+        cmd = [sys.executable, "-m", "hamner", "prepare", str(stories), "--out", str(out), "--tokenizer", tok_path,
                "--quiet"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
-            raise SystemExit(f"error: data.prepare failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+            raise SystemExit(f"error: hamner prepare failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
         tok = load_tokenizer(tok_path)
         sampler = MixtureSampler({"tinystories": ShardSource(out, "train", tok)}, seed=0)
         sampler.batch(0, 24, 1025)

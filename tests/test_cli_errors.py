@@ -53,7 +53,7 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["-m", "hamner", "export", missing, str(tmp / "out")], "no checkpoint at"),
         (["-m", "hamner", "plot", missing], "no such run directory"),
         (["-m", "hamner", "prepare", missing, "--out", str(tmp / "o"), "--tokenizer", "bytes"], "no such file"),
-        (["-m", "hamner.data.bench_reader", missing, "--tokenizer", "bytes"], "no such data directory"),
+        (["bench/bench_reader.py", missing, "--tokenizer", "bytes"], "no such data directory"),
     ]
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny_checkpoint import tiny_config
 
+from hamner.commands.export import main as export_main
 from hamner.data.tokenizer import load_tokenizer
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 from hamner.run.checkpoint import save_checkpoint
-from hamner.use.export import main as export_main
 from hamner.use.hf import byte_tokenizer_json, export_hf, load_hf_model
 
 
@@ -108,7 +108,7 @@ def test_export_command(tmp_path, python, subprocess_env, capsys):
     model = trained_looking(config)
     save_checkpoint(tmp_path / "run", ["step-00000001"], model, {"model": config.to_dict()}, None)
     out = tmp_path / "hf"
-    done = subprocess.run([python, "-m", "hamner.use.export", str(tmp_path / "run"), str(out)],
+    done = subprocess.run([python, "-m", "hamner", "export", str(tmp_path / "run"), str(out)],
                           env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from tiny_checkpoint import tiny_config
 
 from hamner.commands.eval import main as eval_main
-from hamner.eval.length_study import ChunkGrid, chunk_losses, chunk_perplexity, main
+from hamner.commands.length_study import main
+from hamner.eval.length_study import ChunkGrid, chunk_losses, chunk_perplexity
 from hamner.model.transformer import HamnerModel
 from hamner.run.checkpoint import save_checkpoint
 
@@ -86,7 +87,7 @@ def test_the_study_over_two_runs_writes_evolution_and_comparison(tmp_path, capsy
     for name in ("evolution.png", "comparison.png", "length_gen.csv"):
         assert (tmp_path / "study" / name).stat().st_size > 0
     assert "ratio" in capsys.readouterr().out
-    # `python -m hamner.eval RUN --length-gen` is the same study.
+    # `hamner eval RUN --length-gen` is the same study.
     assert eval_main([str(tmp_path / "ttt"), "--length-gen", *flags]) == 0
     study = json.loads((tmp_path / "study" / "length_gen.json").read_text())["study"]
     assert study["run"] == str(tmp_path / "ttt") and study["checkpoints"][0]["step"] == 20

@@ -10,6 +10,7 @@ from kernel_checks import rel_error
 from tiny_checkpoint import save_tiny_run, tiny_config
 from train_helpers import plain_training_losses, tiny_settings, write_curriculum
 
+from hamner.commands.export import main as export_command
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
 from hamner.model.config import PRESETS, HamnerConfig, load_model_file, model_config
@@ -17,7 +18,6 @@ from hamner.model.decoding_cache import DecodingCache
 from hamner.model.transformer import HamnerModel
 from hamner.train.settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
 from hamner.train.trainer import train
-from hamner.use.export import main as export_command
 from hamner.use.generate import generate
 from hamner.use.hf import export_hf
 

@@ -1,6 +1,8 @@
 """The mixture sampler: weights, determinism, exact resume, disjoint ranks; opening sources by name."""
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from hamner.data.mixture import open_validation
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.windows import ShardSource
 
+ROOT = Path(__file__).resolve().parent.parent
 ROW = 8
 MARK = 200  # shard rows start with MARK + window number: above the generator's 7, inside the byte vocabulary
 
@@ -130,7 +133,7 @@ def test_open_sources(tmp_path, shared_data, monkeypatch):
     assert isinstance(opened["tinystories"], ShardSource) and opened["tinystories"].split == "train"
     val = open_validation(["tinystories"], str(tmp_path), tok)["tinystories"]
     assert val.split == "val" and val.tokens == 3 * ROW
-    with pytest.raises(DataError, match=r"python -m hamner\.data\.prepare .* --out .*fineweb --tokenizer bytes") as err:
+    with pytest.raises(DataError, match=r"hamner prepare .* --out .*fineweb --tokenizer bytes") as err:
         open_sources(["fineweb"], str(tmp_path), tok)
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="no data root"):
@@ -149,8 +152,11 @@ def test_open_one_task_synthetic_source():
 
 
 def test_reader_benchmark_command(tmp_path, capsys):
-    from hamner.data.bench_reader import main
-
+    """bench/bench_reader.py, the developer's measurement of the shard reader (a script, not a module)."""
+    spec = importlib.util.spec_from_file_location("bench_reader", ROOT / "bench" / "bench_reader.py")
+    bench_reader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_reader)
+    main = bench_reader.main
     _shard_dir(tmp_path, load_tokenizer("bytes"))
     args = [str(tmp_path / "stream"), "--tokenizer", "bytes", "--batch", "4", "--row-len", str(ROW), "--seconds", "0.2"]
     assert main(args) == 0

@@ -1,4 +1,4 @@
-"""`python -m hamner.run.plot` on a made-up run directory: the PNGs exist and hold real drawings;
+"""`hamner plot` on a made-up run directory: the PNGs exist and hold real drawings;
 a missing or empty run directory is a one-line error with exit status 2."""
 import csv
 import math
@@ -9,8 +9,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from hamner.commands.plot import main
 from hamner.errors import PlotError
-from hamner.run.plot import METRICS_COLUMNS, main, plot_run, stage_spans
+from hamner.run.directory import METRICS_COLUMNS
+from hamner.run.plot import plot_run, stage_spans
 
 
 def make_run(run_dir: Path, with_accuracy: bool = True) -> None:
@@ -96,7 +98,7 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
 
 
 def test_command_line_error_is_one_line_exit_2(tmp_path: Path, python: str, subprocess_env: dict[str, str]):
-    bad = subprocess.run([python, "-m", "hamner.run.plot", str(tmp_path / "nope")],
+    bad = subprocess.run([python, "-m", "hamner", "plot", str(tmp_path / "nope")],
                          capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "no such run directory" in bad.stderr

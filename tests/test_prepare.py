@@ -1,13 +1,14 @@
-"""`python -m hamner.data.prepare`: real files reproduced exactly, every input format, every error case."""
+"""`hamner prepare`: real files reproduced exactly, every input format, every error case."""
 import json
 import subprocess
 
 import numpy as np
 import pytest
 
+from hamner.commands.prepare import main
 from hamner.data import load_tokenizer
 from hamner.data.chat_format import format_conversation
-from hamner.data.prepare import is_val, main
+from hamner.data.prepare import is_val
 from hamner.data.shards import read_shard, shard_paths
 
 

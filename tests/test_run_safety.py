@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 
 import train as train_cli
-from hamner.data.prepare import main as prepare_main
+from hamner.commands.prepare import main as prepare_main
 from hamner.data.shards import INCOMPLETE, write_meta, write_shard
 from hamner.data.tokenizer import ByteTokenizer, load_tokenizer
 from hamner.data.windows import ShardSource

@@ -72,7 +72,7 @@ def test_missing_data_source_names_the_prepare_command(tmp_path, capsys):
                       "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert "python -m hamner.data.prepare" in err and "tinystories" in err
+    assert "hamner prepare" in err and "tinystories" in err
     assert not (tmp_path / "run").exists()
 
 

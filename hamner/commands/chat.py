@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 from hamner.commands.parsing import ArgumentParser, command
 from hamner.data.chat_format import STOP_STRINGS, format_conversation, prompt_for_reply
+from hamner.device import pick_device
 from hamner.use.generate import stream
-from hamner.use.load import load_for_inference, pick_device
+from hamner.use.load import load_for_inference
 
 HELP = """commands:
   /quit             leave (Ctrl-D and Ctrl-C work too)

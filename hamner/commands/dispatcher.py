@@ -1,4 +1,4 @@
-"""The `hamner` command: one entry per subcommand, each a module with `main(argv, prog=...)`.
+"""The `hamner` command: one entry per subcommand, each a module `hamner.commands.NAME` with `main(argv, prog=...)`.
 
     hamner train --preset demo          (also `python train.py`)
     hamner eval runs/<run> --quick      (also `python -m hamner.eval`)
@@ -29,9 +29,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("hamner.commands.train", "train a model through a staged curriculum"),
     "chat": Command("hamner.commands.chat", "talk to a trained model, or sample from it with --prompt"),
     "eval": Command("hamner.commands.eval", "evaluate a model: loss, task accuracy, needle, length generalisation"),
-    "export": Command("hamner.use.export", "write a checkpoint as a Hugging Face Llama directory"),
-    "prepare": Command("hamner.data.prepare", "tokenize text files or a Hugging Face dataset into shards"),
-    "plot": Command("hamner.run.plot", "draw a run's loss, LR, throughput and accuracy curves to PNG files"),
+    "export": Command("hamner.commands.export", "write a checkpoint as a Hugging Face Llama directory"),
+    "prepare": Command("hamner.commands.prepare", "tokenize text files or a Hugging Face dataset into shards"),
+    "plot": Command("hamner.commands.plot", "draw a run's loss, LR, throughput and accuracy curves to PNG files"),
     "tournament": Command("hamner.commands.tournament", "architecture tournament: entrants resized to one size, "
                           "elimination rounds, report"),
 }

@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from hamner.commands import length_study
 from hamner.commands.parsing import ArgumentParser, command
+from hamner.device import pick_device
 from hamner.errors import DataError
+from hamner.eval.multiple_choice import load_items, multiple_choice_accuracy
 from hamner.eval.probe import format_probe, load_probe, score_probe
 from hamner.eval.report import evaluate, format_report
-from hamner.run.checkpoint import resolve_checkpoint
-from hamner.use.load import load_for_inference, pick_device
+from hamner.use.load import load_for_inference, model_dir
 
 REPORT_NAME = "eval.json"
 
@@ -65,14 +67,20 @@ def _finite(value):
     return value
 
 
-@command()
-def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> int:
-    """Evaluate the checkpoint the flags name, write the JSON report and print its tables."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--length-gen" in argv:  # the length-generalisation study has flags of its own
-        from hamner.eval.length_study import main as length_gen
+LENGTH_GEN = "--length-gen"  # `hamner eval RUN --length-gen ...`: the length study, with flags of its own
 
-        return length_gen([a for a in argv if a != "--length-gen"], prog=f"{prog} RUN --length-gen")
+
+def main(argv: list[str] | None = None, prog: str = "hamner eval") -> int:
+    """`hamner eval`: the evaluation report, or with --length-gen the length-generalisation study."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if LENGTH_GEN in argv:
+        return length_study.main([a for a in argv if a != LENGTH_GEN], prog=f"{prog} RUN {LENGTH_GEN}")
+    return report_main(argv, prog)
+
+
+@command()
+def report_main(argv: list[str], prog: str) -> int:
+    """Evaluate the checkpoint the flags name, write the JSON report and print its tables."""
     parser = ArgumentParser(
         prog=prog,
         description="Evaluate a Hamner model: validation loss/perplexity/bits per byte, synthetic-task accuracy, "
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
     parser.add_argument("--hellaswag", metavar="FILE.jsonl", help="also score multiple choice from a local "
                         "HellaSwag-format file (ctx, endings, label per line)")
     parser.add_argument("--hellaswag-limit", type=int, metavar="N", help="score only the first N items")
-    parser.add_argument("--length-gen", action="store_true", help="run the length-generalisation study instead "
+    parser.add_argument(LENGTH_GEN, action="store_true", help="run the length-generalisation study instead "
                         "(chunk perplexity at 1x..20x W; see --length-gen --help)")
     args = parser.parse_args(argv)
     for name in ("window", "samples", "hellaswag_limit"):
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
     sources = _sources(args.data, args.sources)
     device = pick_device(args.device)
     model, config, tokenizer = load_for_inference(args.checkpoint, device)
-    report = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "model": config.to_dict(),
+    report = {"checkpoint": str(model_dir(args.checkpoint)), "model": config.to_dict(),
               "parameters": model.num_parameters(), "device": str(device), "quick": args.quick}
     if args.probe:
         rows = score_probe(model, tokenizer, load_probe(args.probe), document_start=args.document_start)
@@ -115,8 +123,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval") -> 
         report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
                                samples=args.samples, difficulties=difficulties, seed=args.seed))
     if args.hellaswag:
-        from hamner.eval.multiple_choice import load_items, multiple_choice_accuracy
-
         report["multiple_choice"] = {"file": args.hellaswag, **multiple_choice_accuracy(
             model, tokenizer, load_items(args.hellaswag, args.hellaswag_limit))}
     report["elapsed_s"] = time.perf_counter() - start

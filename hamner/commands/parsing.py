@@ -1,7 +1,7 @@
 """What every Hamner command shares: one-line argument errors and one way to end on a user error.
 
     @command(interrupted="interrupted; ...")
-    def main(argv: list[str] | None = None, prog: str = "python -m hamner.x") -> int:
+    def main(argv: list[str] | None = None, prog: str = "hamner x") -> int:
         args = ArgumentParser(prog=prog, ...).parse_args(argv)
         ...
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from hamner.commands.parsing import ArgumentParser
 from hamner.errors import HamnerError
+from hamner.run.directory import RUNS_DIR
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.runs import Interrupted
 from hamner.tournament.spec import available_tournaments, load_spec
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m hamner.tournament") -> int:
+def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
     """Run the tournament the spec names and write its report; 2 on bad input, 130 when interrupted."""
     parser = ArgumentParser(
         prog=prog,
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m hamner.tournament
                 print(f"{name:<20} {r.knob} = {r.value:<6} {r.size.parameters:>13,} parameters  "
                       f"{spec.measure} {r.size.measure(spec.measure):>15,.0f} ({100 * r.error:+.2f}% from base)")
             return 0
-        out = Path(args.out) if args.out else Path("runs") / f"tournament-{spec.name}"
+        out = Path(args.out) if args.out else RUNS_DIR / f"tournament-{spec.name}"
         out.mkdir(parents=True, exist_ok=True)
         outcome = run_tournament(spec, out)
         report = write_report(outcome, out)

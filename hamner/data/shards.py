@@ -112,7 +112,7 @@ def write_meta(directory: str | os.PathLike, meta: dict) -> None:
 
 def mark_incomplete(directory: str | os.PathLike) -> None:
     """Create `directory` if needed and mark it as being written (this also proves it is writable)."""
-    _atomic_write(Path(directory) / INCOMPLETE, [b"python -m hamner.data.prepare is writing this directory; "
+    _atomic_write(Path(directory) / INCOMPLETE, [b"hamner prepare is writing this directory; "
                                                 b"if it was interrupted, run it again with --overwrite\n"])
 
 
@@ -147,7 +147,7 @@ def check_source_dir(directory: str | os.PathLike, tokenizer=None) -> dict | Non
     if not directory.is_dir():
         raise DataError(f"no such data directory: {directory}")
     if (directory / INCOMPLETE).exists():
-        raise DataError(f"{directory} is incomplete (python -m hamner.data.prepare did not finish writing it); "
+        raise DataError(f"{directory} is incomplete (hamner prepare did not finish writing it); "
                         "prepare it again with --overwrite")
     meta = read_meta(directory)
     if tokenizer is None:

@@ -3,4 +3,4 @@ import sys
 
 from hamner.commands.eval import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m hamner.eval"))

@@ -13,7 +13,7 @@ Two ways to read a sequence:
   sliding   each chunk is scored by a fresh pass over the `context` tokens that end with it
             (default: the model's trained context), the usual sliding-window evaluation.
 
-`python -m hamner.eval.length_study RUN [OTHER_RUN]` (or `hamner eval RUN --length-gen`)
+`hamner eval RUN [OTHER_RUN] --length-gen` (the command is `hamner.commands.length_study`)
 evaluates the latest checkpoint, or every saved checkpoint with --all-checkpoints (the
 evolution plot: perplexity at each position against the training step), and with a second run
 writes the comparison table with the ratio of perplexities RUN / OTHER_RUN per position
@@ -21,11 +21,8 @@ writes the comparison table with the ratio of perplexities RUN / OTHER_RUN per p
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hamner.commands.parsing import ArgumentParser
 from hamner.data.tokenizer import Tokenizer
-from hamner.errors import DataError, InferenceError
+from hamner.errors import InferenceError
 from hamner.eval.length import extended_model
 from hamner.eval.tasks import held_out_seed
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
+from hamner.run.directory import CONFIG, checkpoints_dir
 from hamner.run.durable import write_text
-from hamner.use.load import load_for_inference, pick_device
+from hamner.use.load import load_for_inference
 
 MULTIPLES: tuple[int, ...] = (1, 2, 5, 10, 20)
 MODES = ("single", "sliding")
@@ -139,10 +136,10 @@ def validation_stream(tokenizer: Tokenizer, n_tokens: int, source: str | None = 
 
 def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """(step, directory) of every checkpoint saved in `run`, one per step, by step."""
-    root = ckpt.checkpoints_dir(run)
+    root = checkpoints_dir(run)
     found: dict[int, Path] = {}
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file():
+        if path.is_dir() and not path.name.startswith(".") and (path / CONFIG).is_file():
             try:
                 found.setdefault(int(ckpt.read_meta(path)["step"]), path)
             except (ckpt.CheckpointError, KeyError, ValueError):
@@ -241,79 +238,37 @@ def format_study(study: dict) -> str:
     return "\n".join(lines)
 
 
-def _multiples(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        parser.error(f"--multiples must be comma-separated whole numbers >= 1, got {text!r}")
-    return values
+def format_comparison(rows: list[dict], names: tuple[str, str]) -> str:
+    """A table: one row per position, the perplexity of both runs and their ratio."""
+    width = max(12, *map(len, names)) + 2
+    lines = [f"\n{'position':<12}{names[0]:>{width}}{names[1]:>{width}}{'ratio':>9}"]
+    for r in rows:
+        lines.append(f"{str(r['multiple']) + 'xW':<12}{r['perplexity_a']:>{width}.3f}{r['perplexity_b']:>{width}.3f}"
+                     f"{r['ratio']:>9.3f}")
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m hamner.eval.length_study") -> int:
-    """Run the study on the run(s) the flags name; 2 on bad input."""
-    parser = ArgumentParser(
-        prog=prog,
-        description="Length generalisation: chunk perplexity at 1x..20x a window W, for a checkpoint or every "
-        "checkpoint of a run, optionally compared with a second run (ratio RUN / OTHER per position).")
-    parser.add_argument("run", help="run directory or checkpoint directory")
-    parser.add_argument("other", nargs="?", help="a second run to compare with (its last checkpoint)")
-    parser.add_argument("--window", type=int, default=64, help="window W (default 64)")
-    parser.add_argument("--chunk", type=int, default=16, help="predictions per chunk K (default 16)")
-    parser.add_argument("--stride", type=int, default=16, help="stride S between chunks (default 16)")
-    parser.add_argument("--multiples", default="1,2,5,10,20", help="positions as multiples of W (default 1,2,5,10,20)")
-    parser.add_argument("--sequences", type=int, default=16, help="validation sequences averaged (default 16)")
-    parser.add_argument("--mode", choices=MODES, default="single", help="single pass (default) or sliding window")
-    parser.add_argument("--context", type=int, help="sliding mode: tokens each pass reads "
-                        "(default: the model's context)")
-    parser.add_argument("--all-checkpoints", action="store_true", help="evaluate every checkpoint saved in RUN")
-    parser.add_argument("--source", help="prepared source directory whose val split is read "
-                        "(default: built-in stories)")
-    parser.add_argument("--out", help="output directory (default: RUN/length-gen)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    args = parser.parse_args(argv)
-    for name in ("window", "chunk", "stride", "sequences", "context"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be positive, got {value}")
-    started = time.perf_counter()
-    try:
-        grid = ChunkGrid(args.window, args.chunk, args.stride, _multiples(parser, args.multiples))
-        device = pick_device(args.device)
-        common = dict(mode=args.mode, context=args.context, sequences=args.sequences, source=args.source,
-                      device=device)
-        study = study_run(args.run, grid, all_checkpoints=args.all_checkpoints, **common)
-        out = Path(args.out) if args.out else Path(args.run) / "length-gen"
-        out.mkdir(parents=True, exist_ok=True)
-        report = {"study": study}
-        written = [out / "length_gen.json", out / "length_gen.csv"]
-        if len(study["checkpoints"]) > 1:
-            written.append(plot_evolution(study, out / "evolution.png"))
-        print(format_study(study))
-        if args.other:
-            other = study_run(args.other, grid, all_checkpoints=False, **common)
-            rows = compare(study, other)
-            report.update({"other": other, "comparison": rows})
-            names = run_labels(Path(args.run), Path(args.other))
-            written.append(plot_comparison(rows, names, out / "comparison.png"))
-            print(format_study(other))
-            width = max(12, *map(len, names)) + 2
-            print(f"\n{'position':<12}{names[0]:>{width}}{names[1]:>{width}}{'ratio':>9}")
-            for r in rows:
-                print(f"{str(r['multiple']) + 'xW':<12}{r['perplexity_a']:>{width}.3f}{r['perplexity_b']:>{width}.3f}"
-                      f"{r['ratio']:>9.3f}")
-        write_text(out / "length_gen.json", json.dumps(report, indent=2) + "\n")
-        lines = ["step,multiple,position,start,end,loss,perplexity"] + [
-            f"{c['step']},{r['multiple']},{r['position']},{r['start']},{r['end']},{r['loss']:.6g},{r['perplexity']:.6g}"
-            for c in study["checkpoints"] for r in c["rows"]]
-        write_text(out / "length_gen.csv", "\n".join(lines) + "\n")
-    except (InferenceError, DataError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\nwritten: {', '.join(str(p) for p in written)} ({time.perf_counter() - started:.1f}s)")
-    return 0
+def run_study(run: str | Path, other: str | Path | None, grid: ChunkGrid, out: Path, *, all_checkpoints: bool,
+              mode: str, context: int | None, sequences: int, source: str | None,
+              device: torch.device) -> tuple[dict, list[Path]]:
+    """The study of `run` (and, with `other`, the comparison), written under `out` as JSON, CSV and plots.
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    Returns the report ({"study"} plus {"other", "comparison"} with a second run) and the files written."""
+    common = dict(mode=mode, context=context, sequences=sequences, source=source, device=device)
+    study = study_run(run, grid, all_checkpoints=all_checkpoints, **common)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"study": study}
+    written = [out / "length_gen.json", out / "length_gen.csv"]
+    if len(study["checkpoints"]) > 1:
+        written.append(plot_evolution(study, out / "evolution.png"))
+    if other:
+        second = study_run(other, grid, all_checkpoints=False, **common)
+        rows = compare(study, second)
+        report.update({"other": second, "comparison": rows})
+        written.append(plot_comparison(rows, run_labels(Path(run), Path(other)), out / "comparison.png"))
+    write_text(out / "length_gen.json", json.dumps(report, indent=2) + "\n")
+    lines = ["step,multiple,position,start,end,loss,perplexity"] + [
+        f"{c['step']},{r['multiple']},{r['position']},{r['start']},{r['end']},{r['loss']:.6g},{r['perplexity']:.6g}"
+        for c in study["checkpoints"] for r in c["rows"]]
+    write_text(out / "length_gen.csv", "\n".join(lines) + "\n")
+    return report, written

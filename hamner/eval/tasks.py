@@ -4,7 +4,7 @@ Each sample is cut by `data.synthetic.split_answer` into a prompt and its answer
 greedily after the prompt (preceded by end-of-text, as every sample is in training) until it emits
 end-of-text, and scores 1 when the text it wrote is exactly the answer. Held-out samples come from
 seeds of 2**32 and above, which training never uses: its generator seeds are 32-bit draws.
-The training loop scores this at every stage end; `python -m hamner.eval` reports the same numbers.
+The training loop scores this at every stage end; `hamner eval` reports the same numbers.
 """
 from __future__ import annotations
 

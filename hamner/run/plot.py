@@ -1,4 +1,4 @@
-"""Draw a run's curves to PNG files: `python -m hamner.run.plot RUN_DIR [--out DIR]`.
+"""Draw a run's curves to PNG files (the command is `hamner plot RUN_DIR [--out DIR]`).
 
 Reads RUN_DIR/metrics.csv (written by the trainer) and, when present, RUN_DIR/task_accuracy.csv,
 and writes loss.png (train and validation loss against tokens, with a shaded band per stage),
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,13 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
 from hamner.errors import PlotError  # noqa: E402
+from hamner.run.directory import METRICS, METRICS_COLUMNS, TASK_ACCURACY, TASK_COLUMNS  # noqa: E402
 from hamner.run.durable import replace_atomically  # noqa: E402
 
-METRICS_COLUMNS = ("step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s",
-                   "mfu", "elapsed_s")
-ACCURACY_COLUMNS = ("step", "stage", "task", "difficulty", "accuracy")
 _NUMERIC = set(METRICS_COLUMNS) - {"stage"}
 
 
@@ -52,9 +48,9 @@ def _number(row: dict[str, str], key: str, path: Path) -> float:
 
 def read_metrics(run_dir: Path) -> dict[str, list]:
     """metrics.csv as columns: numeric columns are float lists (NaN where empty), stage is str."""
-    path = run_dir / "metrics.csv"
+    path = run_dir / METRICS
     if not path.is_file():
-        raise PlotError(f"{run_dir}: no metrics.csv (is this a run directory?)")
+        raise PlotError(f"{run_dir}: no {METRICS} (is this a run directory?)")
     rows = read_csv(path, METRICS_COLUMNS)
     if not rows:
         raise PlotError(f"{path}: no rows yet")
@@ -125,11 +121,11 @@ def plot_throughput(m: dict[str, list], out: Path) -> Path:
 
 def plot_task_accuracy(run_dir: Path, out: Path) -> Path | None:
     """One panel per task, one line per difficulty; None when the run has no accuracy file."""
-    path = run_dir / "task_accuracy.csv"
+    path = run_dir / TASK_ACCURACY
     if not path.is_file():
         return None
     series: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for row in read_csv(path, ACCURACY_COLUMNS):
+    for row in read_csv(path, TASK_COLUMNS):
         series[row["task"]][row["difficulty"]].append((_number(row, "step", path), _number(row, "accuracy", path)))
     if not series:
         return None
@@ -170,22 +166,3 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     written = [plot_loss(metrics, out), plot_lr(metrics, out), plot_throughput(metrics, out)]
     accuracy = plot_task_accuracy(run_dir, out)
     return written + ([accuracy] if accuracy else [])
-
-
-@command()
-def main(argv: list[str] | None = None, prog: str = "python -m hamner.run.plot") -> int:
-    """`hamner plot RUN_DIR`: write the PNGs and print their paths."""
-    parser = ArgumentParser(
-        prog=prog,
-        description="Draw loss, LR, throughput and synthetic-task accuracy of a run to PNG files.")
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by train.py")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="where to write the PNGs (default: RUN_DIR/plots)")
-    args = parser.parse_args(argv)
-    for path in plot_run(args.run_dir, args.out):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

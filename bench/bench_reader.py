@@ -1,6 +1,6 @@
 """Measure the shard reader: MixtureSampler batches per second from one prepared source directory.
 
-    python -m hamner.data.bench_reader DATA/tinystories --tokenizer path/to/tokenizer.json [--batch 24 --row-len 1025]
+    python bench/bench_reader.py DATA/tinystories --tokenizer path/to/tokenizer.json [--batch 24 --row-len 1025]
 
 Single process, no prefetching: the figure is what one data thread can feed the trainer.
 """
@@ -10,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-from hamner.commands.parsing import ArgumentParser, command
-from hamner.data.mixture import MixtureSampler
-from hamner.data.tokenizer import load_tokenizer
-from hamner.data.windows import ShardSource
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
+
+from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
+from hamner.data.mixture import MixtureSampler  # noqa: E402
+from hamner.data.tokenizer import load_tokenizer  # noqa: E402
+from hamner.data.windows import ShardSource  # noqa: E402
 
 
 @command()
-def main(argv: list[str] | None = None, prog: str = "python -m hamner.data.bench_reader") -> int:
+def main(argv: list[str] | None = None, prog: str = "python bench/bench_reader.py") -> int:
     """Time the sampler on one source for --seconds and print batches and tokens per second."""
     p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("directory", type=Path, help="a prepared source directory")
