@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed,
 from environment import environment  # noqa: E402
 
 from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
-from hamner.train.settings import TrainSettings, pick_device  # noqa: E402
+from hamner.device import pick_device  # noqa: E402
+from hamner.run.directory import METRICS  # noqa: E402
+from hamner.train.settings import TrainSettings  # noqa: E402
 from hamner.train.trainer import train  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -115,7 +117,7 @@ def curriculum_text(recipe: Recipe, steps: int, warmup: int, eval_interval: int)
 def prepare_data(data_dir: Path, tokenizer: str, work: Path) -> Path:
     """Tokenize the shared TinyStories text into work/tinystories (train + a held-out val split)."""
     out = work / "tinystories"
-    cmd = [sys.executable, "-m", "hamner.data.prepare", str(data_dir / TRAIN_TEXT), "--out", str(out),
+    cmd = [sys.executable, "-m", "hamner", "prepare", str(data_dir / TRAIN_TEXT), "--out", str(out),
            "--tokenizer", tokenizer, "--val-fraction", str(VAL_FRACTION), "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -139,7 +141,7 @@ def run_recipe(name: str, recipe: Recipe, config: Config, data: Path, tokenizer:
     result = train(settings)
     if result.reason != "finished":  # a signal (Ctrl-C, SIGTERM) or diverged losses end the whole speedrun
         raise SystemExit(f"error: recipe {name} stopped at step {result.step} ({result.reason})")
-    with open(out / "metrics.csv", newline="") as f:
+    with open(out / METRICS, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["val_loss"]]
     return [{"step": int(r["step"]), "tokens": int(r["tokens"]), "elapsed_s": float(r["elapsed_s"]),
              "val_loss": float(r["val_loss"])} for r in rows]

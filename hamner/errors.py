@@ -46,3 +46,13 @@ class EvalError(HamnerError, ValueError):
 
 class PlotError(HamnerError, ValueError):
     """A run directory that cannot be plotted."""
+
+
+class DeviceError(HamnerError, ValueError):
+    """A device that torch does not know, or that this machine does not have."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for a one-line error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -8,6 +8,7 @@ import torch
 from hamner.model.config import model_config
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
+from hamner.use.load import load_model
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def test_round_trip_from_run_dir_and_checkpoint_dir(tmp_path, model):
     assert sorted(p.name for p in written.iterdir()) == ["config.json", "model.safetensors", "trainer.pt"]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000005"
     for path in (tmp_path, written, written / "model.safetensors"):
-        loaded, config = ckpt.load_model(path)
+        loaded, config = load_model(path)
         assert config == model.config
         for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
             assert torch.equal(a, b), name
@@ -61,7 +62,7 @@ def test_an_unfinished_write_never_becomes_latest(tmp_path, model):
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"partial")
     assert ckpt.resolve_checkpoint(tmp_path).name == "step-00000001"
-    ckpt.load_model(tmp_path)
+    load_model(tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncate_weights", "foreign_config", "no_latest", "missing_path",
@@ -90,7 +91,7 @@ def test_damaged_or_foreign_checkpoints_give_one_line_errors(tmp_path, model, da
         assert "\n" not in str(info.value) and "trainer.pt" in str(info.value)
         return
     with pytest.raises(ckpt.CheckpointError) as info:
-        ckpt.load_model(target)
+        load_model(target)
     assert "\n" not in str(info.value)
 
 

@@ -12,6 +12,7 @@ from train_helpers import metrics, tiny_flags, write_curriculum
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.data.tokenizer import load_tokenizer
 from hamner.run import checkpoint as ckpt
+from hamner.use.load import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def test_torchrun_two_cpu_processes(tmp_path, python, subprocess_env, optimizer)
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert [bool(r["val_loss"]) for r in rows] == [False, True, False, True, False]
     assert ckpt.resolve_checkpoint(run).name == "stage-1-end" and (run / "checkpoints" / "best").is_dir()
-    ckpt.load_model(run)
+    load_model(run)
     assert f"optimizer {optimizer}" in log
 
 

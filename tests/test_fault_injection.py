@@ -25,6 +25,7 @@ from train_helpers import metrics, tiny_settings, write_curriculum
 from hamner.run import checkpoint as ckpt
 from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
+from hamner.use.load import load_model
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not hasattr(os, "fork"),
                                 reason="the kill hook forks and names fsync'ed files through /proc/self/fd")
@@ -128,7 +129,7 @@ def assert_consistent(run_dir: Path, reference: list[tuple[str, ...]]) -> bool:
         return False
     target = ckpt.resolve_checkpoint(run_dir)
     step = ckpt.load_trainer_state(target)["progress"]["step"]
-    ckpt.load_model(run_dir)
+    load_model(run_dir)
     assert [r for r in rows(run_dir) if int(r[0]) <= step] == reference[:step]
     return True
 

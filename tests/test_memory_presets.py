@@ -13,10 +13,10 @@ from hamner import HamnerConfig, HamnerModel, model_config
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.tokenizer import load_tokenizer
 from hamner.model.config import PRESETS
-from hamner.run.checkpoint import load_model
 from hamner.train.settings import TrainError, resume_settings
 from hamner.train.trainer import train
 from hamner.use.generate import generate
+from hamner.use.load import load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

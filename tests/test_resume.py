@@ -5,9 +5,9 @@ import torch
 from train_helpers import metrics, tiny_settings, write_curriculum
 
 from hamner.errors import TrainError
-from hamner.run.checkpoint import load_model
 from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
+from hamner.use.load import load_model
 
 TOTAL = 10
 

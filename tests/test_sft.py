@@ -22,10 +22,10 @@ from hamner.kernels import attention_dispatch, reference
 from hamner.model.config import model_config
 from hamner.model.packing import document_ids, document_positions
 from hamner.model.transformer import HamnerModel
-from hamner.run.checkpoint import load_model
 from hamner.train.curriculum.spec import load_curriculum
 from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
+from hamner.use.load import load_model
 
 CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo wörld, 12+30?"},

@@ -7,6 +7,7 @@ import pytest
 from train_helpers import tiny_flags, write_curriculum
 
 from hamner.run import checkpoint as ckpt
+from hamner.use.load import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,4 +36,4 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, python, subproces
     step = state["progress"]["step"]
     assert step >= 2 and target.name == ckpt.step_name(step)
     assert state["controller"]["global_step"] == step
-    ckpt.load_model(run)
+    load_model(run)

@@ -18,6 +18,7 @@ from hamner.run.directory import METRICS_COLUMNS
 from hamner.train.optim import apply_lr, build_optimizer, step_if_finite
 from hamner.train.throughput import IntervalMeter
 from hamner.train.trainer import train
+from hamner.use.load import load_model
 
 
 def test_a_short_run_learns_and_writes_every_output(tmp_path):
@@ -90,7 +91,7 @@ def test_k_non_finite_losses_in_a_row_stop_the_run_keeping_good_weights(tmp_path
     result = train(tiny_settings(run, curriculum, save_interval=4, max_bad_steps=3, keep_checkpoints=5))
     assert (result.reason, result.step) == ("non_finite", 7)
     assert "3 non-finite losses in a row" in capsys.readouterr().out
-    good, _ = ckpt.load_model(run / "checkpoints" / "step-00000004")
+    good, _ = load_model(run / "checkpoints" / "step-00000004")
     assert ckpt.resolve_checkpoint(run).name == "step-00000004"
     assert all(torch.isfinite(p).all() for p in good.parameters())
 

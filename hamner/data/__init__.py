@@ -1,4 +1,4 @@
-"""Hamner's data layer: tokenizers, llm.c token shards, the prepare command, the mixture sampler.
+"""Hamner's data layer: tokenizers, llm.c token shards, prepare (text -> shards), the mixture sampler.
 
 Heavy modules (tokenizers, datasets, the generators) load only when used.
 """

@@ -28,14 +28,28 @@ from hamner.data.row_source import CursorSource, MaskedCursorSource, MaskedRowSo
 from hamner.data.windows import ShardSource
 from hamner.errors import DataError
 
-SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
-CONCEPTS = "concepts"  # "concepts" or "concepts/<kind>": trained items of the built-in concept set
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
+# Sources made on the fly (generators, module and class loaded when used); every other source is a
+# shard directory under the data root.
 BUILTIN = {
     "synthetic": ("hamner.data.synthetic", "SyntheticSource"),
     "stories": ("hamner.data.stories", "StorySource"),
     "chat": ("hamner.data.chat_gen", "ChatSource"),
 }
+CONCEPTS = "concepts"  # "concepts" or "concepts/<kind>": trained items of the built-in concept set
+BUILTIN_SOURCES: tuple[str, ...] = (*BUILTIN, CONCEPTS)
+SYNTHETIC_TASK_PREFIX = "synthetic/"  # "synthetic/<task>": the generator restricted to one task
+CONCEPTS_PREFIX = CONCEPTS + "/"  # "concepts/<kind>": the concept set restricted to one kind
+
+
+def is_synthetic_source(name: str) -> bool:
+    """"synthetic" (all tasks mixed) or "synthetic/<task>" (one task)."""
+    return name == "synthetic" or name.startswith(SYNTHETIC_TASK_PREFIX)
+
+
+def is_builtin_source(name: str) -> bool:
+    """Sources the data layer generates; every other name is a prepared shard directory."""
+    return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
 
 
 class MixtureSampler:
@@ -169,7 +183,7 @@ def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
         if task not in TASKS:
             raise DataError(f"source {name!r}: unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
         return SyntheticSource(tokenizer, task=task)
-    if name == CONCEPTS or name.startswith(CONCEPTS + "/"):
+    if name == CONCEPTS or name.startswith(CONCEPTS_PREFIX):
         from hamner.data.concepts import ConceptSource, parse_source_name
 
         return ConceptSource(tokenizer, parse_source_name(name))
@@ -181,6 +195,6 @@ def _open(name: str, data_root: str | None, tokenizer, split: str) -> RowSource:
         where = f"{directory} does not exist" if data_root is not None else "no data root was given"
         raise DataError(
             f"source {name!r} needs prepared shards but {where}; make them with "
-            f"`python -m hamner.data.prepare <files or HF dataset> --out {directory} --tokenizer {tokenizer.name}`"
+            f"`hamner prepare <files or HF dataset> --out {directory} --tokenizer {tokenizer.name}`"
         )
     return ShardSource(directory, split=split, tokenizer=tokenizer)

@@ -27,26 +27,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hamner.errors import CheckpointError
-from hamner.model.config import HamnerConfig
+from hamner.errors import CheckpointError, one_line
 from hamner.model.mixers.attention import Attention
-from hamner.model.transformer import HamnerModel
+from hamner.run.directory import CHECKPOINTS, CONFIG, LATEST, checkpoints_dir
 from hamner.run.durable import fsync_path, replace_atomically
-from hamner.use.hf import is_hf_dir, load_hf_model
 
 FORMAT = "hamner-checkpoint"
 # 2: the optimizer state of attention's q/k rows is in the parameter's pair order (hamner.model.mixers.attention);
 # version 1 held it in rotate-half order, and `upgrade_optimizer_state` converts it on resume.
 VERSION = 2
 WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 TRAINER = "trainer.pt"
-LATEST = "latest"
 BEST = "best"
-
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def step_name(step: int) -> str:
@@ -141,13 +133,13 @@ def remove_temporaries(run_dir: Path) -> list[str]:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory that `path` names: a run directory (its latest), a checkpoint
-    directory, a Hugging Face Llama directory (one weights file or shards), or a file inside one."""
+    directory, or a file inside one. (`hamner.use.load` also reads Hugging Face directories.)"""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
     if path.is_file():
         path = path.parent
-    if is_hf_dir(path) or ((path / CONFIG).is_file() and (path / WEIGHTS).is_file()):
+    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
         return path
     root = checkpoints_dir(path)
     if root.is_dir():
@@ -159,7 +151,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"checkpoint {target} named by {root / LATEST} is missing")
         return target
     raise CheckpointError(f"{path} is neither a Hamner run directory nor a checkpoint directory "
-                          f"(expected {WEIGHTS} and {CONFIG}, or checkpoints/latest)")
+                          f"(expected {WEIGHTS} and {CONFIG}, or {CHECKPOINTS}/{LATEST})")
 
 
 def read_meta(ckpt_dir: Path) -> dict[str, Any]:
@@ -178,7 +170,7 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.dev
     try:
         state = load_file(str(Path(ckpt_dir) / WEIGHTS), device=str(device))
     except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"unreadable weights {Path(ckpt_dir) / WEIGHTS}: {_one_line(exc)}") from None
+        raise CheckpointError(f"unreadable weights {Path(ckpt_dir) / WEIGHTS}: {one_line(exc)}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -193,28 +185,6 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, device: str | torch.dev
                                   f"{tuple(state[name].shape)} in the checkpoint but {tuple(wanted.shape)} "
                                   "in the model")
     model.load_state_dict(state, strict=True)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
-    """(model, config) from a run directory (its latest checkpoint), a checkpoint directory, or a
-    Hugging Face Llama directory (see `hamner.use.hf`).
-
-    This is the one entry point for reading trained models (chat, eval, export, --init-from): other
-    formats are recognised here, before the Hamner layout."""
-    if is_hf_dir(path):
-        try:
-            return load_hf_model(path, device)
-        except (OSError, ValueError, KeyError, SafetensorError) as exc:
-            raise CheckpointError(f"cannot import Hugging Face directory {path}: {_one_line(exc)}") from None
-    ckpt = resolve_checkpoint(path)
-    meta = read_meta(ckpt)
-    try:
-        config = HamnerConfig.from_dict(meta["model"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"model config in {ckpt / CONFIG} is invalid: {_one_line(exc)}") from None
-    model = HamnerModel(config)
-    load_weights(model, ckpt, device="cpu")
-    return model.to(device), config
 
 
 def upgrade_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], version: int) -> None:
@@ -239,7 +209,7 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated pickle raises anything from EOFError to UnpicklingError
-        raise CheckpointError(f"unreadable trainer state {path}: {_one_line(exc)}") from None
+        raise CheckpointError(f"unreadable trainer state {path}: {one_line(exc)}") from None
 
 
 def _write_files(tmp: Path, model: torch.nn.Module, meta: dict[str, Any],
@@ -324,9 +294,5 @@ def _reason(exc: BaseException) -> str:
                        "Read-only file system"):
         if errno_name in text:
             return errno_name
-    return _one_line(exc)
+    return one_line(exc)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -1,6 +1,6 @@
-"""The run directory: its text outputs (config.json, metrics.csv, task_accuracy.csv, samples.jsonl,
-train.log, and probe.csv for runs whose curriculum names a probe) and the lock that lets one process
-at a time use it.
+"""The run directory: its layout (the one place its file names are spelled), its text outputs
+(config.json, metrics.csv, task_accuracy.csv, samples.jsonl, train.log, and probe.csv for runs whose
+curriculum names a probe) and the lock that lets one process at a time use it.
 
 Only rank 0 writes (a RunDir built with `enabled=False` does nothing). Nothing is created on disk
 before `open()`, which the trainer calls once a run really starts, so a failed start leaves no
@@ -29,6 +29,17 @@ from typing import Any
 from hamner.errors import RunDirError
 from hamner.run.durable import replace_atomically
 
+# The layout of a run directory (checkpoints/ holds one directory per checkpoint; see hamner.run.checkpoint).
+RUNS_DIR = Path("runs")  # where runs go by default, and where chat looks for the newest one
+CONFIG = "config.json"  # the run's settings; each checkpoint holds its own config.json too
+METRICS = "metrics.csv"
+TASK_ACCURACY = "task_accuracy.csv"
+PROBE = "probe.csv"
+SAMPLES = "samples.jsonl"
+LOG = "train.log"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"  # checkpoints/latest: a text file naming the newest complete checkpoint
+
 METRICS_COLUMNS: tuple[str, ...] = (
     "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
 )
@@ -36,6 +47,16 @@ TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accurac
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
 PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    """RUN/checkpoints: one directory per checkpoint, and the `latest` pointer."""
+    return Path(run_dir) / CHECKPOINTS
+
+
+def latest_pointer(run_dir: Path) -> Path:
+    """RUN/checkpoints/latest, the file naming the run's newest complete checkpoint."""
+    return checkpoints_dir(run_dir) / LATEST
 
 
 class CsvLog:
@@ -70,10 +91,10 @@ class RunDir:
     def __init__(self, path: Path, enabled: bool = True, probe: bool = False) -> None:
         self.path = Path(path)
         self.enabled = enabled
-        self.metrics = CsvLog(self.path / "metrics.csv", METRICS_COLUMNS, enabled)
-        self.task_accuracy = CsvLog(self.path / "task_accuracy.csv", TASK_COLUMNS, enabled)
-        self.probe = CsvLog(self.path / "probe.csv", PROBE_COLUMNS, enabled and probe)
-        self.samples = self.path / "samples.jsonl"
+        self.metrics = CsvLog(self.path / METRICS, METRICS_COLUMNS, enabled)
+        self.task_accuracy = CsvLog(self.path / TASK_ACCURACY, TASK_COLUMNS, enabled)
+        self.probe = CsvLog(self.path / PROBE, PROBE_COLUMNS, enabled and probe)
+        self.samples = self.path / SAMPLES
         self._lock_fd: int | None = None
 
     def open(self) -> None:
@@ -111,16 +132,16 @@ class RunDir:
     def write_config(self, config: dict[str, Any]) -> None:
         """The run's full settings (model, tokenizer, curriculum, CLI) as config.json."""
         if self.enabled:
-            replace_bytes(self.path / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
+            replace_bytes(self.path / CONFIG, (json.dumps(config, indent=2, default=str) + "\n").encode())
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        return json.loads((self.path / CONFIG).read_text())
 
     def log(self, message: str) -> None:
         """One timestamped line in train.log."""
         if self.enabled:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            with open(self.path / "train.log", "a") as f:
+            with open(self.path / LOG, "a") as f:
                 f.write(f"{stamp} {message}\n")
 
     def add_sample(self, record: dict[str, Any]) -> None:

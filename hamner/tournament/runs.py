@@ -22,6 +22,7 @@ import torch
 
 from hamner.model.config import HamnerConfig, model_config
 from hamner.run import checkpoint as ckpt
+from hamner.run.directory import METRICS, TASK_ACCURACY, checkpoints_dir
 from hamner.run.durable import write_text
 from hamner.train.settings import TrainSettings
 
@@ -120,7 +121,7 @@ def ensure_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunResult:
     if not is_finished(plan):
         resume = checkpoint_step(plan.directory) is not None
         if not resume:  # killed before its first complete checkpoint: nothing there to keep
-            shutil.rmtree(ckpt.checkpoints_dir(plan.directory), ignore_errors=True)
+            shutil.rmtree(checkpoints_dir(plan.directory), ignore_errors=True)
         say(f"{'resuming' if resume else 'training'} {plan.directory} ({plan.steps} steps, lr {plan.lr:.3g}, "
             f"seed {plan.seed})")
         if torch.cuda.is_available():
@@ -138,7 +139,7 @@ def ensure_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunResult:
 def read_run(plan: RunPlan) -> RunResult:
     """The results of a finished run, from metrics.csv, task_accuracy.csv, the marker and the checkpoint."""
     d = plan.directory
-    rows = _rows(d / "metrics.csv")
+    rows = _rows(d / METRICS)
     curve = [(_num(r["tokens"]), _num(r["elapsed_s"]), _num(r["val_loss"])) for r in rows if r["val_loss"]]
     rates = [_num(r["tokens_per_s"]) for r in rows if r["tokens_per_s"]]
     mfus = [_num(r["mfu"]) for r in rows if r["mfu"]]
@@ -153,7 +154,7 @@ def read_run(plan: RunPlan) -> RunResult:
         seed=plan.seed, val_loss=curve[-1][2] if curve and not diverged else math.nan, curve=curve,
         tokens_per_s=sum(rates) / len(rates) if rates else None, mfu=sum(mfus) / len(mfus) if mfus else None,
         peak_memory=marker.get("peak_memory"), skipped_steps=skipped,
-        task_accuracy=_final_task_accuracy(d / "task_accuracy.csv"), wall_s=marker.get("wall_s"))
+        task_accuracy=_final_task_accuracy(d / TASK_ACCURACY), wall_s=marker.get("wall_s"))
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -20,6 +20,7 @@ import torch
 
 from hamner.data import chat_format
 from hamner.data.loss_masks import targets_from_mask
+from hamner.data.mixture import is_synthetic_source
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer
 from hamner.eval.loss import utf8_bytes
@@ -28,7 +29,7 @@ from hamner.eval.tasks import held_out_seed, task_accuracy
 from hamner.model.packing import row_segments
 from hamner.run.directory import RunDir
 from hamner.train import distributed as dist
-from hamner.train.curriculum.spec import Curriculum, is_synthetic_source
+from hamner.train.curriculum.spec import Curriculum
 from hamner.train.loggers import Loggers
 from hamner.train.settings import RunSettings
 from hamner.train.step import autocast

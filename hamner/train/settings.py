@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from hamner.device import pick_device as resolve_device
+from hamner.device import pick_device
 from hamner.errors import TrainError
 from hamner.model.config import PRESETS
-from hamner.run.directory import RunDir
+from hamner.run.directory import CONFIG, RUNS_DIR, RunDir
 from hamner.train.curriculum.spec import OPTIMIZERS, Curriculum, load_curriculum
 from hamner.train.loggers import REPORTERS, missing_packages
 from hamner.train.run_record import recorded_curriculum
@@ -56,7 +56,7 @@ class TrainSettings:
     tokenizer: str | None = setting(None, "tokenizer instead of the preset's: a tokenizer.json path (same "
                                     "vocabulary), or bytes", WHAT, metavar="SPEC")
     data: str | None = setting(None, "directory holding the prepared shard sources the curriculum names (made "
-                               "by python -m hamner.data.prepare); built-in sources need none", WHAT, metavar="DIR")
+                               "by hamner prepare); built-in sources need none", WHAT, metavar="DIR")
     stage: int | None = setting(None, "start at stage N (0-based) of the curriculum (default 0)", WHAT, metavar="N")
     init_from: str | None = setting(None, "start from these weights: a run directory, a checkpoint directory or "
                                     "a Hugging Face Llama directory", WHAT, metavar="CKPT")
@@ -185,14 +185,6 @@ def preset_curriculum(preset: str) -> str:
     return PRESET_DEFAULTS.get(preset, GPU_DEFAULTS).curriculum
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """The device `name` names (see `hamner.device.pick_device`); a bad one is a TrainError."""
-    try:
-        return resolve_device(name)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-
-
 def validate(settings: TrainSettings) -> None:
     """Reject impossible numbers and unavailable reporters before anything is built."""
     positive = ("max_steps", "batch_size", "grad_accum", "seq_len", "log_interval", "eval_interval",
@@ -242,7 +234,7 @@ def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculu
     return RunSettings(**{
         **given, **filled,
         "stage": settings.stage or 0,
-        "out": settings.out or str(Path("runs") / f"{settings.preset}-{time.strftime('%Y%m%d-%H%M%S')}"),
+        "out": settings.out or str(RUNS_DIR / f"{settings.preset}-{time.strftime('%Y%m%d-%H%M%S')}"),
         "lr": settings.lr if settings.lr is not None else curriculum.stages[0].lr,
         "dtype": settings.dtype or ("bf16" if device.type == "cuda" else "fp32"),
         "eval_interval": settings.eval_interval or curriculum.eval_interval,
@@ -253,7 +245,7 @@ def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculu
 def resume_settings(run_dir: Path, given: dict[str, Any]) -> TrainSettings:
     """The settings a run was started with (its config.json), with the allowed overrides applied and
     its recorded curriculum copy in place of the curriculum it named."""
-    config = run_dir / "config.json"
+    config = run_dir / CONFIG
     if not config.is_file():
         raise TrainError(f"cannot resume {run_dir}: it has no config.json (is it a Hamner run directory?)")
     if given.get("out") is not None:

@@ -3,10 +3,8 @@ the validation sources and --init-from weights; then the opening (and locking) o
 the first write. Each problem is a TrainError with a one-line message."""
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +13,7 @@ from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_validation
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
-from hamner.errors import CheckpointError, DataError, RunDirError, TrainError
+from hamner.errors import DataError, RunDirError, TrainError
 from hamner.model.config import HamnerConfig, load_model_file, model_config
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
@@ -25,6 +23,7 @@ from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import Curriculum
 from hamner.train.host_memory import keep_freed_memory
 from hamner.train.settings import DTYPES, RunSettings
+from hamner.use.load import load_model
 
 
 def configure_torch(s: RunSettings, device: torch.device) -> torch.dtype:
@@ -113,7 +112,7 @@ def check_same_model(saved: dict, config: HamnerConfig, run_dir: Path, preset: s
 def load_init_weights(model: torch.nn.Module, path: str, config: HamnerConfig, tokenizer: Tokenizer,
                       preset: str) -> None:
     """--init-from: weights of the same shape and vocabulary into `model`."""
-    source, saved = ckpt.load_model(path)
+    source, saved = load_model(path)
     if saved.to_dict() | {"tokenizer": None} != config.to_dict() | {"tokenizer": None}:
         raise TrainError(f"--init-from {path}: its model shape differs from preset {preset!r}")
     if saved.tokenizer != config.tokenizer and load_tokenizer(saved.tokenizer).fingerprint != tokenizer.fingerprint:
@@ -143,20 +142,6 @@ def open_run_dir(rundir: RunDir, info: dist.DistInfo, resume: bool, notes: list[
         rundir.log(f"cleared what interrupted processes left: {', '.join(cleared)}")
     for note in notes:
         rundir.log(note)
-
-
-def save_checkpoint(rundir: RunDir, names: list[str], model: torch.nn.Module, meta: dict[str, Any],
-                    state: dict[str, Any] | None, keep: int) -> None:
-    """Write checkpoint `names` of the run (moving `latest` to it when it holds trainer `state`), prune
-    periodic ones down to `keep` and log it; a failed save is logged (if the disk allows) and raised."""
-    try:
-        ckpt.save_checkpoint(rundir.path, names, model, meta, state, make_latest=state is not None)
-    except CheckpointError as exc:
-        with contextlib.suppress(OSError):  # the disk may be full
-            rundir.log(f"error: {exc}")
-        raise
-    ckpt.prune_periodic(rundir.path, keep)
-    rundir.log(f"checkpoint {', '.join(names)} at step {meta['step']}")
 
 
 def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, s: RunSettings, step: int,

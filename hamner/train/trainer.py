@@ -1,10 +1,10 @@
 """The training loop: one optimizer step after another, driven by the curriculum controller.
 
-This module only wires the parts together. Their homes: settings (train_settings), checks of what a
-run is built from (train_setup), the step (step), resumable state (train_state), metrics between
-rows (train_metrics), validation / samples / task accuracy / probe (train_eval), reporting
-(loggers), the run's record (run_record), checkpoints (checkpoint), run outputs (run_dir), ranks
-(distributed), document packing (packing).
+This module only wires the parts together. Their homes: settings (settings), checks of what a
+run is built from (startup), the step (step), resumable state (state), metrics between rows
+(metrics), validation / samples / task accuracy / probe (evaluation), reporting (loggers), the
+run's record (run_record), checkpoints (hamner.run.checkpoint), run outputs (hamner.run.directory),
+ranks (distributed), document packing (hamner.model.packing).
 
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
@@ -17,6 +17,7 @@ rows (train_metrics), validation / samples / task accuracy / probe (train_eval),
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,12 +29,12 @@ from tqdm import tqdm
 
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
-from hamner.errors import TrainError
+from hamner.errors import CheckpointError, TrainError
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
 from hamner.model.packing import row_segments
 from hamner.run import checkpoint as ckpt
-from hamner.run.directory import RunDir
+from hamner.run.directory import RunDir, checkpoints_dir
 from hamner.train import distributed as dist
 from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import Curriculum, Stage
@@ -53,7 +54,6 @@ from hamner.train.startup import (
     curriculum_batches,
     load_init_weights,
     open_run_dir,
-    save_checkpoint,
     validation_sources,
 )
 from hamner.train.state import OptimizerSlot, Progress, RngState, TrainState
@@ -271,7 +271,7 @@ class Trainer:
             if self.metrics.worst_streak >= s.max_bad_steps:
                 self._say(f"error: {s.max_bad_steps} non-finite losses in a row (at step {step}, "
                           f"{self.metrics.bad_total} in all); stopping. The last good checkpoint is kept in "
-                          f"{ckpt.checkpoints_dir(self.rundir.path)}; lower --lr or check the data")
+                          f"{checkpoints_dir(self.rundir.path)}; lower --lr or check the data")
                 return "non_finite"
             self._write_metrics(self._validate() if eval_now and self.evaluator.sources else None)
         if self.controller.should_advance():
@@ -354,12 +354,20 @@ class Trainer:
     # ----- checkpoints -----
 
     def _save(self, names: list[str], trainer_state: bool = True) -> None:
-        """Write a checkpoint on rank 0 (the others wait); keep `latest` and prune periodic ones."""
+        """Write checkpoint `names` on rank 0 (the others wait), moving `latest` to it when it holds the trainer
+        state; prune periodic ones and log it. A failed save is logged (if the disk allows) and raised."""
         if self.dist.is_main:
             meta = {"model": self.config.to_dict(), "curriculum": self.curriculum.name,
                     "step": self.progress.step, "stage": self.controller.stage_index, "tokens": self.progress.tokens}
-            save_checkpoint(self.rundir, names, self.model, meta, self.state.state_dict() if trainer_state else None,
-                            self.s.keep_checkpoints)
+            try:
+                ckpt.save_checkpoint(self.rundir.path, names, self.model, meta,
+                                     self.state.state_dict() if trainer_state else None, make_latest=trainer_state)
+            except CheckpointError as exc:
+                with contextlib.suppress(OSError):  # the disk may be full
+                    self.rundir.log(f"error: {exc}")
+                raise
+            ckpt.prune_periodic(self.rundir.path, self.s.keep_checkpoints)
+            self.rundir.log(f"checkpoint {', '.join(names)} at step {meta['step']}")
         dist.barrier(self.dist)
 
     def _stage(self) -> Stage:

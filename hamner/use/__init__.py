@@ -3,5 +3,5 @@
     load       the one loader: a run, a checkpoint or a Hugging Face directory -> model (+ tokenizer)
     generate   sampling with cached decoding
     hf         Hugging Face Llama format: config, state-dict names, tokenizer files
-    export     writing a checkpoint as a Hugging Face Llama directory
+    export     where `hamner export` may write a Hugging Face Llama directory (never into a run)
 """

@@ -8,7 +8,7 @@ fields plus the Hamner tokenizer spec), `model.safetensors` and the tokenizer fi
 accepts what transformers itself saves (one weights file or shards) as long as Hamner can represent
 it (tied embeddings, no biases, SiLU, plain RoPE); anything else is refused with a message naming the
 field. A model with other mixers or MLPs than attention + SwiGLU has no Llama equivalent and is refused.
-`hamner.run.checkpoint.load_model` reads such directories; `hamner export` writes them.
+`hamner.use.load.load_model` reads such directories; `hamner export` writes them.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from hamner.errors import ExportError
+from hamner.errors import ExportError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 
@@ -194,11 +194,6 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
     """A HamnerModel (fp32, eval mode) with the weights of the Hugging Face Llama directory `path`.
 
@@ -215,7 +210,7 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         tensors = _read_tensors(path)
     except (OSError, SafetensorError) as exc:
-        raise ValueError(f"{path}: unreadable weights: {_one_line(exc)}") from None
+        raise ValueError(f"{path}: unreadable weights: {one_line(exc)}") from None
     try:
         state = from_hf_state_dict(tensors, config)
     except KeyError as exc:
@@ -224,7 +219,7 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit {CONFIG_FILE}: {_one_line(exc)}") from None
+        raise ValueError(f"{path}: weights do not fit {CONFIG_FILE}: {one_line(exc)}") from None
     return model.to(device).eval(), config
 
 

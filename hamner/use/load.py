@@ -1,40 +1,66 @@
-"""Getting a trained model ready to use: pick the device, find the run, load model and tokenizer.
+"""The one way a trained model is loaded: from a run directory (its latest checkpoint), a checkpoint
+directory or a Hugging Face Llama directory, with its tokenizer when it is to be used.
 
-Shared by chat.py, `python -m hamner.eval` and `python -m hamner.use.export`, so they all accept the
-same paths and report the same one-line errors (as `InferenceError`).
+`load_model` serves everyone who reads a trained model (chat, `hamner eval`, `hamner export`, the
+length study, training's --init-from); `load_for_inference` adds the tokenizer and reports every
+problem as one-line `InferenceError`. The Hamner checkpoint format lives in `hamner.run.checkpoint`,
+the Hugging Face one in `hamner.use.hf`: only this module knows both.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from hamner.data.tokenizer import load_tokenizer
-from hamner.device import pick_device as resolve_device
-from hamner.errors import CheckpointError, DataError, InferenceError
-from hamner.run.checkpoint import load_model
+from hamner.data.tokenizer import Tokenizer, load_tokenizer
+from hamner.errors import CheckpointError, DataError, InferenceError, one_line
+from hamner.model.config import HamnerConfig
+from hamner.model.transformer import HamnerModel
+from hamner.run import checkpoint as ckpt
+from hamner.run.directory import RUNS_DIR, latest_pointer
+from hamner.use.hf import is_hf_dir, load_hf_model
 
-RUNS_DIR = Path("runs")
+
+def model_dir(path: str | Path) -> Path:
+    """The directory a model is read from: a Hugging Face Llama directory as it is, else the checkpoint
+    `path` names (a run directory's latest, a checkpoint directory, or a file inside either)."""
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
+    return directory if is_hf_dir(directory) else ckpt.resolve_checkpoint(path)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """The device `name` names (see `hamner.device.pick_device`); a bad one is an InferenceError."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[HamnerModel, HamnerConfig]:
+    """(model, config) from a run, checkpoint or Hugging Face Llama directory; a one-line CheckpointError
+    when it is missing, unreadable or not a model Hamner can hold."""
+    directory = model_dir(path)
+    if is_hf_dir(directory):
+        try:
+            return load_hf_model(directory, device)
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+            raise CheckpointError(f"cannot import Hugging Face directory {directory}: {one_line(exc)}") from None
+    meta = ckpt.read_meta(directory)
     try:
-        return resolve_device(name)
-    except ValueError as exc:
-        raise InferenceError(str(exc)) from None
+        config = HamnerConfig.from_dict(meta["model"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"model config in {directory / ckpt.CONFIG} is invalid: {one_line(exc)}") from None
+    model = HamnerModel(config)
+    ckpt.load_weights(model, directory, device="cpu")
+    return model.to(device), config
 
 
 def newest_run(root: Path = RUNS_DIR) -> Path:
     """The run directory under `root` whose latest checkpoint was written last."""
-    runs = [p for p in root.glob("*") if (p / "checkpoints" / "latest").is_file()] if root.is_dir() else []
+    runs = [p for p in root.glob("*") if latest_pointer(p).is_file()] if root.is_dir() else []
     if not runs:
-        raise InferenceError(f"no trained run under {root}/; pass a checkpoint (train one with python train.py)")
-    return max(runs, key=lambda p: (p / "checkpoints" / "latest").stat().st_mtime)
+        raise InferenceError(f"no trained run under {root}/; pass a checkpoint (train one with hamner train)")
+    return max(runs, key=lambda p: latest_pointer(p).stat().st_mtime)
 
 
-def load_for_inference(path: str | Path | None, device: torch.device | str = "cpu"):
-    """(model in eval mode, config, tokenizer) from a run or checkpoint directory (None: the newest run)."""
+def load_for_inference(path: str | Path | None,
+                       device: torch.device | str = "cpu") -> tuple[HamnerModel, HamnerConfig, Tokenizer]:
+    """(model in eval mode, config, tokenizer) from a run, checkpoint or Hugging Face directory (None: the
+    newest run); every problem is a one-line InferenceError."""
     path = Path(path) if path is not None else newest_run()
     try:
         model, config = load_model(path, device=device)

@@ -10,7 +10,7 @@ Run-level data options: `[sources.NAME]` tables say what a source's loss covers 
 the default, or `"assistant"`: only the assistant's replies, from the data's loss masks);
 `packing = "document"` keeps attention inside each document of a packed row and restarts
 positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
-(a JSONL file or a built-in set, see hamner.probe) scored at every stage end.
+(a JSONL file or a built-in set, see hamner.eval.probe) scored at every stage end.
 """
 from __future__ import annotations
 
@@ -22,16 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hamner.data.mixture import CONCEPTS_PREFIX, SYNTHETIC_TASK_PREFIX, is_builtin_source, is_synthetic_source
 from hamner.errors import CurriculumError
 
 CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
-
-# Sources made on the fly by the data layer; every other source is a shard directory under --data.
-BUILTIN_SOURCES: tuple[str, ...] = ("synthetic", "stories", "chat", "concepts")
-# "synthetic/<task>" is the synthetic generator restricted to one task (e.g. synthetic/arithmetic).
-SYNTHETIC_TASK_PREFIX = "synthetic/"
-# "concepts/<kind>" is the built-in concept set restricted to one kind (e.g. concepts/opposites).
-CONCEPTS_PREFIX = "concepts/"
 
 MIN_DIFFICULTY, MAX_DIFFICULTY = 1, 5
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -45,7 +39,8 @@ OPTIMIZERS = ("adamw", "muon")
 DEFAULT_MUON_LR = 0.02
 DEFAULT_DECAY_FRACTION = 0.2
 
-_SOURCE_NAME = re.compile(r"^(synthetic/|concepts/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SOURCE_NAME = re.compile(rf"^({re.escape(SYNTHETIC_TASK_PREFIX)}|{re.escape(CONCEPTS_PREFIX)})?"
+                          r"[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 _TOP_KEYS = {
@@ -181,16 +176,6 @@ class Curriculum:
     def uses_synthetic(self) -> bool:
         """Whether any stage draws synthetic-task samples (mixed or of one task)."""
         return any(is_synthetic_source(s) for s in self.sources())
-
-
-def is_synthetic_source(name: str) -> bool:
-    """"synthetic" (all tasks mixed) or "synthetic/<task>" (one task)."""
-    return name == "synthetic" or name.startswith(SYNTHETIC_TASK_PREFIX)
-
-
-def is_builtin_source(name: str) -> bool:
-    """Sources the data layer generates; every other name is a prepared shard directory."""
-    return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
 
 
 def available_curricula() -> list[str]:
