@@ -5,15 +5,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from tiny_checkpoint import save_tiny_run, tiny_config
 
 from hamner.commands.eval import main as eval_main
 from hamner.commands.parsing import ArgumentParser, command
+from hamner.device import pick_device
 from hamner.errors import (
     CheckpointError,
     CurriculumError,
     DataError,
+    DeviceError,
     EvalError,
     HamnerError,
     InferenceError,
@@ -71,7 +74,8 @@ def test_every_command_reports_bad_input_on_one_line(tmp_path, python, subproces
 
 
 def test_every_user_error_is_a_hamner_error():
-    for cls in (CheckpointError, CurriculumError, DataError, EvalError, InferenceError, PlotError, TrainError):
+    for cls in (CheckpointError, CurriculumError, DataError, DeviceError, EvalError, InferenceError, PlotError,
+                TrainError):
         assert issubclass(cls, HamnerError)
     for cls in (CurriculumError, DataError, EvalError, PlotError):  # they replaced ValueErrors
         assert issubclass(cls, ValueError)
@@ -92,6 +96,14 @@ def test_the_wrapper_turns_errors_into_exit_codes(capsys):
     assert raising_command(["ctrl-c"]) == 130 and capsys.readouterr().err == "error: stopped; nothing lost\n"
     with pytest.raises(RuntimeError, match="a bug"):
         raising_command(["bug"])
+
+
+def test_an_unknown_or_missing_device_is_a_device_error():
+    """One pick_device for every command: its error is a HamnerError (one line, exit 2) by itself."""
+    for name in ("gpu", "cuda:7" if not torch.cuda.is_available() else "nope"):
+        with pytest.raises(DeviceError) as info:
+            pick_device(name)
+        assert "\n" not in str(info.value)
 
 
 def test_argument_errors_are_one_line(capsys):
