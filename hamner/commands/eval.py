@@ -3,7 +3,8 @@
 The sections are described in `hamner.eval.report`; this module reads the command line, loads the
 model, writes the JSON report (NaN and infinity as strings, so it stays valid JSON) and prints its tables.
 With `--probe FILE_OR_NAME` it scores only that probe (`hamner.eval.probe`): exact-match accuracy
-on prompt/answer pairs, trained and held-out items apart.
+on prompt/answer pairs, trained and held-out items apart. With `--length-gen` the whole command line
+goes to the length-generalisation study instead (`hamner.commands.length_study`), which has flags of its own.
 """
 from __future__ import annotations
 
