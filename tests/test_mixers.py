@@ -205,9 +205,9 @@ def test_model_file_overrides_preset_fields(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("windw = 3", "unknown field 'windw'"),
-    ('window = "x"', "field 'window' must be int | None, got 'x'"),
-    ("scale_residual_init = 1", "field 'scale_residual_init' must be bool"),
+    ("windw = 3", "unknown key 'windw'"),
+    ('window = "x"', r"\.window: must be int \| None, got 'x'"),
+    ("scale_residual_init = 1", r"\.scale_residual_init: must be bool, got 1"),
     ('mixer = "swa"', "window must be a positive integer for the swa mixer"),
     ("n_layers = ", "not valid TOML"),
 ])

@@ -95,15 +95,18 @@ def test_resizing_lands_within_tolerance_and_refuses_a_coarse_knob(tmp_path):
 
 def test_spec_errors_name_the_field(tmp_path, capsys):
     bad = write_spec(tmp_path, extra='[[entrants]]\nname = "typo"\nmodel = { hiden_size = 64 }\n')
-    with pytest.raises(TournamentError, match=r"entrants\[3\]\.model\.hiden_size: not a model field"):
+    with pytest.raises(TournamentError, match=r"entrants\[3\]\.model: unknown key 'hiden_size'"):
         load_spec(bad)
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     text = write_spec(tmp_path).read_text()
     (tmp_path / "r.toml").write_text(text.replace("tokens = 256\n[[rounds]]", "tokens = 0\n[[rounds]]"))
-    with pytest.raises(TournamentError, match=r"rounds\[0\]\.tokens: must be an integer >= 1"):
+    with pytest.raises(TournamentError, match=r"rounds\[0\]\.tokens: must be >= 1, got 0"):
         load_spec(tmp_path / "r.toml")
+    typed = write_spec(tmp_path, extra='[[entrants]]\nname = "flagged"\nmodel = { scale_residual_init = 1 }\n')
+    with pytest.raises(TournamentError, match=r"entrants\[3\]\.model\.scale_residual_init: must be bool, got 1$"):
+        load_spec(typed)
 
 
 def test_a_half_finished_tournament_resumes_and_reports(tmp_path, monkeypatch, single_thread):

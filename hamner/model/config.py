@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hamner.errors import ConfigError, HamnerError
 from hamner.model.mixers import MIXERS
 from hamner.model.mlps import MLPS
+from hamner.toml_table import TomlTable, read_toml
 
 
 def _positive_int(value: object) -> bool:
@@ -228,25 +229,23 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 def load_model_file(path: str | Path, base: HamnerConfig) -> HamnerConfig:
     """`base` with the fields a TOML model file sets (any HamnerConfig field, e.g. mixer = "swa", window = 64).
 
-    Every mistake is a ValueError of one line naming the file and the field.
+    Every mistake is a ConfigError of one line naming the file and the field.
     """
+    where = f"model file {path}"
+    return with_fields(base, read_toml(Path(path), where, ConfigError), where, ConfigError)
+
+
+def with_fields(base: HamnerConfig, fields: Any, where: str, error: type[HamnerError]) -> HamnerConfig:
+    """`base` with `fields` (a TOML table of HamnerConfig fields) applied; an unknown field, a value of the
+    wrong type or a config that does not hold together raises `error` in one line naming `where` and the field."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(HamnerConfig)}
+    table = TomlTable(fields, where, types, error)
+    for name in fields:
+        table.typed(name, tuple(t for part in types[name].split(" | ") for t in _FIELD_TYPES[part]), types[name])
     try:
-        table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"model file {path}: cannot read it ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"model file {path}: not valid TOML ({exc})") from None
-    fields = {f.name: f for f in dataclasses.fields(HamnerConfig)}
-    for name, value in table.items():
-        if name not in fields:
-            raise ValueError(f"model file {path}: unknown field {name!r}; known fields: {', '.join(fields)}")
-        allowed = tuple(t for part in str(fields[name].type).split(" | ") for t in _FIELD_TYPES[part])
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise ValueError(f"model file {path}: field {name!r} must be {fields[name].type}, got {value!r}")
-    try:
-        return dataclasses.replace(base, **table)
+        return dataclasses.replace(base, **fields)
     except ValueError as exc:
-        raise ValueError(f"model file {path}: {exc}") from None
+        raise error(f"{where}: {exc}") from None
 
 
 def model_config(name: str) -> HamnerConfig:
