@@ -53,8 +53,9 @@ class TrainSettings:
                                 metavar="FILE.toml")
     curriculum: str | None = setting(None, "curriculum name from hamner/curricula/ or a path to a .toml file",
                                      WHAT)
-    tokenizer: str | None = setting(None, "tokenizer instead of the preset's: a tokenizer.json path (same "
-                                    "vocabulary), or bytes", WHAT, metavar="SPEC")
+    tokenizer: str | None = setting(None, "tokenizer instead of the preset's: a tokenizer.json path or bytes; "
+                                    "the model's vocabulary is sized to it (--preset v3-50m --tokenizer bytes: a "
+                                    "byte-level model of v3-50m's shape)", WHAT, metavar="SPEC")
     data: str | None = setting(None, "directory holding the prepared shard sources the curriculum names (made "
                                "by python -m hamner.data.prepare); built-in sources need none", WHAT, metavar="DIR")
     stage: int | None = setting(None, "start at stage N (0-based) of the curriculum (default 0)", WHAT, metavar="N")

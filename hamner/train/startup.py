@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,20 @@ def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.de
     return model
 
 
-def checked_tokenizer(config: HamnerConfig) -> Tokenizer:
-    """The model's tokenizer, refused when it has more tokens than the model's vocabulary."""
+def checked_tokenizer(config: HamnerConfig, s: RunSettings) -> tuple[HamnerConfig, Tokenizer]:
+    """The model config sized to its tokenizer, and the tokenizer.
+
+    A tokenizer picked with --tokenizer sets the model's vocabulary to its own size (unless a model file
+    gave another vocab_size than the preset's), so --tokenizer bytes on v3-50m is a byte-level model of
+    v3-50m's shape that cannot emit ids the tokenizer lacks. A vocabulary smaller than the tokenizer's is
+    refused."""
     tokenizer = load_tokenizer(config.tokenizer)
+    if s.tokenizer is not None and config.vocab_size == model_config(s.preset).vocab_size:
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
     if tokenizer.vocab_size > config.vocab_size:
         raise TrainError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model "
                          f"only {config.vocab_size}")
-    return tokenizer
+    return config, tokenizer
 
 
 def validation_sources(names: list[str], data: str | None,

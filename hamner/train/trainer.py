@@ -99,8 +99,7 @@ class Trainer:
                  given: TrainSettings) -> None:
         self.s, self.curriculum, self.dist, self.device = s, curriculum, info, device
         self.dtype = configure_torch(s, device)
-        self.config = checked_model_config(s, curriculum)
-        self.tokenizer = checked_tokenizer(self.config)
+        self.config, self.tokenizer = checked_tokenizer(checked_model_config(s, curriculum), s)
         # Data first: a missing source stops the run before anything is built or written.
         names = curriculum.sources()
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
