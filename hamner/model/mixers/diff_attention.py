@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
-from hamner.model.mixers.attention import KVState
+from hamner.model.mixers.shared import KVState
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig

@@ -25,17 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
+from hamner.model.mixers.shared import island_dtype
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
 
 # Keeps o_t finite where phi(q_t)ᵀ z_t is tiny (phi > 0, so it is never negative).
 NORMALISER_EPS = 1e-6
-
-
-def island_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype an fp32 island computes in: float32, or float64 for a float64 model."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 class HebbianState:

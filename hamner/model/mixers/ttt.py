@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
-from hamner.model.mixers.hebbian import island_dtype
+from hamner.model.mixers.shared import island_dtype
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
