@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
+from hamner.model.checks import NoSettings
+from hamner.model.mixers.settings import SlidingWindowSettings
 from hamner.model.mixers.shared import KVState
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ def _load_in_pair_order(module: Attention, state_dict: dict, prefix: str, *args:
         state_dict[key] = module.to_pair_order(state_dict[key])
 
 
-class Attention(nn.Module):
+class Attention(NoSettings, nn.Module):
     """Causal grouped-query self-attention with RoPE; q, k, v come from one fused projection."""
 
     keeps_documents_apart = True
@@ -101,7 +103,7 @@ class Attention(nn.Module):
         return KVState.empty(batch_size, max_len, head, head, self.window, device, dtype)
 
 
-class SlidingWindowAttention(Attention):
+class SlidingWindowAttention(SlidingWindowSettings, Attention):
     """Attention where each query sees only the last `config.window` keys, itself included."""
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
+from hamner.model.mixers.settings import HebbianSettings
 from hamner.model.mixers.shared import island_dtype
 
 if TYPE_CHECKING:
@@ -45,10 +46,11 @@ class HebbianState:
         self.memory = self.memory[rows]
 
 
-class HebbianMemory(nn.Module):
+class HebbianMemory(HebbianSettings, nn.Module):
     """The fast-weight memory mixer (module docstring); knob: "plasticity" (alpha, in (0, 1])."""
 
-    keeps_documents_apart = False  # its state runs across document boundaries
+    keeps_documents_apart = False
+    mixes_documents_because = "its memory runs across document boundaries"
 
     KNOBS = ("plasticity",)
 
@@ -87,8 +89,6 @@ class HebbianMemory(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: HebbianState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if segment_ids is not None:
-            raise ValueError(f"{type(self).__name__} cannot keep packed documents apart")
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)
