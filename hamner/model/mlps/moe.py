@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
+from hamner.model.mlps.settings import MoESettings
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
@@ -41,7 +42,7 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
     return logits.logsumexp(-1).pow(2).mean()
 
 
-class MoE(nn.Module):
+class MoE(MoESettings, nn.Module):
     """`router` [E, C], and per-expert `gate_up` [E, 2I, C] and `down` [E, C, I] in nn.Linear layout."""
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
