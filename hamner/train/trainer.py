@@ -31,7 +31,6 @@ from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.errors import TrainError
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
-from hamner.model.packing import row_segments
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RunDir
 from hamner.train import distributed as dist
@@ -103,9 +102,10 @@ class Trainer:
         self.tokenizer = checked_tokenizer(self.config)
         # Data first: a missing source stops the run before anything is built or written.
         names = curriculum.sources()
+        document_end = self.tokenizer.eos_id if curriculum.packing == "document" else None
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
                                       rank=info.rank, world_size=info.world_size,
-                                      assistant_only=curriculum.assistant_only_sources())
+                                      assistant_only=curriculum.assistant_only_sources(), document_end=document_end)
         validation, self._notes = validation_sources(names, s.data, self.tokenizer)
         probe = load_probe(curriculum.probe) if curriculum.probe else None
         self.rundir = RunDir(Path(s.out), enabled=info.is_main, probe=probe is not None)  # no disk until opened
@@ -126,7 +126,7 @@ class Trainer:
                            ("rng", RngState(device))):
             self.state.register(name, part)
         self.evaluator = TrainEvaluator(self.model, self.tokenizer, curriculum, validation, s, self.dtype, info,
-                                        device, probe=probe)
+                                        device, probe=probe, document_end=document_end)
         self.last_lr = 0.0
         self._last_tasks: tuple[int, dict[str, dict[float, float]]] | None = None  # (step, results)
         self._bar = tqdm(disable=True)  # the real bar exists inside run()
@@ -243,18 +243,18 @@ class Trainer:
         apply_lr(self.optim.optimizers, self.last_lr, self.stage_scales, self.controller.muon_lr() * self.lr_factor)
         batches = [self._batches.next() for _ in range(self.s.grad_accum)]
         no_sync = self.train_model.no_sync if self.dist.enabled else None
-        result = train_step(self._loss, batches, self.optim.optimizers, scaler=self.scaler,
-                            autocast_dtype=self.dtype, no_sync=no_sync)
+        result = train_step(self._loss, [(b.idx, b.targets, b.segment_ids) for b in batches], self.optim.optimizers,
+                            scaler=self.scaler, autocast_dtype=self.dtype, no_sync=no_sync)
         self.window.add(result)
         self.controller.step_done()
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         self.meter.add_tokens(self.tokens_per_step)
 
-    def _loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean loss of one micro-batch; document packing keeps attention inside each document."""
-        segments = row_segments(idx, self.tokenizer.eos_id, self.curriculum.packing)
-        return self.train_model(idx, targets, segment_ids=segments)
+    def _loss(self, idx: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+        """Mean loss of one micro-batch; its document ids (under document packing) keep attention inside
+        each document."""
+        return self.train_model(idx, targets, segment_ids=segment_ids)
 
     def _drain(self) -> None:
         """Read the device-side window (one sync) and feed the losses to the controller."""
