@@ -117,7 +117,7 @@ class RunSettings:
     batch_size: int
     grad_accum: int
     seq_len: int
-    lr: float
+    lr: float  # the first stage's peak rate (--lr is folded into the curriculum, see resolve_run)
     optimizer: str | None  # None: each stage's own
     dtype: str
     compile: bool
@@ -223,13 +223,16 @@ def validate(settings: TrainSettings) -> None:
 
 
 def resolve_run(settings: TrainSettings) -> tuple[RunSettings, Curriculum, torch.device]:
-    """Check `settings`, pick the device, load the curriculum and resolve every default."""
+    """Check `settings`, pick the device, load the curriculum (with --lr folded into its rates) and
+    resolve every default."""
     validate(settings)
     device = pick_device(settings.device)
     try:
         curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    if settings.lr is not None:
+        curriculum = curriculum.with_first_lr(settings.lr)
     return resolve(settings, device, curriculum), curriculum, device
 
 

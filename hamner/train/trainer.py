@@ -113,7 +113,6 @@ class Trainer:
         torch.manual_seed(s.seed)
         self.model = checked_model(self.config, curriculum, device)
         self.controller = CurriculumController(curriculum, n_layers=self.config.n_layers)
-        self.lr_factor = s.lr / curriculum.stages[0].lr
         # the current stage's optimizer(s), also after a restore and at a stage that asks for fresh ones
         self.optim = OptimizerSlot(lambda: stage_optimizer(self.model, self._stage(), device, s.optimizer))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
@@ -204,7 +203,7 @@ class Trainer:
         self._bar = tqdm(total=s.max_steps, initial=self.progress.step, disable=not self.dist.is_main or None,
                          dynamic_ncols=True, leave=False)
         self.model.train()
-        self._restart_batches()
+        self._enter_stage()
         started = time.perf_counter() - self.progress.elapsed
         reason = "finished"
         with StopSignals() as stop, self._bar:
@@ -229,18 +228,20 @@ class Trainer:
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
                            task_accuracy=final_tasks)
 
-    def _restart_batches(self) -> None:
-        """(Re)start the prefetcher at the current step with a frozen view of the controller."""
+    def _enter_stage(self) -> None:
+        """Begin training the current stage, at the start of `run()` (also after a resume) and after each
+        advance: its batches (a prefetcher from the current step on, over a frozen view of the
+        controller) and its model knobs."""
         if self._batches is not None:
             self._batches.close()
         self._batches = curriculum_batches(self.controller, self.sampler, self.s, self.progress.step, self.device)
-        self.stage_scales = self.controller.layer_lr_scales()
-        for name, value in self.controller.model_knobs().items():  # the stage's knobs, also after a resume
+        for name, value in self.controller.model_knobs().items():
             self.model.set_knob(name, value)
 
     def _train_step(self) -> None:
-        self.last_lr = self.controller.lr() * self.lr_factor
-        apply_lr(self.optim.optimizers, self.last_lr, self.stage_scales, self.controller.muon_lr() * self.lr_factor)
+        rates = self.controller.rates()
+        apply_lr(self.optim.optimizers, rates.adamw, rates.layer_scales, rates.muon)
+        self.last_lr = rates.adamw
         batches = [self._batches.next() for _ in range(self.s.grad_accum)]
         no_sync = self.train_model.no_sync if self.dist.enabled else None
         result = train_step(self._loss, [(b.idx, b.targets, b.segment_ids) for b in batches], self.optim.optimizers,
@@ -324,7 +325,7 @@ class Trainer:
         self.loggers.stage_end(self.progress.step, name, reason)
         self._last_tasks = (self.progress.step, self._stage_outputs(name))
         if not self.controller.finished:
-            self._restart_batches()
+            self._enter_stage()
         self.meter.exclude(time.perf_counter() - t0)
 
     def _stage_outputs(self, stage: str) -> dict[str, dict[float, float]]:
