@@ -9,11 +9,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from hamner.data.batch import Batch
 from hamner.data.loader import Prefetcher
-from hamner.data.mixture import MixtureSampler, open_validation
+from hamner.data.mixture import Mixture, MixtureSampler, open_validation
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import CheckpointError, DataError, RunDirError, TrainError
@@ -175,9 +175,9 @@ def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler
     needed), so it depends on t only and resumed runs draw the same rows."""
     plan = copy.copy(controller)
 
-    def make_batch(micro: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def make_batch(micro: int) -> Batch:
         ahead = micro // s.grad_accum - plan.global_step
-        sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-        return sampler.labeled_batch(micro, s.batch_size, s.seq_len + 1)
+        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
+        return sampler.batch(micro, mixture, s.batch_size, s.seq_len)
 
     return Prefetcher(make_batch, start_step=step * s.grad_accum, device=device)

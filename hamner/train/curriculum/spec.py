@@ -155,6 +155,14 @@ class Curriculum:
     packing: str  # "stream" or "document"
     probe: str | None  # probe file or built-in probe name, scored at every stage end
 
+    def with_first_lr(self, lr: float) -> Curriculum:
+        """This curriculum with `lr` as the first stage's peak rate (--lr): every stage's AdamW and Muon
+        peaks (and base_lr) are scaled alike, so later stages keep their ratio to the first."""
+        ratio = lr / self.stages[0].lr
+        stages = tuple(replace(stage, lr=lr if i == 0 else stage.lr * ratio, muon_lr=stage.muon_lr * ratio)
+                       for i, stage in enumerate(self.stages))
+        return replace(self, stages=stages, base_lr=None if self.base_lr is None else self.base_lr * ratio)
+
     def assistant_only_sources(self) -> list[str]:
         """Sources whose loss counts the assistant's replies only."""
         return sorted(name for name, loss in self.source_loss.items() if loss == "assistant")
