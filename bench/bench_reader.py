@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout that was not pip-installed, too
 
 from hamner.commands.parsing import ArgumentParser, command  # noqa: E402
-from hamner.data.mixture import MixtureSampler  # noqa: E402
+from hamner.data.mixture import Mixture, MixtureSampler  # noqa: E402
 from hamner.data.tokenizer import load_tokenizer  # noqa: E402
 from hamner.data.windows import ShardSource  # noqa: E402
 
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None, prog: str = "python bench/bench_reader.p
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args(argv)
     source = ShardSource(args.directory, tokenizer=load_tokenizer(args.tokenizer))
-    sampler = MixtureSampler({source.name: source}, seed=0)
+    sampler, mixture = MixtureSampler({source.name: source}, seed=0), Mixture({source.name: 1.0})
     step, t0 = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < args.seconds:
-        sampler.batch(step, args.batch, args.row_len)
+        sampler.rows(step, mixture, args.batch, args.row_len)
         step += 1
     rate = step / elapsed
     print(f"{rate:,.0f} batches/s ({rate * args.batch * args.row_len / 1e6:,.1f} M tokens/s) "

@@ -64,7 +64,7 @@ def bench_generated(cls, tok, tokens: int, repeats: int) -> dict:
 
 
 def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
-    from hamner.data.mixture import MixtureSampler
+    from hamner.data.mixture import Mixture, MixtureSampler
     from hamner.data.tokenizer import load_tokenizer
     from hamner.data.windows import ShardSource
 
@@ -77,10 +77,11 @@ def bench_shards(tok_path: str, stories: Path, batches: int) -> dict:
             raise SystemExit(f"error: hamner prepare failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
         tok = load_tokenizer(tok_path)
         sampler = MixtureSampler({"tinystories": ShardSource(out, "train", tok)}, seed=0)
-        sampler.batch(0, 24, 1025)
+        mixture = Mixture({"tinystories": 1.0})
+        sampler.rows(0, mixture, 24, 1025)
         t = time.perf_counter()
         for step in range(1, batches + 1):
-            sampler.batch(step, 24, 1025)
+            sampler.rows(step, mixture, 24, 1025)
         rate = batches / (time.perf_counter() - t)
     return {"batches_per_s": rate, "batch": [24, 1025], "batches": batches, "source": stories.name}
 

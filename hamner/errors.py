@@ -16,6 +16,10 @@ class DataError(HamnerError, ValueError):
     """A problem with data, tokenizers or shards (a missing file, an unknown field, a foreign tokenizer)."""
 
 
+class ConfigError(HamnerError, ValueError):
+    """A model file or model fields that do not make a valid model config (an unknown field, a wrong type)."""
+
+
 class CurriculumError(HamnerError, ValueError):
     """A curriculum file that does not parse, or does not fit the model it is used with."""
 

@@ -186,3 +186,11 @@ def test_ctrl_d_and_ctrl_c_exit_cleanly(run, python, subprocess_env, key):
                           [(b"", b"you> "), (key, b"")])
     assert code == 0, text
     assert "Traceback" not in text
+
+
+def test_a_byte_level_checkpoint_with_a_wider_vocabulary_decodes_what_the_tokenizer_lacks(tmp_path, capsys):
+    """A model from elsewhere whose vocabulary exceeds the byte tokenizer's 257 ids samples ids >= 257."""
+    save_tiny_run(tmp_path / "run", tiny_config(vocab_size=400))
+    assert chat.main(["--checkpoint", str(tmp_path / "run"), "--prompt", "Hi", "--temperature", "1",
+                      "--seed", "3", "--max-new-tokens", "40", "--device", "cpu"]) == 0
+    assert "\ufffd" in capsys.readouterr().out

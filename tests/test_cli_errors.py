@@ -14,6 +14,7 @@ from hamner.commands.parsing import ArgumentParser, command
 from hamner.device import pick_device
 from hamner.errors import (
     CheckpointError,
+    ConfigError,
     CurriculumError,
     DataError,
     DeviceError,
@@ -74,10 +75,10 @@ def test_every_command_reports_bad_input_on_one_line(tmp_path, python, subproces
 
 
 def test_every_user_error_is_a_hamner_error():
-    for cls in (CheckpointError, CurriculumError, DataError, DeviceError, EvalError, InferenceError, PlotError,
-                TrainError):
+    for cls in (CheckpointError, ConfigError, CurriculumError, DataError, DeviceError, EvalError, InferenceError,
+                PlotError, TrainError):
         assert issubclass(cls, HamnerError)
-    for cls in (CurriculumError, DataError, EvalError, PlotError):  # they replaced ValueErrors
+    for cls in (ConfigError, CurriculumError, DataError, EvalError, PlotError):  # they replaced ValueErrors
         assert issubclass(cls, ValueError)
 
 

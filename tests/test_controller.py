@@ -328,3 +328,19 @@ min_lr_ratio = 0.1
     expected = 1 - (p if shape == "linear" else np.sqrt(p))
     assert lrs[10:] == pytest.approx(list(1e-3 * (0.1 + 0.9 * expected)))
     assert muon == pytest.approx([lr * 20 for lr in lrs])  # one schedule for both optimizers
+
+
+def test_lr_folded_into_the_curriculum_keeps_later_stages_ratio_and_rates_come_together():
+    curriculum = load_curriculum("hamner-4phase")
+    folded = curriculum.with_first_lr(3e-4)  # 3x the first stage's 1e-4
+    assert folded.name == curriculum.name and folded.stages[0].lr == 3e-4
+    for old, new in zip(curriculum.stages, folded.stages):
+        assert (new.lr, new.muon_lr) == pytest.approx((3 * old.lr, 3 * old.muon_lr))
+    ctrl = CurriculumController(folded, n_layers=12)
+    for _ in range(499):
+        ctrl.step_done()
+    rates = ctrl.rates()
+    assert (rates.adamw, rates.muon) == (ctrl.lr(), ctrl.muon_lr()) and rates.adamw == pytest.approx(3e-4)
+    assert rates.layer_scales == ctrl.layer_lr_scales() == {i: 0.2 for i in range(3, 9)}
+    ctrl.advance()
+    assert ctrl.rates().adamw == pytest.approx(3 * 0.8e-4 / 500)

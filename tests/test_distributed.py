@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from train_helpers import metrics, tiny_flags, write_curriculum
 
-from hamner.data.mixture import MixtureSampler, open_sources
+from hamner.data.mixture import Mixture, MixtureSampler, open_sources
 from hamner.data.tokenizer import load_tokenizer
 from hamner.run import checkpoint as ckpt
 from hamner.use.load import load_model
@@ -48,5 +48,6 @@ def test_torchrun_two_cpu_processes(tmp_path, python, subprocess_env, optimizer)
 def test_ranks_draw_different_rows():
     tokenizer = load_tokenizer("bytes")
     sources = open_sources(["synthetic"], None, tokenizer)
-    rows = [MixtureSampler(sources, seed=7, rank=r, world_size=2).batch(0, 2, 33) for r in (0, 1)]
+    mixture = Mixture({"synthetic": 1.0})
+    rows = [MixtureSampler(sources, seed=7, rank=r, world_size=2).rows(0, mixture, 2, 33) for r in (0, 1)]
     assert not np.array_equal(rows[0], rows[1])

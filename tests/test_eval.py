@@ -129,3 +129,11 @@ def test_eval_command_rejects_bad_input_with_one_line(tmp_path, capsys):
         assert eval_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_eval_command_reads_a_byte_level_model_with_a_wider_vocabulary(tmp_path, capsys):
+    save_tiny_run(tmp_path / "run", tiny_config(vocab_size=4000, max_seq_len=32))
+    assert eval_main([str(tmp_path / "run"), "--quick", "--samples", "2", "--difficulties", "1",
+                      "--out", str(tmp_path / "report.json"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads((tmp_path / "report.json").read_text())["synthetic"]["samples"] == 2

@@ -1,8 +1,11 @@
 """Token mixers: the window and differential attention ops against their references, causality,
 cached decoding = full recomputation, parameter names, config and model-file checks, presets."""
+import ast
 import dataclasses
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
 from hamner.model.config import PRESETS, HamnerConfig, load_model_file, model_config
 from hamner.model.decoding_cache import DecodingCache
+from hamner.model.mixers import MIXERS, DecodingState, Mixer
+from hamner.model.mlps import MLP, MLPS
 from hamner.model.transformer import HamnerModel
 from hamner.train.settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
 from hamner.train.trainer import train
@@ -205,9 +210,9 @@ def test_model_file_overrides_preset_fields(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("windw = 3", "unknown field 'windw'"),
-    ('window = "x"', "field 'window' must be int | None, got 'x'"),
-    ("scale_residual_init = 1", "field 'scale_residual_init' must be bool"),
+    ("windw = 3", "unknown key 'windw'"),
+    ('window = "x"', r"\.window: must be int \| None, got 'x'"),
+    ("scale_residual_init = 1", r"\.scale_residual_init: must be bool, got 1"),
     ('mixer = "swa"', "window must be a positive integer for the swa mixer"),
     ("n_layers = ", "not valid TOML"),
 ])
@@ -307,6 +312,41 @@ def test_a_bad_model_file_stops_training_with_one_line(tmp_path):
     model_file.write_text('mixer = "flash"\n')
     with pytest.raises(TrainError, match="model file .*bad.toml: mixer: unknown mixer 'flash'"):
         train(tiny_settings(tmp_path / "run", write_curriculum(tmp_path), model=str(model_file)))
+
+
+def test_every_registered_mixer_and_mlp_keeps_the_contract_and_checks_its_own_settings():
+    """The protocols hold, and the torch-free check the config runs is the class's own `check_config`."""
+    config = HamnerConfig(**TINY, window=4, mlp="moe", n_experts=4)
+    for name in MIXERS:
+        mixer = MIXERS[name](config, 0)
+        assert isinstance(mixer, Mixer), name
+        assert isinstance(mixer.new_state(2, 8, torch.device("cpu"), torch.float32), DecodingState), name
+        assert MIXERS[name].check_config.__func__ is MIXERS.settings(name).check_config.__func__, name
+        assert mixer.keeps_documents_apart or mixer.mixes_documents_because, name
+    for name in MLPS:
+        assert isinstance(MLPS[name](config, 0), MLP), name
+        assert MLPS[name].check_config.__func__ is MLPS.settings(name).check_config.__func__, name
+
+
+def test_no_mixer_imports_another():
+    """What several mixers use lives in hamner.model.mixers.shared (or .settings), never in one of them."""
+    modules = {sys.modules[MIXERS[name].__module__] for name in MIXERS}
+    names = {module.__name__ for module in modules}
+    for module in modules:
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & (names - {module.__name__}), module.__name__
+
+
+@pytest.mark.parametrize("mixer, reason", [("diff_attention", "its attention kernel takes no document mask"),
+                                           ("swa+hebbian", "its memory runs across document boundaries"),
+                                           ("ttt_linear", "its inner model keeps learning across document")])
+def test_the_block_refuses_segment_ids_naming_the_mixer_and_why(mixer, reason):
+    model = random_model(mixer=mixer, window=3)
+    idx = torch.randint(1, 97, (1, 6))
+    name = mixer.split("+")[-1]
+    with pytest.raises(ValueError, match=f"mixer '{name}' cannot keep packed documents apart: {reason}"):
+        model(idx, segment_ids=torch.zeros_like(idx))
 
 
 def test_config_validates_mixer_names_without_importing_torch(python, subprocess_env):

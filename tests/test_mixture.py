@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hamner.data import DataError, MixtureSampler, load_tokenizer, open_sources
-from hamner.data.mixture import open_validation
+from hamner.data.mixture import Mixture, open_validation
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.windows import ShardSource
+from hamner.model.packing import document_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = 8
@@ -55,27 +57,25 @@ def _window_ids(batch):
 
 def test_weights_difficulty_and_determinism(sources):
     s = MixtureSampler(sources, seed=5)
-    s.set_mixture({"gen": 1.0}, difficulty=2.5)
-    b = s.batch(0, 16, ROW)
+    b = s.rows(0, Mixture({"gen": 1.0}, difficulty=2.5), 16, ROW)
     assert b.dtype == np.int64 and b.shape == (16, ROW)
     assert (b[:, 0] == 7).all() and (b[:, 1] == 25).all()
-    s.set_mixture({"gen": 3, "stream": 1}, difficulty=1.0)
+    mixture = Mixture({"gen": 3, "stream": 1}, difficulty=1.0)
     counts = np.zeros(2)
     for step in range(1, 41):
-        b = s.batch(step, 16, ROW)
+        b = s.rows(step, mixture, 16, ROW)
         counts += [(b[:, 0] == 7).sum(), (b[:, 0] >= MARK).sum()]
     assert 0.68 < counts[0] / counts.sum() < 0.82
     twins = [MixtureSampler(sources, seed=seed) for seed in (8, 8, 9)]
-    for t in twins:
-        t.set_mixture({"gen": 1, "stream": 1}, difficulty=1.0)
-    made = [np.stack([t.batch(step, 16, ROW) for step in range(5)]) for t in twins]
+    even = Mixture({"gen": 1, "stream": 1}, difficulty=1.0)
+    made = [np.stack([t.rows(step, even, 16, ROW) for step in range(5)]) for t in twins]
     assert np.array_equal(made[0], made[1]) and not np.array_equal(made[0], made[2])
 
 
 def test_shard_windows_once_per_epoch_and_resume_exactly(sources):
     s = MixtureSampler(sources, seed=1)
-    s.set_mixture({"stream": 1.0, "gen": 1.0}, 1.0)
-    batches = [s.batch(step, 6, ROW) for step in range(30)]
+    mixture = Mixture({"stream": 1.0, "gen": 1.0}, 1.0)
+    batches = [s.rows(step, mixture, 6, ROW) for step in range(30)]
     seen = [w for b in batches for w in _window_ids(b)]
     assert len(seen) > 40 and sorted(seen[:40]) == list(range(40))  # every window once in epoch 0
     # a prefetcher made steps up to 29; the checkpoint is taken after step 26
@@ -83,18 +83,17 @@ def test_shard_windows_once_per_epoch_and_resume_exactly(sources):
     resumed = MixtureSampler(sources, seed=99)  # the saved seed wins
     resumed.load_state_dict(state)
     for step in range(27, 35):
-        expected = batches[step] if step < 30 else s.batch(step, 6, ROW)
-        assert np.array_equal(resumed.batch(step, 6, ROW), expected)
-    assert np.array_equal(s.batch(28, 6, ROW), batches[28])  # asking again for a made step repeats it
+        expected = batches[step] if step < 30 else s.rows(step, mixture, 6, ROW)
+        assert np.array_equal(resumed.rows(step, mixture, 6, ROW), expected)
+    assert np.array_equal(s.rows(28, mixture, 6, ROW), batches[28])  # asking again for a made step repeats it
     with pytest.raises(ValueError, match="in order"):
-        s.batch(100, 6, ROW)
+        s.rows(100, mixture, 6, ROW)
 
 
 def test_ranks_are_disjoint_and_share_one_state(sources):
     world = [MixtureSampler(sources, seed=3, rank=r, world_size=2) for r in range(2)]
-    for s in world:
-        s.set_mixture({"stream": 1.0, "gen": 1.0}, 3.0)
-    per_rank = [[s.batch(step, 4, ROW) for step in range(6)] for s in world]
+    mixture = Mixture({"stream": 1.0, "gen": 1.0}, 3.0)
+    per_rank = [[s.rows(step, mixture, 4, ROW) for step in range(6)] for s in world]
     ids = [[w for b in batches for w in _window_ids(b)] for batches in per_rank]
     assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])
     assert len(ids[0] + ids[1]) <= 40 and len(set(ids[0] + ids[1])) == len(ids[0] + ids[1])
@@ -102,17 +101,28 @@ def test_ranks_are_disjoint_and_share_one_state(sources):
     assert not np.array_equal(gen_rows[0][:1], gen_rows[1][:1])  # generators get a per-rank seed
     rank1 = MixtureSampler(sources, seed=3, rank=1, world_size=2)
     rank1.load_state_dict(world[0].state_dict())  # rank 0's checkpoint is enough for every rank
-    assert np.array_equal(rank1.batch(6, 4, ROW), world[1].batch(6, 4, ROW))
+    assert np.array_equal(rank1.rows(6, mixture, 4, ROW), world[1].rows(6, mixture, 4, ROW))
+
+
+def test_batches_cut_rows_and_number_documents_when_asked(sources):
+    mixture = Mixture({"stream": 1.0, "gen": 1.0}, 2.0)
+    rows = MixtureSampler(sources, seed=4).rows(0, mixture, 6, ROW)
+    stream = MixtureSampler(sources, seed=4).batch(0, mixture, 6, ROW - 1)
+    assert np.array_equal(stream.idx.numpy(), rows[:, :-1]) and np.array_equal(stream.targets.numpy(), rows[:, 1:])
+    assert stream.segment_ids is None
+    packed = MixtureSampler(sources, seed=4, document_end=7).batch(0, mixture, 6, ROW - 1)
+    assert torch.equal(packed.segment_ids, document_ids(packed.idx, 7))
+    assert packed.segment_ids[rows[:, 0] == 7, 1].eq(1).all()  # a generator row starts with the end token 7
 
 
 def test_bad_mixtures(sources):
     s = MixtureSampler(sources, seed=0)
     with pytest.raises(DataError, match="unknown source.*web.*open sources: gen, stream"):
-        s.set_mixture({"web": 1.0}, 1.0)
+        s.rows(0, Mixture({"web": 1.0}, 1.0), 4, ROW)
     with pytest.raises(DataError, match="non-negative"):
-        s.set_mixture({"gen": -1.0, "stream": 2.0}, 1.0)
+        s.rows(0, Mixture({"gen": -1.0, "stream": 2.0}, 1.0), 4, ROW)
     with pytest.raises(DataError, match="positive sum"):
-        s.set_mixture({"gen": 0.0}, 1.0)
+        s.rows(0, Mixture({"gen": 0.0}, 1.0), 4, ROW)
     with pytest.raises(ValueError, match="rank"):
         MixtureSampler(sources, seed=0, rank=2, world_size=2)
 

@@ -96,6 +96,26 @@ def test_training_loss_adds_the_weighted_aux_losses_and_evaluation_does_not():
     torch.testing.assert_close(train_loss, eval_loss + aux)
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_the_language_model_loss_alone_trains_the_router(top_k):
+    """With the auxiliary losses off, the router still gets a gradient: for k = 1 the expert is weighted by
+    its probability (Switch), not by the renormalised p / p = 1."""
+    model = moe_model(moe_top_k=top_k, moe_balance_weight=0.0, moe_z_weight=0.0).train()
+    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(1))
+    model(idx, idx).backward()
+    for layer in (m for m in model.modules() if isinstance(m, MoE)):  # p / p leaves only rounding (~1e-11)
+        assert layer.router.weight.grad.abs().max() > 1e-3 * layer.gate_up.grad.abs().max()
+
+
+def test_one_expert_per_token_is_weighted_by_its_router_probability():
+    layer = [m for m in moe_model(moe_top_k=1).modules() if isinstance(m, MoE)][0]
+    x = torch.randn(5, HIDDEN * 2, generator=torch.Generator().manual_seed(2))
+    probs = layer.router(x).float().softmax(-1)
+    weight, expert = probs.max(-1, keepdim=True)
+    expected = reference.moe_experts(x, expert, weight, layer.gate_up, layer.down)
+    torch.testing.assert_close(layer(x), expected)
+
+
 def test_active_parameters_and_expert_load():
     model = moe_model()
     experts = N_EXPERTS * 3 * WIDTH * HIDDEN * 2

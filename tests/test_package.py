@@ -1,6 +1,7 @@
 """The package's shape: every subpackage installs, no import cycle anywhere, and every kernel op has its
 reference's signature."""
 import inspect
+import os
 import subprocess
 import sys
 import tomllib
@@ -50,3 +51,32 @@ def test_each_op_takes_what_its_reference_takes(op):
     ours, theirs = inspect.signature(getattr(kernels, op)), inspect.signature(getattr(reference, op))
     assert [(p.name, p.kind) for p in ours.parameters.values()] == \
         [(p.name, p.kind) for p in theirs.parameters.values()]
+
+
+ROOT_IMPORTS = """
+import kernels
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import hamner.kernels
+
+assert hasattr(kernels, "get_kernel"), f"`import kernels` is not Hugging Face's package: {kernels.__file__}"
+assert hamner.kernels.__name__ == "hamner.kernels"
+model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1))
+print("ok", model.config.model_type)
+"""
+
+
+@pytest.mark.parametrize("how", ["cwd", "PYTHONPATH"])
+def test_the_checkout_root_on_sys_path_shadows_no_installed_package(how, subprocess_env):
+    """`python -m pytest`, `python train.py` and `python -m hamner` put the checkout's root on sys.path:
+    transformers' Llama (which imports Hugging Face's `kernels`) must still load from there."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("kernels")
+    env = dict(subprocess_env)
+    if how == "PYTHONPATH":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", ROOT_IMPORTS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "llama"]

@@ -11,7 +11,7 @@ from hamner.data.chat_format import MARKERS, format_conversation
 from hamner.data.chat_gen import ChatSource
 from hamner.data.concepts import KINDS, concept_items
 from hamner.data.loss_masks import IGNORE_INDEX, targets_from_mask
-from hamner.data.mixture import MixtureSampler, open_sources
+from hamner.data.mixture import Mixture, MixtureSampler, open_sources
 from hamner.data.prepare import prepare
 from hamner.data.shards import mask_path, read_mask, read_shard, shard_paths, write_mask
 from hamner.data.text_sources import ReadOptions
@@ -90,7 +90,7 @@ def test_mask_sidecar_is_validated_and_optional(tmp_path):
     shard = shard_paths(tmp_path / "plain", "train")[0]
     assert not mask_path(shard).exists()  # every token counts: no sidecar
     sampler = MixtureSampler(open_sources(["plain"], str(tmp_path), tokenizer), seed=1, assistant_only=["plain"])
-    rows, masks = sampler.labeled_batch(0, 2, 8)
+    rows, masks = sampler.labeled_rows(0, Mixture({"plain": 1.0}), 2, 8)
     assert masks.shape == rows.shape and masks.all()
     write_mask(shard, np.ones(3, dtype=np.uint8))
     with pytest.raises(DataError, match="holds 3 mask entries but its shard holds"):

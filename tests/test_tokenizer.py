@@ -20,6 +20,12 @@ def test_bytes_tokenizer_roundtrip_and_eos():
     assert tok.encode_batch([TEXT, "", "ab"]) == [tok.encode(TEXT), [], [97, 98]]
 
 
+def test_bytes_tokenizer_decodes_ids_it_lacks_as_replacement_characters():
+    tok = load_tokenizer("bytes")
+    assert tok.decode([104, 300, 105, -1, 256, 0xC3, 257, 0xA9]) == "h\ufffdi\ufffd<|endoftext|>\ufffd\ufffd\ufffd"
+    assert tok.decode([0xC3, 0xA9, 65_535]) == "é\ufffd"
+
+
 def test_cosmo2_file(shared_data):
     path = str(shared_data / "cosmo2_tokenizer.json")
     tok = load_tokenizer(path)
@@ -31,6 +37,7 @@ def test_cosmo2_file(shared_data):
     texts = [TEXT, "hello world", "", "<|endoftext|>"]
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
     assert tok.decode(tok.encode_batch(texts)[3]) == "<|endoftext|>"
+    assert tok.decode([*ids, 60_000]) == TEXT  # an id the vocabulary lacks is skipped
 
 
 def test_fingerprint_is_the_vocabulary_identity(shared_data, tmp_path):

@@ -8,13 +8,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import matplotlib.pyplot
 import pytest
 
 from hamner.commands.tournament import main
 from hamner.tournament import rounds as rounds_module
 from hamner.tournament import runs
-from hamner.tournament.report import write_report
-from hamner.tournament.rounds import is_tie, mean_and_spread, run_tournament, size_entrants
+from hamner.tournament.report import draw_round, plot_round, seed_spread, write_report
+from hamner.tournament.rounds import RoundOutcome, is_tie, mean_and_spread, run_tournament, size_entrants
 from hamner.tournament.sizing import match_size, model_size
 from hamner.tournament.spec import TournamentError, load_spec
 
@@ -95,15 +96,18 @@ def test_resizing_lands_within_tolerance_and_refuses_a_coarse_knob(tmp_path):
 
 def test_spec_errors_name_the_field(tmp_path, capsys):
     bad = write_spec(tmp_path, extra='[[entrants]]\nname = "typo"\nmodel = { hiden_size = 64 }\n')
-    with pytest.raises(TournamentError, match=r"entrants\[3\]\.model\.hiden_size: not a model field"):
+    with pytest.raises(TournamentError, match=r"entrants\[3\]\.model: unknown key 'hiden_size'"):
         load_spec(bad)
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     text = write_spec(tmp_path).read_text()
     (tmp_path / "r.toml").write_text(text.replace("tokens = 256\n[[rounds]]", "tokens = 0\n[[rounds]]"))
-    with pytest.raises(TournamentError, match=r"rounds\[0\]\.tokens: must be an integer >= 1"):
+    with pytest.raises(TournamentError, match=r"rounds\[0\]\.tokens: must be >= 1, got 0"):
         load_spec(tmp_path / "r.toml")
+    typed = write_spec(tmp_path, extra='[[entrants]]\nname = "flagged"\nmodel = { scale_residual_init = 1 }\n')
+    with pytest.raises(TournamentError, match=r"entrants\[3\]\.model\.scale_residual_init: must be bool, got 1$"):
+        load_spec(typed)
 
 
 def test_a_half_finished_tournament_resumes_and_reports(tmp_path, monkeypatch, single_thread):
@@ -219,3 +223,30 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path, python, subprocess_
     assert "resumed from" in (out / "round-1" / "dense" / "seed-3" / "train.log").read_text()
     report = json.loads((out / "report.json").read_text())
     assert {e["name"]: e["tokens"] for e in report["entrants"]} == {"dense": 4096, "mqa-wide": 4096, "deep": 4096}
+
+
+def made_up_run(seed: int, curve: list[tuple[float, float, float]]) -> runs.RunResult:
+    return runs.RunResult(directory=f"seed-{seed}", steps=4, tokens=int(curve[-1][0]), lr=1e-3, seed=seed,
+                          val_loss=curve[-1][2], curve=curve)
+
+
+def test_round_plot_draws_each_entrants_seed_mean_and_a_min_max_band(tmp_path):
+    rnd = RoundOutcome(index=1, tokens=200, steps=4, ranking=["a", "b", "single"], results={
+        "a": [made_up_run(1, [(100, 1.0, 3.0), (200, 2.0, 2.0)]), made_up_run(2, [(100, 3.0, 4.0), (200, 6.0, 2.5)])],
+        "b": [made_up_run(1, [(100, 2.0, 3.5), (200, 4.0, float("nan"))]),
+              made_up_run(2, [(100, 2.0, 3.1), (200, 4.0, 2.9)])],
+        "single": [made_up_run(1, [(100, 1.0, 3.3), (200, 2.0, 3.0)])]})
+    assert seed_spread(rnd.results["a"]) == [(100, 2.0, 3.5, 3.0, 4.0), (200, 4.0, 2.25, 2.0, 2.5)]
+    assert seed_spread(rnd.results["b"]) == [(100, 2.0, 3.3, 3.1, 3.5), (200, 4.0, 2.9, 2.9, 2.9)]
+    fig = draw_round(rnd)
+    by_tokens, by_time = fig.axes
+    for ax in (by_tokens, by_time):
+        assert len(ax.lines) == 3 and len(ax.collections) == 2  # a mean per entrant, a band per multi-seed one
+        assert [line.get_color() for line in ax.lines] == ["C0", "C1", "C2"]
+    assert list(by_tokens.lines[0].get_xdata()) == [100, 200] and list(by_time.lines[0].get_xdata()) == [2.0, 4.0]
+    assert list(by_tokens.lines[0].get_ydata()) == [3.5, 2.25]
+    band = by_tokens.collections[0].get_paths()[0].vertices
+    assert (band[:, 1].min(), band[:, 1].max()) == (2.0, 4.0)
+    assert [t.get_text() for t in by_tokens.get_legend().get_texts()] == ["a", "b", "single"]
+    matplotlib.pyplot.close(fig)
+    assert plot_round(rnd, tmp_path / "round-1.png").stat().st_size > 0

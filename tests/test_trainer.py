@@ -109,6 +109,13 @@ def test_stage_flag_starts_later_and_init_from_loads_weights(tmp_path):
         train(tiny_settings(tmp_path / "c", curriculum, stage=2))
 
 
+def test_lr_flag_sets_the_first_stage_peak_and_later_stages_keep_their_ratio(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_settings(run, write_curriculum(tmp_path, first=2, second=2), lr=6e-3))  # twice the first stage's
+    assert [float(r["lr"]) for r in metrics(run)] == pytest.approx([3e-3, 6e-3, 4e-3, 4e-3])  # warmup 2, then 2e-3 x2
+    assert json.loads((run / "config.json").read_text())["resolved"]["lr"] == 6e-3
+
+
 def test_optimizer_groups_decay_matrices_and_scale_only_listed_layers():
     model = HamnerModel(model_config("demo"))
     optimizer = build_optimizer(model, 1e-3, torch.device("cpu"))

@@ -1,10 +1,9 @@
 """Background prefetching of training batches onto the device.
 
-A daemon thread calls make_batch(step) for start_step, start_step + 1, ..., splits each window
-batch into inputs and targets (make_batch may return (rows, loss masks): targets whose mask is 0
-become the ignored index), and pins them when the device is CUDA; `next()` then copies them
-with non_blocking=True, so the host-to-device copy overlaps the compute already queued. An
-exception in the thread is raised again by the next call to `next()`.
+A daemon thread calls make_batch(step) for start_step, start_step + 1, ... (each a `Batch`, see
+data.batch) and pins it when the device is CUDA; `next()` then copies it with non_blocking=True,
+so the host-to-device copy overlaps the compute already queued. An exception in the thread is
+raised again by the next call to `next()`.
 """
 from __future__ import annotations
 
@@ -12,10 +11,9 @@ import queue
 import threading
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from hamner.data.loss_masks import targets_from_mask
+from hamner.data.batch import Batch
 
 
 class _Failure:
@@ -26,8 +24,7 @@ class _Failure:
 class Prefetcher:
     """Batches for consecutive steps, produced `depth` ahead in a background thread."""
 
-    def __init__(self, make_batch: Callable[[int], np.ndarray | tuple[np.ndarray, np.ndarray | None]],
-                 start_step: int, device: torch.device | str,
+    def __init__(self, make_batch: Callable[[int], Batch], start_step: int, device: torch.device | str,
                  depth: int = 2) -> None:
         self.device = torch.device(device)
         self.step = start_step  # the step of the batch the next call to next() returns
@@ -41,16 +38,8 @@ class Prefetcher:
         pin = self.device.type == "cuda"
         try:
             while not self._stop.is_set():
-                made = self._make_batch(step)
-                rows, mask = made if isinstance(made, tuple) else (made, None)
-                rows = np.asarray(rows, dtype=np.int64)
-                if rows.ndim != 2 or rows.shape[1] < 2:
-                    raise ValueError(f"make_batch({step}) gave shape {rows.shape}; expected [batch, row_len >= 2]")
-                pair = (torch.from_numpy(np.ascontiguousarray(rows[:, :-1])),
-                        torch.from_numpy(targets_from_mask(rows, mask)))
-                if pin:
-                    pair = (pair[0].pin_memory(), pair[1].pin_memory())
-                if not self._put(pair):
+                batch = self._make_batch(step)
+                if not self._put(batch.pin_memory() if pin else batch):
                     return
                 step += 1
         except BaseException as e:  # surfaces in the caller's next()
@@ -65,9 +54,8 @@ class Prefetcher:
                 continue
         return False
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(idx, targets) of the next step, int64 on the device: idx = w[:, :-1], targets = w[:, 1:]
-        (-100 where the loss mask leaves a target out)."""
+    def next(self) -> Batch:
+        """The batch of the next step, on the device."""
         if self._stop.is_set():
             raise RuntimeError("the prefetcher is closed")
         item = self._queue.get()
@@ -75,8 +63,7 @@ class Prefetcher:
             self.close()
             raise item.error
         self.step += 1
-        idx, targets = item
-        return idx.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        return item.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         """Stop the thread and drop the batches it made ahead."""

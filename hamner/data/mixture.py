@@ -1,4 +1,4 @@
-"""The mixture sampler: every row of a batch comes from a source drawn with the stage's weights.
+"""The mixture sampler: every row of a batch comes from a source drawn with the step's weights.
 
 Sources are shard directories (read through a cursor, see data.windows) and generators (pure
 functions of a seed). For step t the sources of all world_size x batch_size rows are drawn from
@@ -7,26 +7,33 @@ many rows each shard source gave the whole world, so the cursors are the same on
 (rank 0's state is enough to resume all ranks), and the windows of one step are consecutive
 stream positions split between ranks, so ranks never read the same window.
 
-`batch(step)` starts from the cursors recorded for that step, so asking again for a step that a
-prefetcher already produced gives the same batch, and a run resumed from `state_dict()` continues
-exactly. Call `set_mixture` for step t before `batch(t)` (inside the prefetcher's make_batch), so
-weights and difficulty ramps are a function of the step too.
+Each call is given the `Mixture` of its step (source weights and the generators' difficulty), so
+a batch is a function of (seed, step, mixture) and the sampler holds no mixture of its own.
+`rows(step, ...)` starts from the cursors recorded for that step, so asking again for a step that
+a prefetcher already produced gives the same rows, and a run resumed from `state_dict()` continues
+exactly.
 
 Sources named in `assistant_only` count only the tokens their loss masks mark (a chat's replies);
-`labeled_batch` returns those masks beside the rows.
+`labeled_rows` returns those masks beside the rows. `batch` makes the training `Batch` of a step
+(data.batch), with document ids when the sampler is given the end-of-text id that ends documents.
 """
 from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hamner.data.row_source import CursorSource, MaskedCursorSource, MaskedRowSource, RowSource
 from hamner.data.windows import ShardSource
 from hamner.errors import DataError
+
+if TYPE_CHECKING:  # batches load torch, which reading rows does not need
+    from hamner.data.batch import Batch
 
 HISTORY = 64  # steps whose starting cursors are kept (covers any prefetch depth)
 # Sources made on the fly (generators, module and class loaded when used); every other source is a
@@ -52,11 +59,23 @@ def is_builtin_source(name: str) -> bool:
     return name in BUILTIN_SOURCES or is_synthetic_source(name) or name.startswith(CONCEPTS_PREFIX)
 
 
+@dataclass(frozen=True)
+class Mixture:
+    """What one step draws: a weight per source name (normalised; unnamed sources get 0) and the
+    generators' difficulty."""
+
+    weights: Mapping[str, float]
+    difficulty: float = 1.0
+
+
 class MixtureSampler:
-    """Deterministic batches mixed from named row sources; resumable through state_dict()."""
+    """Deterministic batches mixed from named row sources; resumable through state_dict().
+
+    `document_end`: the end-of-text id when rows pack documents that must stay apart (batches then
+    carry document ids); None when each row is one stream."""
 
     def __init__(self, sources: dict[str, RowSource], seed: int, rank: int = 0, world_size: int = 1,
-                 assistant_only: Iterable[str] = ()) -> None:
+                 assistant_only: Iterable[str] = (), document_end: int | None = None) -> None:
         if not sources:
             raise DataError("the mixture needs at least one source")
         self.assistant_only = frozenset(assistant_only)
@@ -75,35 +94,44 @@ class MixtureSampler:
         self.names = sorted(sources)
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.cursor_names = [n for n in self.names if isinstance(sources[n], CursorSource)]
-        self.weights = np.full(len(self.names), 1.0 / len(self.names))
-        self.difficulty = 1.0
+        self.document_end = document_end
         self._history: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()  # a prefetch thread calls batch() while the trainer saves state
 
-    def set_mixture(self, weights: dict[str, float], difficulty: float) -> None:
-        """Weights per source name (normalised; unnamed sources get 0) and the generators' difficulty."""
-        unknown = sorted(set(weights) - set(self.names))
+    def probabilities(self, mixture: Mixture) -> np.ndarray:
+        """The mixture's weights over `names`, normalised; a DataError for unknown sources or bad weights."""
+        unknown = sorted(set(mixture.weights) - set(self.names))
         if unknown:
             raise DataError(
                 f"unknown source(s) {', '.join(unknown)} in the mixture; open sources: {', '.join(self.names)}"
             )
-        w = np.array([float(weights.get(n, 0.0)) for n in self.names])
+        w = np.array([float(mixture.weights.get(n, 0.0)) for n in self.names])
         if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
-            raise DataError(f"mixture weights must be non-negative with a positive sum, got {weights}")
-        self.weights = w / w.sum()
-        self.difficulty = float(difficulty)
+            raise DataError(f"mixture weights must be non-negative with a positive sum, got {dict(mixture.weights)}")
+        return w / w.sum()
 
-    def batch(self, step: int, batch_size: int, row_len: int) -> np.ndarray:
+    def batch(self, step: int, mixture: Mixture, batch_size: int, seq_len: int) -> Batch:
+        """The training batch of this rank at `step`: rows of seq_len + 1 tokens cut into inputs and
+        targets (masked where a loss mask says so), with document ids when `document_end` is set."""
+        from hamner.data.batch import Batch
+
+        rows, masks = self.labeled_rows(step, mixture, batch_size, seq_len + 1)
+        return Batch.from_rows(rows, masks, self.document_end)
+
+    def rows(self, step: int, mixture: Mixture, batch_size: int, row_len: int) -> np.ndarray:
         """[batch_size, row_len] int64 rows for this rank at `step`."""
-        return self.labeled_batch(step, batch_size, row_len)[0]
+        return self.labeled_rows(step, mixture, batch_size, row_len)[0]
 
-    def labeled_batch(self, step: int, batch_size: int, row_len: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """`batch(...)` and its uint8 loss masks (1 = the token counts as a target); None when no
+    def labeled_rows(self, step: int, mixture: Mixture, batch_size: int,
+                     row_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """`rows(...)` and their uint8 loss masks (1 = the token counts as a target); None when no
         source is assistant-only, so every token counts."""
+        p = self.probabilities(mixture)
+        difficulty = float(mixture.difficulty)
         cursors = self._cursors_at(step)
         start = self.rank * batch_size
         rng = np.random.default_rng([self.seed, step])
-        drawn = rng.choice(len(self.names), size=self.world_size * batch_size, p=self.weights)
+        drawn = rng.choice(len(self.names), size=self.world_size * batch_size, p=p)
         mine = drawn[start : start + batch_size]
         out = np.empty((batch_size, row_len), dtype=np.int64)
         masks = np.ones((batch_size, row_len), dtype=np.uint8) if self.assistant_only else None
@@ -125,9 +153,9 @@ class MixtureSampler:
                 seed = int(np.random.SeedSequence([self.seed, step, self.rank, s]).generate_state(1)[0])
                 n = int(np.count_nonzero(rows))
                 if masked:
-                    out[rows], masks[rows] = source.masked_rows(n, row_len, seed, self.difficulty)
+                    out[rows], masks[rows] = source.masked_rows(n, row_len, seed, difficulty)
                 else:
-                    out[rows] = source.rows(n, row_len, seed, self.difficulty)
+                    out[rows] = source.rows(n, row_len, seed, difficulty)
         with self._lock:
             self._history = {t: c for t, c in self._history.items() if step - HISTORY < t <= step}
             self._history[step], self._history[step + 1] = cursors, after
@@ -145,22 +173,16 @@ class MixtureSampler:
         )
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: seed, mixture, and the shard cursors of recent steps."""
+        """Everything needed to continue exactly: the seed and the shard cursors of recent steps."""
         with self._lock:
             cursors = [[t, dict(c)] for t, c in sorted(self._history.items())]
-        return {
-            "seed": self.seed,
-            "weights": {n: float(w) for n, w in zip(self.names, self.weights)},
-            "difficulty": self.difficulty,
-            "cursors": cursors,
-        }
+        return {"seed": self.seed, "cursors": cursors}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state_dict(); sources new since then start at cursor 0, vanished ones are dropped."""
+        """Restore a state_dict(); sources new since then start at cursor 0, vanished ones are dropped.
+        (States saved when the sampler held a mixture also carry "weights" and "difficulty": each
+        step's mixture is given with it now, so they are not read.)"""
         self.seed = int(state["seed"])
-        weights = {n: w for n, w in state["weights"].items() if n in self.sources}
-        if sum(weights.values()) > 0:
-            self.set_mixture(weights, state["difficulty"])
         self._history = {int(t): {n: int(c.get(n, 0)) for n in self.cursor_names} for t, c in state["cursors"]}
 
 

@@ -87,16 +87,18 @@ class ByteTokenizer(Tokenizer):
         return out
 
     def decode(self, ids) -> str:
+        """Text of `ids`; invalid UTF-8 and ids outside 0-256 (a model with a wider vocabulary can emit
+        them) each read as U+FFFD, as Hugging Face tokenizers show invalid bytes."""
         out: list[str] = []
         run = bytearray()
         for i in ids:
             i = int(i)
-            if i == self.eos_id:
-                out.append(run.decode("utf-8", errors="replace"))
-                out.append(EOT)
-                run = bytearray()
-            else:
+            if 0 <= i < 256:
                 run.append(i)
+                continue
+            out.append(run.decode("utf-8", errors="replace"))
+            out.append(EOT if i == self.eos_id else "\ufffd")
+            run = bytearray()
         out.append(run.decode("utf-8", errors="replace"))
         return "".join(out)
 

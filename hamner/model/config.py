@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hamner.errors import ConfigError, HamnerError
+from hamner.model.checks import positive_int
 from hamner.model.mixers import MIXERS
 from hamner.model.mlps import MLPS
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+from hamner.toml_table import TomlTable, read_toml
 
 
 @dataclass
@@ -37,7 +31,8 @@ class HamnerConfig:
     `hamner.model.mixers.MIXERS`); several joined by "+" (e.g. "swa+hebbian") run side by side on the
     same normed input and their outputs are summed. `layer_mixers` (one such name per layer)
     overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu" or "moe", `hamner.model.mlps.MLPS`).
-    The remaining fields are settings of particular mixers and MLPs and are ignored by the others.
+    The remaining fields are settings of particular mixers and MLPs, checked by their `check_config`
+    (`hamner.model.mixers.settings`, `hamner.model.mlps.settings`) and ignored by the others.
     """
 
     vocab_size: int
@@ -77,7 +72,7 @@ class HamnerConfig:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
                      "intermediate_size", "max_seq_len"):
             value = getattr(self, name)
-            if not _positive_int(value):
+            if not positive_int(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
@@ -91,7 +86,20 @@ class HamnerConfig:
         self._check_blocks()
 
     def _check_blocks(self) -> None:
-        """The mixer and MLP choices exist, and each accepts its settings (one-line errors naming the field)."""
+        """The mixer and MLP choices exist, and each accepts its settings (one-line errors naming the field).
+
+        Each mixer's and MLP's own `check_config` checks its settings, taken torch-free from the registries.
+        """
+        used = self._used_mixers()
+        if not isinstance(self.mlp, str) or self.mlp not in MLPS:
+            raise ValueError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
+        for name in MIXERS:
+            if name in used:
+                MIXERS.settings(name).check_config(self)
+        MLPS.settings(self.mlp).check_config(self)
+
+    def _used_mixers(self) -> set[str]:
+        """The names of the mixers the layers use, each name known and named once per layer."""
         if self.layer_mixers is not None:
             if not isinstance(self.layer_mixers, list) or len(self.layer_mixers) != self.n_layers:
                 raise ValueError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
@@ -110,35 +118,7 @@ class HamnerConfig:
             if len(set(parts)) != len(parts):
                 raise ValueError(f"{field}: {spec!r} names a mixer twice")
             used.update(parts)
-        if not isinstance(self.mlp, str) or self.mlp not in MLPS:
-            raise ValueError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
-        if "swa" in used and not _positive_int(self.window):
-            raise ValueError(f"window must be a positive integer for the swa mixer, got {self.window!r}")
-        if "diff_attention" in used and (self.n_heads % 2 or self.n_kv_heads % 2):
-            raise ValueError(f"n_heads ({self.n_heads}) and n_kv_heads ({self.n_kv_heads}) must be even for "
-                             "diff_attention (it pairs heads)")
-        if "hebbian" in used and not (_number(self.hebbian_plasticity) and 0 < self.hebbian_plasticity <= 1):
-            raise ValueError(f"hebbian_plasticity must be in (0, 1], got {self.hebbian_plasticity!r}")
-        if "ttt_linear" in used:
-            if not _positive_int(self.ttt_mini_batch):
-                raise ValueError(f"ttt_mini_batch must be a positive integer, got {self.ttt_mini_batch!r}")
-            if not (_number(self.ttt_base_lr) and self.ttt_base_lr > 0):
-                raise ValueError(f"ttt_base_lr must be positive, got {self.ttt_base_lr!r}")
-        if self.mlp == "moe":
-            self._check_moe()
-
-    def _check_moe(self) -> None:
-        for name in ("n_experts", "moe_top_k"):
-            if not _positive_int(getattr(self, name)):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.moe_top_k > self.n_experts:
-            raise ValueError(f"moe_top_k ({self.moe_top_k}) must not exceed n_experts ({self.n_experts})")
-        if self.moe_intermediate_size is not None and not _positive_int(self.moe_intermediate_size):
-            raise ValueError(f"moe_intermediate_size must be a positive integer, got {self.moe_intermediate_size!r}")
-        for name in ("moe_balance_weight", "moe_z_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        return used
 
     def layer_mixer(self, layer_index: int) -> str:
         """The mixer spec of layer `layer_index` ("swa", or several joined by "+")."""
@@ -228,25 +208,23 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 def load_model_file(path: str | Path, base: HamnerConfig) -> HamnerConfig:
     """`base` with the fields a TOML model file sets (any HamnerConfig field, e.g. mixer = "swa", window = 64).
 
-    Every mistake is a ValueError of one line naming the file and the field.
+    Every mistake is a ConfigError of one line naming the file and the field.
     """
+    where = f"model file {path}"
+    return with_fields(base, read_toml(Path(path), where, ConfigError), where, ConfigError)
+
+
+def with_fields(base: HamnerConfig, fields: Any, where: str, error: type[HamnerError]) -> HamnerConfig:
+    """`base` with `fields` (a TOML table of HamnerConfig fields) applied; an unknown field, a value of the
+    wrong type or a config that does not hold together raises `error` in one line naming `where` and the field."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(HamnerConfig)}
+    table = TomlTable(fields, where, types, error)
+    for name in fields:
+        table.typed(name, tuple(t for part in types[name].split(" | ") for t in _FIELD_TYPES[part]), types[name])
     try:
-        table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"model file {path}: cannot read it ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"model file {path}: not valid TOML ({exc})") from None
-    fields = {f.name: f for f in dataclasses.fields(HamnerConfig)}
-    for name, value in table.items():
-        if name not in fields:
-            raise ValueError(f"model file {path}: unknown field {name!r}; known fields: {', '.join(fields)}")
-        allowed = tuple(t for part in str(fields[name].type).split(" | ") for t in _FIELD_TYPES[part])
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise ValueError(f"model file {path}: field {name!r} must be {fields[name].type}, got {value!r}")
-    try:
-        return dataclasses.replace(base, **table)
+        return dataclasses.replace(base, **fields)
     except ValueError as exc:
-        raise ValueError(f"model file {path}: {exc}") from None
+        raise error(f"{where}: {exc}") from None
 
 
 def model_config(name: str) -> HamnerConfig:

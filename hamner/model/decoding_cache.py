@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from hamner.model.mixers import DecodingState
+
 
 class DecodingCache:
     """One decoding state per layer's mixer for a batch, and the position reached.
@@ -28,8 +30,9 @@ class DecodingCache:
     def reset(self) -> None:
         """Forget everything cached: fresh, empty states for the current batch rows."""
         weight = self._model.embed.weight
-        self.states = [layer.attn.new_state(self.batch_size, self.max_len, weight.device, weight.dtype)
-                       for layer in self._model.layers]
+        self.states: list[DecodingState] = [
+            layer.attn.new_state(self.batch_size, self.max_len, weight.device, weight.dtype)
+            for layer in self._model.layers]
         self.pos = 0
 
     def advance(self, n: int) -> None:

@@ -17,12 +17,6 @@ def document_ids(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
     return torch.cumsum(ends, dim=1, dtype=torch.int32) - ends
 
 
-def row_segments(idx: torch.Tensor, eos_id: int, packing: str) -> torch.Tensor | None:
-    """The `segment_ids` to run rows `idx` with under a curriculum's `packing`: document ids for
-    "document", None for "stream" (attention spans the whole row)."""
-    return document_ids(idx, eos_id) if packing == "document" else None
-
-
 def document_positions(segment_ids: torch.Tensor) -> torch.Tensor:
     """[B, T] position of each token within its document (0 at every document's first token)."""
     steps = torch.arange(segment_ids.shape[1], device=segment_ids.device).expand_as(segment_ids)

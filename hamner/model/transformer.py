@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from hamner import kernels
 from hamner.model.config import HamnerConfig
 from hamner.model.decoding_cache import DecodingCache
-from hamner.model.mixers import MIXERS
+from hamner.model.mixers import MIXERS, DecodingState
 from hamner.model.mixers.parallel import ParallelMixers
 from hamner.model.mlps import MLPS
 from hamner.model.packing import document_positions
@@ -75,7 +75,13 @@ class Block(nn.Module):
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.attn = build_mixer(config.layer_mixer(layer_index), config, layer_index)
+        spec = config.layer_mixer(layer_index)
+        self.attn = build_mixer(spec, config, layer_index)
+        mixers = dict(self.attn) if isinstance(self.attn, ParallelMixers) else {spec: self.attn}
+        # Why this block refuses segment_ids (the first of its mixers that cannot keep documents apart), or None.
+        self.documents_refusal = next(
+            (f"mixer {name!r} cannot keep packed documents apart: {mixer.mixes_documents_because}"
+             for name, mixer in mixers.items() if not mixer.keeps_documents_apart), None)
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = build_mlp(config.mlp, config, layer_index)
 
@@ -85,11 +91,14 @@ class Block(nn.Module):
         delta: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        state: object | None = None,
+        state: DecodingState | None = None,
         segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`state` is the mixer's decoding state (None outside cached decoding); `segment_ids` the
-        document of every position of a packed training row (None: one document)."""
+        document of every position of a packed training row (None: one document), refused (ValueError)
+        when a mixer of the block cannot keep the documents apart."""
+        if segment_ids is not None and self.documents_refusal is not None:
+            raise ValueError(self.documents_refusal)
         h, x = self.attn_norm(x, delta)
         h, x = self.mlp_norm(x, self.attn(h, cos, sin, state, segment_ids=segment_ids))
         return x, self.mlp(h)
@@ -210,7 +219,7 @@ class HamnerModel(nn.Module):
 
     def keeps_documents_apart(self) -> bool:
         """Whether every layer's mixer can keep packed documents apart (`segment_ids`)."""
-        return all(layer.attn.keeps_documents_apart for layer in self.layers)
+        return all(layer.documents_refusal is None for layer in self.layers)
 
     def aux_losses(self) -> list[torch.Tensor]:
         """The auxiliary losses (MoE balance and z-loss, ...) the mixers and MLPs set in the last training forward."""

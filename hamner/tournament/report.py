@@ -4,7 +4,8 @@ Per entrant: sizes (total, active and non-embedding parameters, FLOPs per token,
 and how far from the base it landed), the round it reached and its overall rank, tokens, best
 LR, validation loss (mean and spread over seeds) with its difference from the baseline entrant
 in the same round, tokens/s, MFU, peak memory, skipped steps and synthetic-task accuracy. Plots:
-validation loss against tokens and against wall-clock time, all entrants of a round together.
+validation loss against tokens and against wall-clock time, all entrants of a round together, each
+the mean over its seeds with their min-max as a band.
 Every file is written to a temporary name and renamed, so a kill never leaves half a report.
 """
 from __future__ import annotations
@@ -169,29 +170,47 @@ def format_markdown(report: dict, plots: list[Path]) -> str:
 
 
 def plot_round(rnd: RoundOutcome, path: Path) -> Path:
-    """Validation loss against tokens and against wall-clock time, one colour per entrant (each seed a line)."""
+    """Write `draw_round`'s figure of round `rnd` to `path` as PNG."""
+    return save_figure(draw_round(rnd), path, dpi=100)
+
+
+def draw_round(rnd: RoundOutcome) -> plt.Figure:
+    """Validation loss against tokens and against wall-clock time, one colour per entrant: the mean over
+    its seeds as a line and, with several seeds, their min-max as a band."""
     fig, (by_tokens, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, name in enumerate(rnd.ranking):
         colour = f"C{i % 10}"
-        for j, run in enumerate(rnd.results[name]):
-            _plot_curve(by_tokens, by_time, run, colour, name if j == 0 else None)
+        rows = seed_spread(rnd.results[name])
+        if not rows:
+            continue
+        tokens, seconds, mean, low, high = zip(*rows)
+        for ax, x in ((by_tokens, tokens), (by_time, seconds)):
+            ax.plot(x, mean, color=colour, marker="o", ms=3, label=name if ax is by_tokens else None)
+            if len(rnd.results[name]) > 1:
+                ax.fill_between(x, low, high, color=colour, alpha=0.2, lw=0)
     by_tokens.set_xlabel("tokens")
-    by_time.set_xlabel("wall-clock seconds (training)")
+    by_time.set_xlabel("wall-clock seconds (training; mean over seeds)")
     for ax in (by_tokens, by_time):
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)
-    by_tokens.legend(fontsize=8)
+    by_tokens.legend(fontsize=8, title="mean over seeds; band: min-max", title_fontsize=8)
     fig.suptitle(f"round {rnd.index}: {rnd.tokens:,} tokens per run")
-    return save_figure(fig, path, dpi=100)
+    return fig
 
 
-def _plot_curve(by_tokens: plt.Axes, by_time: plt.Axes, run: RunResult, colour: str, label: str | None) -> None:
-    points = [(t, s, v) for t, s, v in run.curve if math.isfinite(v)]
-    if not points:
-        return
-    tokens, seconds, losses = zip(*points)
-    by_tokens.plot(tokens, losses, color=colour, marker="o", ms=3, label=label)
-    by_time.plot(seconds, losses, color=colour, marker="o", ms=3)
+def seed_spread(runs: list[RunResult]) -> list[tuple[float, float, float, float, float]]:
+    """(tokens, mean seconds, mean, min, max of the validation loss) at each token count some seed validated
+    at, over the seeds with a finite loss there (the seeds of an entrant validate at the same token counts)."""
+    at: dict[float, list[tuple[float, float]]] = {}
+    for run in runs:
+        for tokens, seconds, loss in run.curve:
+            if math.isfinite(loss):
+                at.setdefault(tokens, []).append((seconds, loss))
+    rows = []
+    for tokens in sorted(at):
+        seconds, losses = zip(*at[tokens])
+        rows.append((tokens, sum(seconds) / len(seconds), sum(losses) / len(losses), min(losses), max(losses)))
+    return rows
 
 
 def write_report(outcome: Outcome, out: Path) -> dict:

@@ -8,16 +8,15 @@ the file and the field. See hamner/tournaments/demo.toml for a commented example
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hamner.errors import HamnerError
-from hamner.model.config import PRESETS, HamnerConfig, model_config
+from hamner.model.config import PRESETS, HamnerConfig, model_config, with_fields
+from hamner.toml_table import TomlTable, read_toml
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")
@@ -115,76 +114,15 @@ def load_spec(name_or_path: str | Path) -> TournamentSpec:
     if not path.is_file():
         raise TournamentError(f"no tournament spec {text}; shipped: {', '.join(available_tournaments())} "
                               "(or give a path to a .toml file)")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TournamentError(f"{path}: not valid TOML: {exc}") from None
-    return _parse(raw, path)
-
-
-class _Table:
-    """Typed access to one TOML table; every failure names `where.key`."""
-
-    def __init__(self, table: Any, where: str, allowed: set[str]) -> None:
-        if not isinstance(table, dict):
-            raise TournamentError(f"{where}: must be a table, got {table!r}")
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise TournamentError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        self.table, self.where = table, where
-
-    def fail(self, key: str, problem: str) -> TournamentError:
-        return TournamentError(f"{self.where}.{key}: {problem}")
-
-    def integer(self, key: str, default: int | None = None, minimum: int = 1) -> int | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float | None, low: float, high: float = math.inf,
-               low_open: bool = False) -> float | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-        if not ok or value < low or value > high or (low_open and value == low):
-            bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
-            raise self.fail(key, f"must be a number {bound}, got {value!r}")
-        return float(value)
-
-    def text(self, key: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"must be a non-empty string, got {value!r}")
-        if choices and value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def int_list(self, key: str, default: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        value = self.table.get(key, default)
-        if value is None or isinstance(value, tuple):
-            return value
-        if (not isinstance(value, list) or not value
-                or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value)):
-            raise self.fail(key, f"must be a non-empty list of whole numbers >= 0, got {value!r}")
-        if len(set(value)) != len(value):
-            raise self.fail(key, f"repeats a value: {value}")
-        return tuple(value)
+    return _parse(read_toml(path, str(path), TournamentError), path)
 
 
 def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     where = path.name
-    top = _Table(raw, where, _TOP_KEYS)
-    for key in ("base", "rounds", "entrants"):
-        if key not in raw:
-            raise TournamentError(f"{where}: missing required key {key!r}")
+    top = TomlTable(raw, where, _TOP_KEYS, TournamentError)
+    top.required("base", "rounds", "entrants")
     base_name = top.text("base")
-    base = apply_overrides(_preset(base_name, f"{where}.base"), raw.get("model", {}), f"{where}.model")
+    base = with_fields(_preset(base_name, f"{where}.base"), raw.get("model", {}), f"{where}.model", TournamentError)
     seeds = top.int_list("seeds", (1337,))
     curriculum = top.text("curriculum")
     if curriculum is None and "data" not in raw:
@@ -206,15 +144,15 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
         measure=top.text("measure", "non_embedding", MEASURES),
         tolerance=top.number("tolerance", 0.02, 0.0, 1.0, low_open=True),
         seeds=seeds,
-        batch_size=top.integer("batch_size", 8),
-        seq_len=top.integer("seq_len", min(256, base.max_seq_len)),
+        batch_size=top.integer("batch_size", 8, minimum=1),
+        seq_len=top.integer("seq_len", min(256, base.max_seq_len), minimum=1),
         lr=top.number("lr", 3e-3, 0.0, low_open=True),
         warmup=top.number("warmup", 0.02, 0.0, 1.0),
         min_lr_ratio=top.number("min_lr_ratio", 0.1, 0.0, 1.0),
-        evals=top.integer("evals", 4),
-        eval_batches=top.integer("eval_batches", 4),
-        task_samples=top.integer("task_samples", 20, minimum=0),
-        threads=top.integer("threads"),
+        evals=top.integer("evals", 4, minimum=1),
+        eval_batches=top.integer("eval_batches", 4, minimum=1),
+        task_samples=top.integer("task_samples", 20),
+        threads=top.integer("threads", minimum=1),
         device=top.text("device", "auto"),
         curriculum=curriculum,
         weights=weights, difficulty=difficulty,
@@ -232,11 +170,11 @@ def _preset(name: str, where: str) -> HamnerConfig:
 
 
 def _parse_data(table: Any, where: str) -> tuple[dict[str, float], float]:
-    t = _Table(table, where, _DATA_KEYS)
+    t = TomlTable(table, where, _DATA_KEYS, TournamentError)
     weights = table.get("weights")
     if not isinstance(weights, dict) or not weights:
         raise t.fail("weights", "must be a non-empty table of source = weight")
-    w = _Table(weights, f"{where}.weights", set(weights))
+    w = TomlTable(weights, f"{where}.weights", None, TournamentError)
     parsed = {name: w.number(name, None, 0.0) for name in weights}
     if sum(parsed.values()) <= 0:
         raise t.fail("weights", "all weights are zero")
@@ -249,29 +187,27 @@ def _parse_rounds(tables: Any, where: str, n_entrants: int, seeds: tuple[int, ..
     rounds: list[Round] = []
     previous = n_entrants
     for i, table in enumerate(tables):
-        t = _Table(table, f"{where}[{i}]", _ROUND_KEYS)
+        t = TomlTable(table, f"{where}[{i}]", _ROUND_KEYS, TournamentError)
         last = i == len(tables) - 1
         default = n_entrants if i == 0 else (min(2, previous) if last else max(1, math.ceil(previous / 2)))
-        count = t.integer("entrants", default)
+        count = t.integer("entrants", default, minimum=1)
         if count > previous:
             raise t.fail("entrants", f"cannot exceed the {previous} entrants of the round before, got {count}")
         round_seeds = t.int_list("seeds", seeds if last else seeds[:1])
-        if "tokens" not in table:
-            raise TournamentError(f"{where}[{i}]: missing required key 'tokens'")
-        rounds.append(Round(tokens=t.integer("tokens"), entrants=count, seeds=round_seeds))
+        t.required("tokens")
+        rounds.append(Round(tokens=t.integer("tokens", minimum=1), entrants=count, seeds=round_seeds))
         previous = count
     return tuple(rounds)
 
 
 def _parse_sweep(table: Any, where: str) -> LrSweep:
-    t = _Table(table, where, _SWEEP_KEYS)
+    t = TomlTable(table, where, _SWEEP_KEYS, TournamentError)
     factors = table.get("factors")
     if (not isinstance(factors, list) or len(factors) < 2
             or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 for f in factors)):
         raise t.fail("factors", f"must be a list of at least two positive numbers, got {factors!r}")
-    if "tokens" not in table:
-        raise TournamentError(f"{where}: missing required key 'tokens'")
-    return LrSweep(factors=tuple(sorted(float(f) for f in set(factors))), tokens=t.integer("tokens"))
+    t.required("tokens")
+    return LrSweep(factors=tuple(sorted(float(f) for f in set(factors))), tokens=t.integer("tokens", minimum=1))
 
 
 def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str, knob: str) -> tuple[Entrant, ...]:
@@ -279,7 +215,7 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str,
         raise TournamentError(f"{where}: must be a non-empty array of [[entrants]] tables")
     entrants: list[Entrant] = []
     for i, table in enumerate(tables):
-        t = _Table(table, f"{where}[{i}]", _ENTRANT_KEYS)
+        t = TomlTable(table, f"{where}[{i}]", _ENTRANT_KEYS, TournamentError)
         name = t.text("name")
         if name is None or not _NAME.match(name):
             raise t.fail("name", f"must be a name of letters, digits, _ . - (it names run directories), got {name!r}")
@@ -287,24 +223,7 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str,
             raise t.fail("name", f"{name!r} is used twice")
         preset = t.text("preset", base_name)
         start = _preset(preset, f"{t.where}.preset") if "preset" in table else base
-        resize = table.get("resize", True)
-        if not isinstance(resize, bool):
-            raise t.fail("resize", f"must be true or false, got {resize!r}")
-        config = apply_overrides(start, table.get("model", {}), f"{t.where}.model")
+        config = with_fields(start, table.get("model", {}), f"{t.where}.model", TournamentError)
         entrants.append(Entrant(name=name, preset=preset, config=config, knob=t.text("knob", knob, KNOBS),
-                                resize=resize))
+                                resize=t.flag("resize", True)))
     return tuple(entrants)
-
-
-def apply_overrides(config: HamnerConfig, overrides: Any, where: str) -> HamnerConfig:
-    """`config` with `overrides` (any HamnerConfig fields) applied; a bad field or value names `where.field`."""
-    if not isinstance(overrides, dict):
-        raise TournamentError(f"{where}: must be a table of model fields, got {overrides!r}")
-    known = {f.name for f in dataclasses.fields(HamnerConfig)}
-    for key in overrides:
-        if key not in known:
-            raise TournamentError(f"{where}.{key}: not a model field (fields: {', '.join(sorted(known))})")
-    try:
-        return dataclasses.replace(config, **overrides)
-    except (ValueError, TypeError) as exc:
-        raise TournamentError(f"{where}: {exc}") from None

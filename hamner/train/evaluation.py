@@ -19,14 +19,13 @@ import numpy as np
 import torch
 
 from hamner.data import chat_format
-from hamner.data.loss_masks import targets_from_mask
+from hamner.data.batch import Batch
 from hamner.data.mixture import is_synthetic_source
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer
 from hamner.eval.loss import utf8_bytes
 from hamner.eval.probe import ProbeItem, score_probe
 from hamner.eval.tasks import held_out_seed, task_accuracy
-from hamner.model.packing import row_segments
 from hamner.run.directory import RunDir
 from hamner.train import distributed as dist
 from hamner.train.curriculum.spec import Curriculum
@@ -81,14 +80,19 @@ class Validation:
 
 
 class TrainEvaluator:
-    """Validation, samples, task accuracy and probe of the model being trained."""
+    """Validation, samples, task accuracy and probe of the model being trained.
+
+    `document_end` is the end-of-text id when the run keeps packed documents apart (as its training
+    batches do), else None."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, curriculum: Curriculum,
                  sources: dict[str, RowSource], settings: RunSettings, dtype: torch.dtype,
-                 info: dist.DistInfo, device: torch.device, probe: list[ProbeItem] | None = None) -> None:
+                 info: dist.DistInfo, device: torch.device, probe: list[ProbeItem] | None = None,
+                 document_end: int | None = None) -> None:
         self.model, self.tokenizer, self.curriculum = model, tokenizer, curriculum
         self.sources, self.s, self.dtype, self.dist, self.device = sources, settings, dtype, info, device
         self.probe_items = probe
+        self.document_end = document_end
         self.difficulty = validation_difficulties(curriculum, sorted(sources))
         self.assistant_only = set(curriculum.assistant_only_sources())
 
@@ -103,13 +107,12 @@ class TrainEvaluator:
             shape = (s.batch_size * s.eval_batches, s.seq_len + 1, VALIDATION_SEED, self.difficulty.get(name, 1.0))
             rows, masks = source.masked_rows(*shape) if name in self.assistant_only else (source.rows(*shape), None)
             rows = np.asarray(rows, dtype=np.int64)
-            targets = torch.from_numpy(targets_from_mask(rows, masks)).to(self.device)
+            parts = np.split(masks, s.eval_batches) if masks is not None else [None] * s.eval_batches
             total = 0.0
-            for batch, target in zip(np.split(rows, s.eval_batches), targets.chunk(s.eval_batches)):
-                idx = torch.from_numpy(batch[:, :-1]).to(self.device)
-                segments = row_segments(idx, self.tokenizer.eos_id, self.curriculum.packing)
+            for part, part_masks in zip(np.split(rows, s.eval_batches), parts):
+                batch = Batch.from_rows(part, part_masks, self.document_end).to(self.device)
                 with autocast(self.device, self.dtype):
-                    total += float(self.model(idx, target, segment_ids=segments))
+                    total += float(self.model(batch.idx, batch.targets, segment_ids=batch.segment_ids))
             per_source[name] = total / s.eval_batches
             if self.curriculum.bits_per_byte:
                 bytes_per_token.append(utf8_bytes(self.tokenizer, rows[:, 1:]) / rows[:, 1:].size)

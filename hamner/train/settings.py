@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 
@@ -53,8 +53,9 @@ class TrainSettings:
                                 metavar="FILE.toml")
     curriculum: str | None = setting(None, "curriculum name from hamner/curricula/ or a path to a .toml file",
                                      WHAT)
-    tokenizer: str | None = setting(None, "tokenizer instead of the preset's: a tokenizer.json path (same "
-                                    "vocabulary), or bytes", WHAT, metavar="SPEC")
+    tokenizer: str | None = setting(None, "tokenizer instead of the preset's: a tokenizer.json path or bytes; "
+                                    "the model's vocabulary is sized to it (--preset v3-50m --tokenizer bytes: a "
+                                    "byte-level model of v3-50m's shape)", WHAT, metavar="SPEC")
     data: str | None = setting(None, "directory holding the prepared shard sources the curriculum names (made "
                                "by hamner prepare); built-in sources need none", WHAT, metavar="DIR")
     stage: int | None = setting(None, "start at stage N (0-based) of the curriculum (default 0)", WHAT, metavar="N")
@@ -99,39 +100,22 @@ class TrainSettings:
                                    choices=tuple(REPORTERS))
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """TrainSettings of one run with every default resolved (see `resolve`); one field per TrainSettings field."""
-
-    preset: str
-    model: str | None  # None: the preset's shape as it is
-    curriculum: str
-    tokenizer: str | None  # None: the preset's
-    data: str | None  # None: built-in sources only
-    stage: int
-    init_from: str | None  # None: fresh weights
-    out: str
-    resume: str | None  # None: a fresh run
-    device: str
-    max_steps: int | None  # None: until the curriculum ends
-    batch_size: int
-    grad_accum: int
-    seq_len: int
-    lr: float
-    optimizer: str | None  # None: each stage's own
-    dtype: str
-    compile: bool
-    seed: int
-    threads: int | None  # None: torch's choice
-    log_interval: int
-    eval_interval: int
-    eval_batches: int
-    save_interval: int
-    keep_checkpoints: int
-    task_samples: int
-    sample_tokens: int
-    max_bad_steps: int
-    report_to: tuple[str, ...]
+# The fields `resolve` fills in, with their concrete types in RunSettings; every other field of
+# RunSettings keeps its TrainSettings type (None there means really absent, e.g. --resume).
+RESOLVED_TYPES: dict[str, Any] = {
+    "curriculum": str, "stage": int, "out": str, "batch_size": int, "seq_len": int,
+    "lr": float,  # the first stage's peak rate (--lr is folded into the curriculum, see resolve_run)
+    "dtype": str, "log_interval": int, "eval_interval": int, "eval_batches": int, "task_samples": int,
+    "report_to": tuple[str, ...],
+}
+RunSettings = make_dataclass(
+    "RunSettings",
+    [(name, RESOLVED_TYPES.get(name, kind)) for name, kind in get_type_hints(TrainSettings).items()],
+    frozen=True,
+    namespace={"__module__": __name__,
+               "__doc__": "TrainSettings of one run with every default resolved (see `resolve`): one field per "
+                          "TrainSettings field, in its order, typed as TrainSettings or RESOLVED_TYPES says."},
+)
 
 
 @dataclass(frozen=True)
@@ -215,13 +199,16 @@ def validate(settings: TrainSettings) -> None:
 
 
 def resolve_run(settings: TrainSettings) -> tuple[RunSettings, Curriculum, torch.device]:
-    """Check `settings`, pick the device, load the curriculum and resolve every default."""
+    """Check `settings`, pick the device, load the curriculum (with --lr folded into its rates) and
+    resolve every default."""
     validate(settings)
     device = pick_device(settings.device)
     try:
         curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    if settings.lr is not None:
+        curriculum = curriculum.with_first_lr(settings.lr)
     return resolve(settings, device, curriculum), curriculum, device
 
 

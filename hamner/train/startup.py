@@ -4,13 +4,14 @@ the first write. Each problem is a TrainError with a one-line message."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from hamner.data.batch import Batch
 from hamner.data.loader import Prefetcher
-from hamner.data.mixture import MixtureSampler, open_validation
+from hamner.data.mixture import Mixture, MixtureSampler, open_validation
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import DataError, RunDirError, TrainError
@@ -81,13 +82,20 @@ def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.de
     return model
 
 
-def checked_tokenizer(config: HamnerConfig) -> Tokenizer:
-    """The model's tokenizer, refused when it has more tokens than the model's vocabulary."""
+def checked_tokenizer(config: HamnerConfig, s: RunSettings) -> tuple[HamnerConfig, Tokenizer]:
+    """The model config sized to its tokenizer, and the tokenizer.
+
+    A tokenizer picked with --tokenizer sets the model's vocabulary to its own size (unless a model file
+    gave another vocab_size than the preset's), so --tokenizer bytes on v3-50m is a byte-level model of
+    v3-50m's shape that cannot emit ids the tokenizer lacks. A vocabulary smaller than the tokenizer's is
+    refused."""
     tokenizer = load_tokenizer(config.tokenizer)
+    if s.tokenizer is not None and config.vocab_size == model_config(s.preset).vocab_size:
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
     if tokenizer.vocab_size > config.vocab_size:
         raise TrainError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model "
                          f"only {config.vocab_size}")
-    return tokenizer
+    return config, tokenizer
 
 
 def validation_sources(names: list[str], data: str | None,
@@ -152,9 +160,9 @@ def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler
     needed), so it depends on t only and resumed runs draw the same rows."""
     plan = copy.copy(controller)
 
-    def make_batch(micro: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def make_batch(micro: int) -> Batch:
         ahead = micro // s.grad_accum - plan.global_step
-        sampler.set_mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-        return sampler.labeled_batch(micro, s.batch_size, s.seq_len + 1)
+        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
+        return sampler.batch(micro, mixture, s.batch_size, s.seq_len)
 
     return Prefetcher(make_batch, start_step=step * s.grad_accum, device=device)

@@ -20,7 +20,8 @@ import torch
 
 from hamner.train.optim import Optimizers, step_if_finite
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Called as loss_fn(*micro_batch): (inputs, targets) or with more tensors after them (e.g. segment ids).
+LossFn = Callable[..., torch.Tensor]
 MAX_GRAD_NORM = 1.0
 
 
@@ -33,15 +34,15 @@ class StepResult:
     finite: torch.Tensor  # bool scalar: False when a non-finite loss (or gradient) skipped the update
 
 
-def train_step(loss_fn: LossFn, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+def train_step(loss_fn: LossFn, micro_batches: Sequence[tuple[torch.Tensor | None, ...]],
                optimizers: Optimizers, *, scaler: torch.amp.GradScaler | None = None,
                autocast_dtype: torch.dtype | None = None,
                no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
                max_grad_norm: float = MAX_GRAD_NORM) -> StepResult:
-    """Forward + backward over `micro_batches` ((inputs, targets) pairs), clip, step, zero-grad.
+    """Forward + backward over `micro_batches` ((inputs, targets, ...) tuples), clip, step, zero-grad.
 
-    `loss_fn(inputs, targets)` returns the mean loss of a micro-batch. `autocast_dtype` (bf16 or
-    fp16) runs the forward under autocast; None or fp32 runs it plainly. An enabled `scaler`
+    `loss_fn(*micro_batch)` returns the mean loss of a micro-batch. `autocast_dtype` (bf16 or fp16)
+    runs the forward under autocast on the inputs' device; None or fp32 runs it plainly. An enabled `scaler`
     scales the fp16 loss and skips steps whose gradients overflowed (then only a non-finite loss
     counts as bad). `no_sync` (DDP's `model.no_sync`) is entered for every micro-batch but the last.
     """
@@ -49,11 +50,11 @@ def train_step(loss_fn: LossFn, micro_batches: Sequence[tuple[torch.Tensor, torc
     scaling = scaler is not None and scaler.is_enabled()
     count = len(micro_batches)
     loss_sum = torch.zeros((), device=micro_batches[0][0].device)
-    for i, (inputs, targets) in enumerate(micro_batches):
+    for i, micro_batch in enumerate(micro_batches):
         sync = no_sync() if no_sync is not None and i < count - 1 else contextlib.nullcontext()
         with sync:
-            with autocast(inputs.device, autocast_dtype):
-                loss = loss_fn(inputs, targets)
+            with autocast(micro_batch[0].device, autocast_dtype):
+                loss = loss_fn(*micro_batch)
             share = loss / count
             (scaler.scale(share) if scaling else share).backward()
         loss_sum += loss.detach().float()

@@ -32,7 +32,6 @@ from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.errors import CheckpointError, TrainError
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
-from hamner.model.packing import row_segments
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RunDir, checkpoints_dir
 from hamner.train import distributed as dist
@@ -99,13 +98,13 @@ class Trainer:
                  given: TrainSettings) -> None:
         self.s, self.curriculum, self.dist, self.device = s, curriculum, info, device
         self.dtype = configure_torch(s, device)
-        self.config = checked_model_config(s, curriculum)
-        self.tokenizer = checked_tokenizer(self.config)
+        self.config, self.tokenizer = checked_tokenizer(checked_model_config(s, curriculum), s)
         # Data first: a missing source stops the run before anything is built or written.
         names = curriculum.sources()
+        document_end = self.tokenizer.eos_id if curriculum.packing == "document" else None
         self.sampler = MixtureSampler(open_sources(names, s.data, self.tokenizer), seed=s.seed,
                                       rank=info.rank, world_size=info.world_size,
-                                      assistant_only=curriculum.assistant_only_sources())
+                                      assistant_only=curriculum.assistant_only_sources(), document_end=document_end)
         validation, self._notes = validation_sources(names, s.data, self.tokenizer)
         probe = load_probe(curriculum.probe) if curriculum.probe else None
         self.rundir = RunDir(Path(s.out), enabled=info.is_main, probe=probe is not None)  # no disk until opened
@@ -113,7 +112,6 @@ class Trainer:
         torch.manual_seed(s.seed)
         self.model = checked_model(self.config, curriculum, device)
         self.controller = CurriculumController(curriculum, n_layers=self.config.n_layers)
-        self.lr_factor = s.lr / curriculum.stages[0].lr
         # the current stage's optimizer(s), also after a restore and at a stage that asks for fresh ones
         self.optim = OptimizerSlot(lambda: stage_optimizer(self.model, self._stage(), device, s.optimizer))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
@@ -126,7 +124,7 @@ class Trainer:
                            ("rng", RngState(device))):
             self.state.register(name, part)
         self.evaluator = TrainEvaluator(self.model, self.tokenizer, curriculum, validation, s, self.dtype, info,
-                                        device, probe=probe)
+                                        device, probe=probe, document_end=document_end)
         self.last_lr = 0.0
         self._last_tasks: tuple[int, dict[str, dict[float, float]]] | None = None  # (step, results)
         self._bar = tqdm(disable=True)  # the real bar exists inside run()
@@ -204,7 +202,7 @@ class Trainer:
         self._bar = tqdm(total=s.max_steps, initial=self.progress.step, disable=not self.dist.is_main or None,
                          dynamic_ncols=True, leave=False)
         self.model.train()
-        self._restart_batches()
+        self._enter_stage()
         started = time.perf_counter() - self.progress.elapsed
         reason = "finished"
         with StopSignals() as stop, self._bar:
@@ -229,32 +227,34 @@ class Trainer:
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
                            task_accuracy=final_tasks)
 
-    def _restart_batches(self) -> None:
-        """(Re)start the prefetcher at the current step with a frozen view of the controller."""
+    def _enter_stage(self) -> None:
+        """Begin training the current stage, at the start of `run()` (also after a resume) and after each
+        advance: its batches (a prefetcher from the current step on, over a frozen view of the
+        controller) and its model knobs."""
         if self._batches is not None:
             self._batches.close()
         self._batches = curriculum_batches(self.controller, self.sampler, self.s, self.progress.step, self.device)
-        self.stage_scales = self.controller.layer_lr_scales()
-        for name, value in self.controller.model_knobs().items():  # the stage's knobs, also after a resume
+        for name, value in self.controller.model_knobs().items():
             self.model.set_knob(name, value)
 
     def _train_step(self) -> None:
-        self.last_lr = self.controller.lr() * self.lr_factor
-        apply_lr(self.optim.optimizers, self.last_lr, self.stage_scales, self.controller.muon_lr() * self.lr_factor)
+        rates = self.controller.rates()
+        apply_lr(self.optim.optimizers, rates.adamw, rates.layer_scales, rates.muon)
+        self.last_lr = rates.adamw
         batches = [self._batches.next() for _ in range(self.s.grad_accum)]
         no_sync = self.train_model.no_sync if self.dist.enabled else None
-        result = train_step(self._loss, batches, self.optim.optimizers, scaler=self.scaler,
-                            autocast_dtype=self.dtype, no_sync=no_sync)
+        result = train_step(self._loss, [(b.idx, b.targets, b.segment_ids) for b in batches], self.optim.optimizers,
+                            scaler=self.scaler, autocast_dtype=self.dtype, no_sync=no_sync)
         self.window.add(result)
         self.controller.step_done()
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
         self.meter.add_tokens(self.tokens_per_step)
 
-    def _loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean loss of one micro-batch; document packing keeps attention inside each document."""
-        segments = row_segments(idx, self.tokenizer.eos_id, self.curriculum.packing)
-        return self.train_model(idx, targets, segment_ids=segments)
+    def _loss(self, idx: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
+        """Mean loss of one micro-batch; its document ids (under document packing) keep attention inside
+        each document."""
+        return self.train_model(idx, targets, segment_ids=segment_ids)
 
     def _drain(self) -> None:
         """Read the device-side window (one sync) and feed the losses to the controller."""
@@ -324,7 +324,7 @@ class Trainer:
         self.loggers.stage_end(self.progress.step, name, reason)
         self._last_tasks = (self.progress.step, self._stage_outputs(name))
         if not self.controller.finished:
-            self._restart_batches()
+            self._enter_stage()
         self.meter.exclude(time.perf_counter() - t0)
 
     def _stage_outputs(self, stage: str) -> dict[str, dict[float, float]]:

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
-from hamner.model.mixers.attention import KVState
+from hamner.model.mixers.settings import DifferentialAttentionSettings
+from hamner.model.mixers.shared import KVState
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
@@ -32,10 +33,11 @@ def lambda_init(layer_index: int) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
 
 
-class DifferentialAttention(nn.Module):
+class DifferentialAttention(DifferentialAttentionSettings, nn.Module):
     """Differential attention with the dense attention's projection shapes (`qkv`, `out`)."""
 
-    keeps_documents_apart = False  # its state runs across document boundaries
+    keeps_documents_apart = False
+    mixes_documents_because = "its attention kernel takes no document mask"
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
         super().__init__()
@@ -67,8 +69,6 @@ class DifferentialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: KVState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if segment_ids is not None:
-            raise ValueError(f"{type(self).__name__} cannot keep packed documents apart")
         B, T, C = x.shape
         d = self.head_dim
         q_dim, kv_dim = 2 * self.n_heads * d, 2 * self.n_kv_heads * d

@@ -25,17 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
+from hamner.model.mixers.settings import HebbianSettings
+from hamner.model.mixers.shared import island_dtype
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
 
 # Keeps o_t finite where phi(q_t)ᵀ z_t is tiny (phi > 0, so it is never negative).
 NORMALISER_EPS = 1e-6
-
-
-def island_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype an fp32 island computes in: float32, or float64 for a float64 model."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 class HebbianState:
@@ -49,10 +46,11 @@ class HebbianState:
         self.memory = self.memory[rows]
 
 
-class HebbianMemory(nn.Module):
+class HebbianMemory(HebbianSettings, nn.Module):
     """The fast-weight memory mixer (module docstring); knob: "plasticity" (alpha, in (0, 1])."""
 
-    keeps_documents_apart = False  # its state runs across document boundaries
+    keeps_documents_apart = False
+    mixes_documents_because = "its memory runs across document boundaries"
 
     KNOBS = ("plasticity",)
 
@@ -91,8 +89,6 @@ class HebbianMemory(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: HebbianState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if segment_ids is not None:
-            raise ValueError(f"{type(self).__name__} cannot keep packed documents apart")
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)

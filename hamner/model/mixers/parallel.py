@@ -7,11 +7,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from hamner.model.mixers import DecodingState
+
 
 class ParallelState:
     """The decoding states of the mixers of one `ParallelMixers`, in the same order."""
 
-    def __init__(self, states: list[object]) -> None:
+    def __init__(self, states: list[DecodingState]) -> None:
         self.states = states
 
     def select(self, rows: torch.Tensor) -> None:
@@ -21,11 +23,7 @@ class ParallelState:
 
 
 class ParallelMixers(nn.ModuleDict):
-    """Mixers keyed by their registry name; the output is the sum of theirs."""
-
-    @property
-    def keeps_documents_apart(self) -> bool:
-        return all(mixer.keeps_documents_apart for mixer in self.values())
+    """Mixers keyed by their registry name; the output is the sum of theirs (`forward`, `new_state` as a `Mixer`'s)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: ParallelState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
-from hamner.model.mixers.hebbian import island_dtype
+from hamner.model.mixers.settings import TTTLinearSettings
+from hamner.model.mixers.shared import island_dtype
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
@@ -47,10 +48,11 @@ class TTTState:
         self.k, self.v, self.lr = self.k[rows], self.v[rows], self.lr[rows]
 
 
-class TTTLinear(nn.Module):
+class TTTLinear(TTTLinearSettings, nn.Module):
     """The TTT-Linear mixer (module docstring)."""
 
-    keeps_documents_apart = False  # its state runs across document boundaries
+    keeps_documents_apart = False
+    mixes_documents_because = "its inner model keeps learning across document boundaries"
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
         super().__init__()
@@ -94,8 +96,6 @@ class TTTLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: TTTState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if segment_ids is not None:
-            raise ValueError(f"{type(self).__name__} cannot keep packed documents apart")
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)

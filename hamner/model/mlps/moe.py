@@ -1,8 +1,11 @@
 """Mixture-of-experts MLP: a softmax router picks the top-k of E SwiGLU experts per token.
 
-    p = softmax(W_r x),  S = top-k(p),  y = sum_{e in S} (p_e / sum_{e' in S} p_e') SwiGLU_e(x)
+    p = softmax(W_r x),  S = top-k(p),  y = sum_{e in S} (p_e / sum_{e' in S} p_e') SwiGLU_e(x)   (k >= 2)
+    y = p_e SwiGLU_e(x),  e = argmax p                                                        (k = 1)
 
-(Shazeer et al. 2017, "Outrageously Large Neural Networks"; top-k renormalised as in Mixtral.)
+(Shazeer et al. 2017, "Outrageously Large Neural Networks"; top-k renormalised as in Mixtral.) With
+one expert per token the weight stays the router probability, as in the Switch Transformer: renormalised
+it would be p_e / p_e = 1, and the language-model loss would send the router no gradient.
 Training adds two auxiliary losses: the Switch Transformer load-balancing loss
 E * sum_e f_e P_e (Fedus et al. 2021; f_e the fraction of assignments routed to expert e, P_e its
 mean router probability; 1 when balanced) and the router z-loss mean(logsumexp(W_r x)^2)
@@ -16,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
+from hamner.model.mlps.settings import MoESettings
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
@@ -38,7 +42,7 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
     return logits.logsumexp(-1).pow(2).mean()
 
 
-class MoE(nn.Module):
+class MoE(MoESettings, nn.Module):
     """`router` [E, C], and per-expert `gate_up` [E, 2I, C] and `down` [E, C, I] in nn.Linear layout."""
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
@@ -65,7 +69,8 @@ class MoE(nn.Module):
         logits = self.router(flat).float()
         probs = logits.softmax(-1)
         weights, expert_ids = probs.topk(self.top_k, dim=-1)
-        weights = weights / weights.sum(-1, keepdim=True)
+        if self.top_k > 1:  # k = 1 keeps p_e, so the router learns from the language-model loss (Switch)
+            weights = weights / weights.sum(-1, keepdim=True)
         y = kernels.moe_experts(flat, expert_ids, weights, self.gate_up, self.down)
         fraction = expert_fraction(expert_ids, probs.shape[-1])
         self.load = fraction.detach()

@@ -7,12 +7,13 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
+from hamner.model.checks import NoSettings
 
 if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(NoSettings, nn.Module):
     """SwiGLU feed-forward with gate and up fused in one projection (`gate_up`), then `down`."""
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:

@@ -5,7 +5,7 @@ curves. The training loop drives it:
 
     ctrl = CurriculumController(load_curriculum("hamner-v3.1"), n_layers=model.n_layers)
     while not ctrl.finished:
-        set LR to ctrl.lr() (Muon's to ctrl.muon_lr(); both times ctrl.layer_lr_scales().get(layer, 1.0)),
+        set the rates of ctrl.rates(): AdamW's, Muon's, and the layer scales both are multiplied by,
         mix ctrl.weights(),
         synthetic tasks at ctrl.difficulty(); run one optimizer step; ctrl.step_done()
         at log intervals: ctrl.record_losses(losses of the steps since the last call)
@@ -28,10 +28,21 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from hamner.train.curriculum.spec import Curriculum, Stage
+
+
+@dataclass(frozen=True)
+class StepRates:
+    """The learning rates of one step: AdamW's, Muon's, and layer index -> the scale both are
+    multiplied by in that layer (layers not listed: 1.0)."""
+
+    adamw: float
+    muon: float
+    layer_scales: dict[int, float]
 
 
 class CurriculumController:
@@ -96,6 +107,10 @@ class CurriculumController:
         and the stage's last step, in [0, 1]."""
         span = self.stage_length - 1 - start
         return min(1.0, max(0.0, (self.stage_step + steps_ahead - start) / span)) if span > 0 else 1.0
+
+    def rates(self) -> StepRates:
+        """Every learning rate of the step about to run (see StepRates)."""
+        return StepRates(self.lr(), self.muon_lr(), self.layer_lr_scales())
 
     def lr(self) -> float:
         """AdamW's learning rate for the step about to run: the stage peak times `lr_factor()`."""

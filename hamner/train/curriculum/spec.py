@@ -14,9 +14,7 @@ positions per document (default `"stream"`: rows are plain token windows); `prob
 """
 from __future__ import annotations
 
-import math
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 from hamner.data.mixture import CONCEPTS_PREFIX, SYNTHETIC_TASK_PREFIX, is_builtin_source, is_synthetic_source
 from hamner.errors import CurriculumError
+from hamner.toml_table import TomlTable, read_toml
 
 CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
 
@@ -151,6 +150,14 @@ class Curriculum:
     packing: str  # "stream" or "document"
     probe: str | None  # probe file or built-in probe name, scored at every stage end
 
+    def with_first_lr(self, lr: float) -> Curriculum:
+        """This curriculum with `lr` as the first stage's peak rate (--lr): every stage's AdamW and Muon
+        peaks (and base_lr) are scaled alike, so later stages keep their ratio to the first."""
+        ratio = lr / self.stages[0].lr
+        stages = tuple(replace(stage, lr=lr if i == 0 else stage.lr * ratio, muon_lr=stage.muon_lr * ratio)
+                       for i, stage in enumerate(self.stages))
+        return replace(self, stages=stages, base_lr=None if self.base_lr is None else self.base_lr * ratio)
+
     def assistant_only_sources(self) -> list[str]:
         """Sources whose loss counts the assistant's replies only."""
         return sorted(name for name, loss in self.source_loss.items() if loss == "assistant")
@@ -171,7 +178,7 @@ class Curriculum:
                 try:
                     check(name, value)
                 except ValueError as exc:
-                    raise ValueError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
+                    raise CurriculumError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
 
     def uses_synthetic(self) -> bool:
         """Whether any stage draws synthetic-task samples (mixed or of one task)."""
@@ -198,79 +205,17 @@ def load_curriculum(name_or_path: str | Path) -> Curriculum:
         path = CURRICULA_DIR / f"{text}.toml"
         if not path.is_file():
             raise CurriculumError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CurriculumError(f"{path}: not valid TOML: {e}") from None
-    return _parse(raw, path)
-
-
-class _Fields:
-    """Typed access to one TOML table, with the error prefix for messages about it."""
-
-    def __init__(self, table: Any, where: str, allowed: set[str] | tuple[str, ...]):
-        if not isinstance(table, dict):
-            raise CurriculumError(f"{where}: must be a table, got {table!r}")
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise CurriculumError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        self.table, self.where = table, where
-
-    def fail(self, key: str, problem: str) -> CurriculumError:
-        return CurriculumError(f"{self.where}.{key}: {problem}")
-
-    def has(self, key: str) -> bool:
-        return key in self.table
-
-    def integer(self, key: str, default: int | None = None, minimum: int = 0) -> int | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {value!r}")
-        if value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(self, key: str, default: float | None = None, low: float = -math.inf,
-               high: float = math.inf, low_open: bool = False) -> float | None:
-        value = self.table.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, f"must be a finite number, got {value!r}")
-        if value < low or value > high or (low_open and value == low):
-            bound = f"> {low}" if low_open else f">= {low}"
-            raise self.fail(key, f"must be {bound} and <= {high}, got {value}" if high < math.inf
-                            else f"must be {bound}, got {value}")
-        return float(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
-        return value
-
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value = self.table.get(key, default)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise self.fail(key, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def required(self, *keys: str) -> None:
-        for key in keys:
-            if key not in self.table:
-                raise CurriculumError(f"{self.where}: missing required key {key!r}")
+    return _parse(read_toml(path, str(path), CurriculumError), path)
 
 
 def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
-    top = _Fields(raw, path.name, _TOP_KEYS)
+    top = TomlTable(raw, path.name, _TOP_KEYS, CurriculumError)
     top.required("stages")
     base_lr = top.number("base_lr", low=0.0, low_open=True)
-    optimizer = _optimizer(top, "adamw")
+    optimizer = top.text("optimizer", "adamw", OPTIMIZERS)
     muon_lr = top.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True)
     defaults = raw.get("defaults", {})
-    _Fields(defaults, f"{path.name}: defaults", _STAGE_KEYS - {"name"})
+    TomlTable(defaults, f"{path.name}: defaults", _STAGE_KEYS - {"name"}, CurriculumError)
     stage_tables = raw["stages"]
     if not isinstance(stage_tables, list) or not stage_tables:
         raise top.fail("stages", "must be a non-empty array of [[stages]] tables")
@@ -295,9 +240,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
-    packing = top.text("packing", "stream")
-    if packing not in PACKINGS:
-        raise top.fail("packing", f"must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    packing = top.text("packing", "stream", PACKINGS)
     used = {name for stage in stages for name in stage.weights}
     return Curriculum(
         name=top.text("name", path.stem),
@@ -316,13 +259,6 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     )
 
 
-def _optimizer(f: _Fields, default: str) -> str:
-    value = f.text("optimizer", default)
-    if value not in OPTIMIZERS:
-        raise f.fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {value!r}")
-    return value
-
-
 def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
                      base_lr: float | None) -> tuple[Stage, ...]:
     """Each stage's Muon peak: its own (or the defaults') `muon_lr`, else the curriculum's `muon_lr`
@@ -337,21 +273,18 @@ def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dic
 
 def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
     """The [sources.NAME] tables: per source, what its loss covers."""
-    _Fields(table, where, set(table) if isinstance(table, dict) else ())
+    TomlTable(table, where, None, CurriculumError)
     loss = {}
     for name, options in table.items():
         if name not in used:
             raise CurriculumError(f"{where}.{name}: no stage uses source {name!r}")
-        f = _Fields(options, f"{where}.{name}", _SOURCE_KEYS)
-        mode = f.text("loss", "all")
-        if mode not in LOSS_MODES:
-            raise f.fail("loss", f"must be one of {', '.join(LOSS_MODES)}, got {mode!r}")
-        loss[name] = mode
+        f = TomlTable(options, f"{where}.{name}", _SOURCE_KEYS, CurriculumError)
+        loss[name] = f.text("loss", "all", LOSS_MODES)
     return loss
 
 
 def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) -> Stage:
-    f = _Fields(table, where, _STAGE_KEYS)
+    f = TomlTable(table, where, _STAGE_KEYS, CurriculumError)
     f.required("name", "weights")
     weights = _parse_weights(table["weights"], f"{where}.weights")
 
@@ -364,17 +297,13 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
             raise f.fail("lr_mult", "needs a curriculum-level base_lr")
         lr = base_lr * f.number("lr_mult", low=0.0, low_open=True)
 
-    schedule = f.text("schedule", "constant")
-    if schedule not in SCHEDULES:
-        raise f.fail("schedule", f"must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    schedule = f.text("schedule", "constant", SCHEDULES)
     if schedule == "constant" and f.has("min_lr_ratio"):
         raise f.fail("min_lr_ratio", "only applies to schedule = \"cosine\" or \"wsd\"")
     for key in ("decay_fraction", "decay_shape"):
         if schedule != "wsd" and f.has(key):
             raise f.fail(key, "only applies to schedule = \"wsd\"")
-    decay_shape = f.text("decay_shape", "1-sqrt")
-    if decay_shape not in DECAY_SHAPES:
-        raise f.fail("decay_shape", f"must be one of {', '.join(DECAY_SHAPES)}, got {decay_shape!r}")
+    decay_shape = f.text("decay_shape", "1-sqrt", DECAY_SHAPES)
 
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
     if len(bounds) != 1:
@@ -404,7 +333,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         layer_lr_scale=_parse_layer_scale(table["layer_lr_scale"], f"{where}.layer_lr_scale")
         if f.has("layer_lr_scale") else None,
         model_knobs=_parse_model_knobs(table.get("model", {}), f"{where}.model"),
-        optimizer=_optimizer(f, optimizer),
+        optimizer=f.text("optimizer", optimizer, OPTIMIZERS),
         muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
         decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
         decay_shape=decay_shape,
@@ -414,7 +343,7 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
 def _parse_weights(table: Any, where: str) -> dict[str, float]:
     if not isinstance(table, dict) or not table:
         raise CurriculumError(f"{where}: must be a non-empty table of source = weight")
-    f = _Fields(table, where, set(table))
+    f = TomlTable(table, where, None, CurriculumError)
     weights = {}
     for name in table:
         if not _SOURCE_NAME.match(name):
@@ -429,8 +358,8 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
 def _parse_model_knobs(table: Any, where: str) -> dict[str, float]:
     """`model = { knob = number, ... }`; whether the model has those knobs is checked when it is built."""
     if not isinstance(table, dict):
-        raise ValueError(f"{where}: must be a table of knob = number, got {table!r}")
-    f = _Fields(table, where, set(table))
+        raise CurriculumError(f"{where}: must be a table of knob = number, got {table!r}")
+    f = TomlTable(table, where, None, CurriculumError)
     return {name: f.number(name) for name in table}
 
 
@@ -449,7 +378,7 @@ def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tupl
 
 
 def _parse_plateau(table: Any, where: str) -> PlateauRule:
-    f = _Fields(table, where, _PLATEAU_KEYS)
+    f = TomlTable(table, where, _PLATEAU_KEYS, CurriculumError)
     f.required(*_PLATEAU_KEYS)
     rule = PlateauRule(
         check_every=f.integer("check_every", minimum=1),
@@ -466,13 +395,13 @@ def _parse_plateau(table: Any, where: str) -> PlateauRule:
 
 
 def _parse_early_stop(table: Any, where: str) -> EarlyStop:
-    f = _Fields(table, where, _EARLY_STOP_KEYS)
+    f = TomlTable(table, where, _EARLY_STOP_KEYS, CurriculumError)
     f.required(*_EARLY_STOP_KEYS)
     return EarlyStop(patience=f.integer("patience", minimum=1), min_delta=f.number("min_delta", low=0.0))
 
 
 def _parse_layer_scale(table: Any, where: str) -> LayerLrScale:
-    f = _Fields(table, where, _LAYER_SCALE_KEYS)
+    f = TomlTable(table, where, _LAYER_SCALE_KEYS, CurriculumError)
     f.required(*_LAYER_SCALE_KEYS)
     layers = table["layers"]
     if isinstance(layers, str):

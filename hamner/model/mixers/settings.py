@@ -1,0 +1,57 @@
+"""The settings checks of the mixers that read config fields of their own, without torch.
+
+Each class holds one mixer's `check_config`; the mixer inherits it (`SlidingWindowAttention.check_config`),
+and `MIXERS.settings(name)` hands it to `HamnerConfig` without importing the mixer, so checking a config,
+presets included, never imports torch. Errors are one line naming the field.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hamner.model.checks import number, positive_int
+
+if TYPE_CHECKING:
+    from hamner.model.config import HamnerConfig
+
+
+class SlidingWindowSettings:
+    """Sliding-window attention reads `window`."""
+
+    @classmethod
+    def check_config(cls, config: HamnerConfig) -> None:
+        """`window` is a positive integer."""
+        if not positive_int(config.window):
+            raise ValueError(f"window must be a positive integer for the swa mixer, got {config.window!r}")
+
+
+class DifferentialAttentionSettings:
+    """Differential attention pairs the heads of the shape (no fields of its own)."""
+
+    @classmethod
+    def check_config(cls, config: HamnerConfig) -> None:
+        """`n_heads` and `n_kv_heads` are even."""
+        if config.n_heads % 2 or config.n_kv_heads % 2:
+            raise ValueError(f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) must be even for "
+                             "diff_attention (it pairs heads)")
+
+
+class HebbianSettings:
+    """The Hebbian memory reads `hebbian_plasticity`."""
+
+    @classmethod
+    def check_config(cls, config: HamnerConfig) -> None:
+        """`hebbian_plasticity` lies in (0, 1]."""
+        if not (number(config.hebbian_plasticity) and 0 < config.hebbian_plasticity <= 1):
+            raise ValueError(f"hebbian_plasticity must be in (0, 1], got {config.hebbian_plasticity!r}")
+
+
+class TTTLinearSettings:
+    """TTT-Linear reads `ttt_mini_batch` and `ttt_base_lr`."""
+
+    @classmethod
+    def check_config(cls, config: HamnerConfig) -> None:
+        """`ttt_mini_batch` is a positive integer, `ttt_base_lr` a positive number."""
+        if not positive_int(config.ttt_mini_batch):
+            raise ValueError(f"ttt_mini_batch must be a positive integer, got {config.ttt_mini_batch!r}")
+        if not (number(config.ttt_base_lr) and config.ttt_base_lr > 0):
+            raise ValueError(f"ttt_base_lr must be positive, got {config.ttt_base_lr!r}")
