@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from hamner.errors import CurriculumError
 from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
 SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
@@ -93,9 +94,9 @@ def test_load_by_path_and_unknown_name(tmp_path: Path):
     copy.write_text((Path(load_curriculum("demo").path)).read_text())
     assert load_curriculum(copy).stages == load_curriculum("demo").stages
     assert load_curriculum(str(copy)).name == "demo"
-    with pytest.raises(ValueError, match=r"unknown curriculum 'nope'.*hamner-v3\.1"):
+    with pytest.raises(CurriculumError, match=r"unknown curriculum 'nope'.*hamner-v3\.1"):
         load_curriculum("nope")
-    with pytest.raises(ValueError, match="does not exist.*demo"):
+    with pytest.raises(CurriculumError, match="does not exist.*demo"):
         load_curriculum(tmp_path / "missing.toml")
 
 
@@ -105,9 +106,9 @@ def test_middle_layers_resolve_to_only_the_middle_six(n_layers, expected):
 
 
 def test_layer_scale_beyond_the_model_is_refused():
-    with pytest.raises(ValueError, match="at least 6 layers"):
+    with pytest.raises(CurriculumError, match="at least 6 layers"):
         LayerLrScale("middle:6", 0.2).resolve(4)
-    with pytest.raises(ValueError, match=r"\[8\]"):
+    with pytest.raises(CurriculumError, match=r"\[8\]"):
         LayerLrScale((0, 8), 0.5).resolve(8)
 
 
@@ -173,7 +174,7 @@ def test_bad_files_are_refused_with_one_line(tmp_path: Path, old: str, new: str,
     assert old in GOOD
     path = tmp_path / "bad.toml"
     path.write_text(GOOD.replace(old, new, 1))
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(CurriculumError, match=message) as info:
         load_curriculum(path)
     assert "\n" not in str(info.value) and "bad.toml" in str(info.value)
 
@@ -200,7 +201,7 @@ def test_one_task_synthetic_sources_are_built_in_and_need_a_difficulty(tmp_path:
     assert curriculum.uses_synthetic()
     assert curriculum.data_sources() == ["fineweb"]
     path.write_text(path.read_text().replace("difficulty = 1\n", ""))
-    with pytest.raises(ValueError, match="difficulty: missing"):
+    with pytest.raises(CurriculumError, match="difficulty: missing"):
         load_curriculum(path)
 
 
@@ -237,7 +238,7 @@ def test_model_knobs_are_checked_by_the_model_and_errors_name_the_field(tmp_path
 
     def only_plasticity_up_to_one(name, value):
         if name != "plasticity" or value > 1:
-            raise ValueError(f"no {name} = {value}")
+            raise CurriculumError(f"no {name} = {value}")
 
-    with pytest.raises(ValueError, match=r"knobs.toml: stages\[1\]\.model\.temperature: no temperature = 2.0$"):
+    with pytest.raises(CurriculumError, match=r"knobs.toml: stages\[1\]\.model\.temperature: no temperature = 2.0$"):
         curriculum.check_model_knobs(only_plasticity_up_to_one)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kernel_checks import rel_error
 
 from hamner import kernels
+from hamner.errors import ConfigError, CurriculumError
 from hamner.kernels import linear_attention, reference
 from hamner.kernels.linear_attention import chunked_decayed_linear_attention, decayed_linear_attention
 from hamner.model.config import HamnerConfig
@@ -192,10 +193,10 @@ def test_plasticity_knob_is_a_checkpointed_buffer_with_checked_values():
     fresh.load_state_dict(state)
     assert fresh.plasticity.item() == pytest.approx(0.1)
     assert torch.allclose(fresh.log_decay(torch.float64).exp(), 0.1 * (0.99 + 0.01 * torch.sigmoid(fresh.decay_logit)))
-    with pytest.raises(ValueError, match="plasticity must be in"):
+    with pytest.raises(CurriculumError, match="plasticity must be in"):
         m.set_knob("plasticity", 1.5)
-    with pytest.raises(ValueError, match="unknown knob 'rate'"):
+    with pytest.raises(CurriculumError, match="unknown knob 'rate'"):
         m.set_knob("rate", 0.5)
-    with pytest.raises(ValueError, match="hebbian_plasticity must be in"):
+    with pytest.raises(ConfigError, match="hebbian_plasticity must be in"):
         tiny_config(mixer="hebbian", hebbian_plasticity=0.0)
     tiny_config(hebbian_plasticity=0.0)  # ignored by the other mixers

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
         out.mkdir(parents=True, exist_ok=True)
         outcome = run_tournament(spec, out)
         report = write_report(outcome, out)
-    except (HamnerError, ValueError, OSError) as exc:
+    except (HamnerError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from hamner.errors import DataError
+
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 MARKERS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
 # Text that ends an assistant reply during generation (end-of-text is handled as a token id).
@@ -19,7 +21,7 @@ _TURN = re.compile(r"(?:^|(?<=\n))<\|(" + "|".join(ROLES) + r")\|>\n")
 def format_turn(role: str, content: str) -> str:
     """One turn: the role marker, a newline, the content, a newline."""
     if role not in MARKERS:
-        raise ValueError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
+        raise DataError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
     return f"{MARKERS[role]}\n{content.strip()}\n"
 
 

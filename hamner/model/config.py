@@ -73,16 +73,16 @@ class HamnerConfig:
                      "intermediate_size", "max_seq_len"):
             value = getattr(self, name)
             if not positive_int(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.n_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
+            raise ConfigError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+            raise ConfigError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
+            raise ConfigError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
         for name in ("rope_theta", "norm_eps", "init_std"):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         self._check_blocks()
 
     def _check_blocks(self) -> None:
@@ -92,7 +92,7 @@ class HamnerConfig:
         """
         used = self._used_mixers()
         if not isinstance(self.mlp, str) or self.mlp not in MLPS:
-            raise ValueError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
+            raise ConfigError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
         for name in MIXERS:
             if name in used:
                 MIXERS.settings(name).check_config(self)
@@ -102,21 +102,21 @@ class HamnerConfig:
         """The names of the mixers the layers use, each name known and named once per layer."""
         if self.layer_mixers is not None:
             if not isinstance(self.layer_mixers, list) or len(self.layer_mixers) != self.n_layers:
-                raise ValueError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
+                raise ConfigError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
                                  f"got {self.layer_mixers!r}")
         names = [self.mixer] if self.layer_mixers is None else self.layer_mixers
         field = "mixer" if self.layer_mixers is None else "layer_mixers"
         used: set[str] = set()
         for spec in names:
             if not isinstance(spec, str):
-                raise ValueError(f"{field}: expected a mixer name (several joined by '+'), got {spec!r}")
+                raise ConfigError(f"{field}: expected a mixer name (several joined by '+'), got {spec!r}")
             parts = spec.split("+")
             for part in parts:
                 if part not in MIXERS:
-                    raise ValueError(f"{field}: unknown mixer {part!r}; choose from {', '.join(MIXERS)} "
+                    raise ConfigError(f"{field}: unknown mixer {part!r}; choose from {', '.join(MIXERS)} "
                                      "(several joined by '+')")
             if len(set(parts)) != len(parts):
-                raise ValueError(f"{field}: {spec!r} names a mixer twice")
+                raise ConfigError(f"{field}: {spec!r} names a mixer twice")
             used.update(parts)
         return used
 
@@ -157,7 +157,7 @@ class HamnerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown HamnerConfig keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown HamnerConfig keys: {', '.join(unknown)}")
         return cls(**d)
 
 
@@ -223,12 +223,12 @@ def with_fields(base: HamnerConfig, fields: Any, where: str, error: type[HamnerE
         table.typed(name, tuple(t for part in types[name].split(" | ") for t in _FIELD_TYPES[part]), types[name])
     try:
         return dataclasses.replace(base, **fields)
-    except ValueError as exc:
+    except ConfigError as exc:  # the config's own checks; `where` names the file or spec entry
         raise error(f"{where}: {exc}") from None
 
 
 def model_config(name: str) -> HamnerConfig:
     """A fresh copy of the preset called `name`."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from hamner.errors import TournamentError
 from hamner.model.config import HamnerConfig, model_config
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import METRICS, TASK_ACCURACY, checkpoints_dir
@@ -81,7 +82,8 @@ def write_model_file(path: Path, config: HamnerConfig, preset: str) -> Path:
         if value == default:
             continue
         if value is None:
-            raise ValueError(f"{path.stem}: {f.name} cannot be unset from the preset's {default!r} in a model file")
+            raise TournamentError(f"{path.stem}: {f.name} cannot be unset from the preset's {default!r} "
+                                  "in a model file")
         lines.append(f"{f.name} = {json.dumps(value)}")
     return write_if_changed(path, "\n".join(lines) + "\n")
 

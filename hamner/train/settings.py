@@ -203,10 +203,7 @@ def resolve_run(settings: TrainSettings) -> tuple[RunSettings, Curriculum, torch
     resolve every default."""
     validate(settings)
     device = pick_device(settings.device)
-    try:
-        curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
     if settings.lr is not None:
         curriculum = curriculum.with_first_lr(settings.lr)
     return resolve(settings, device, curriculum), curriculum, device

@@ -44,12 +44,9 @@ def configure_torch(s: RunSettings, device: torch.device) -> torch.dtype:
 
 def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig:
     """The preset's model config (with --model and --tokenizer), checked against the curriculum and settings."""
-    try:
-        config = model_config(s.preset)
-        if s.model is not None:
-            config = load_model_file(s.model, base=config)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    config = model_config(s.preset)
+    if s.model is not None:
+        config = load_model_file(s.model, base=config)
     if s.tokenizer is not None:  # a file is recorded by absolute path, so checkpoints find it anywhere
         config.tokenizer = str(Path(s.tokenizer).resolve()) if Path(s.tokenizer).exists() else s.tokenizer
     if curriculum.tokenizer is not None and curriculum.tokenizer != config.tokenizer:
@@ -72,10 +69,7 @@ def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.de
     """A fresh model of `config` on `device`, refused when a curriculum stage sets a model knob it lacks
     (or a value the knob does not accept), or asks for document packing its mixers cannot keep apart."""
     model = HamnerModel(config).to(device)
-    try:
-        curriculum.check_model_knobs(model.check_knob)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    curriculum.check_model_knobs(model.check_knob)
     if curriculum.packing == "document" and not model.keeps_documents_apart():
         raise TrainError(f"curriculum {curriculum.name!r} packs documents, but mixer {config.mixer!r} carries its "
                          "state across them; use an attention mixer or packing = \"stream\"")

@@ -182,7 +182,7 @@ class Trainer:
         ckpt.load_weights(self.model, target, device=self.device)
         try:
             self.state.load_state_dict(state)
-        except (ValueError, KeyError) as exc:
+        except (CheckpointError, ValueError, KeyError) as exc:  # ValueError: torch's optimizer state checks
             raise TrainError(f"cannot resume {run_dir}: {exc}") from None
         ckpt.upgrade_optimizer_state(self.model, self.optim.optimizers, meta.get("version", 1))
         if self.controller.finished:

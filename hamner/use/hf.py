@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from hamner.errors import ExportError, one_line
+from hamner.errors import CheckpointError, ExportError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 
@@ -97,10 +97,10 @@ def _refuse_unsupported(fields: dict, path: Path) -> None:
     }
     for name, (value, wanted) in checks.items():
         if value != wanted:
-            raise ValueError(f"{path}: {name} is {value!r}; Hamner models need {wanted!r}")
+            raise CheckpointError(f"{path}: {name} is {value!r}; Hamner models need {wanted!r}")
     head_dim = fields.get("head_dim") or fields["hidden_size"] // fields["num_attention_heads"]
     if head_dim * fields["num_attention_heads"] != fields["hidden_size"]:
-        raise ValueError(f"{path}: head_dim {head_dim} x heads must equal hidden_size {fields['hidden_size']}")
+        raise CheckpointError(f"{path}: head_dim {head_dim} x heads must equal hidden_size {fields['hidden_size']}")
 
 
 def hf_tokenizer_spec(path: str | Path, fields: dict) -> str:
@@ -112,7 +112,7 @@ def hf_tokenizer_spec(path: str | Path, fields: dict) -> str:
         return str(local.resolve())
     if fields.get(TOKENIZER_KEY):
         return str(fields[TOKENIZER_KEY])
-    raise ValueError(f"{path}: no tokenizer.json and no {TOKENIZER_KEY} entry in {CONFIG_FILE}")
+    raise CheckpointError(f"{path}: no tokenizer.json and no {TOKENIZER_KEY} entry in {CONFIG_FILE}")
 
 
 def hf_to_hamner_config(path: str | Path) -> HamnerConfig:
@@ -153,7 +153,7 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: HamnerConfig) -
     """Hugging Face Llama tensors -> Hamner parameter names with q/k/v and gate/up fused (a missing one: KeyError)."""
     head = tensors.get("lm_head.weight")
     if head is not None and not torch.equal(head, tensors[GLOBAL_NAMES["embed.weight"]]):
-        raise ValueError("lm_head.weight differs from the input embedding; Hamner ties the two")
+        raise CheckpointError("lm_head.weight differs from the input embedding; Hamner ties the two")
     state = {ours: tensors[theirs] for ours, theirs in GLOBAL_NAMES.items()}
     for i in range(config.n_layers):
         ours, theirs = f"layers.{i}.", f"model.layers.{i}."
@@ -186,7 +186,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     elif (path / WEIGHTS_FILE).is_file():
         files = [WEIGHTS_FILE]
     else:
-        raise ValueError(f"{path}: no {WEIGHTS_FILE} (only safetensors weights are read)")
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} (only safetensors weights are read)")
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
         with safe_open(str(path / name), framework="pt") as handle:
@@ -202,24 +202,24 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """
     path = Path(path)
     if not is_hf_dir(path):
-        raise ValueError(f"{path} is not a Hugging Face Llama directory (no llama {CONFIG_FILE})")
+        raise CheckpointError(f"{path} is not a Hugging Face Llama directory (no llama {CONFIG_FILE})")
     try:
         config = hf_to_hamner_config(path)
     except KeyError as exc:
-        raise ValueError(f"{path}/{CONFIG_FILE} lacks {exc.args[0]!r}") from None
+        raise CheckpointError(f"{path}/{CONFIG_FILE} lacks {exc.args[0]!r}") from None
     try:
         tensors = _read_tensors(path)
     except (OSError, SafetensorError) as exc:
-        raise ValueError(f"{path}: unreadable weights: {one_line(exc)}") from None
+        raise CheckpointError(f"{path}: unreadable weights: {one_line(exc)}") from None
     try:
         state = from_hf_state_dict(tensors, config)
     except KeyError as exc:
-        raise ValueError(f"{path}: weight {exc.args[0]} is missing") from None
+        raise CheckpointError(f"{path}: weight {exc.args[0]} is missing") from None
     model = HamnerModel(config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit {CONFIG_FILE}: {one_line(exc)}") from None
+        raise CheckpointError(f"{path}: weights do not fit {CONFIG_FILE}: {one_line(exc)}") from None
     return model.to(device).eval(), config
 
 

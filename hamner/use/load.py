@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
-from hamner.errors import CheckpointError, DataError, InferenceError, one_line
+from hamner.errors import CheckpointError, ConfigError, DataError, InferenceError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
@@ -37,12 +37,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ha
     if is_hf_dir(directory):
         try:
             return load_hf_model(directory, device)
-        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        except (OSError, KeyError, SafetensorError, CheckpointError, ConfigError) as exc:
             raise CheckpointError(f"cannot import Hugging Face directory {directory}: {one_line(exc)}") from None
     meta = ckpt.read_meta(directory)
     try:
         config = HamnerConfig.from_dict(meta["model"])
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, KeyError, ConfigError) as exc:
         raise CheckpointError(f"model config in {directory / ckpt.CONFIG} is invalid: {one_line(exc)}") from None
     model = HamnerModel(config)
     ckpt.load_weights(model, directory, device="cpu")

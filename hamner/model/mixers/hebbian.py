@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
+from hamner.errors import CurriculumError
 from hamner.model.mixers.settings import HebbianSettings
 from hamner.model.mixers.shared import island_dtype
 
@@ -73,9 +74,9 @@ class HebbianMemory(HebbianSettings, nn.Module):
     def check_knob(self, name: str, value: float) -> None:
         """ValueError unless `name` is "plasticity" and `value` lies in (0, 1]."""
         if name not in self.KNOBS:
-            raise ValueError(f"unknown knob {name!r} for the Hebbian memory (knobs: {', '.join(self.KNOBS)})")
+            raise CurriculumError(f"unknown knob {name!r} for the Hebbian memory (knobs: {', '.join(self.KNOBS)})")
         if not 0 < value <= 1:
-            raise ValueError(f"plasticity must be in (0, 1], got {value!r}")
+            raise CurriculumError(f"plasticity must be in (0, 1], got {value!r}")
 
     def set_knob(self, name: str, value: float) -> None:
         """Set the knob `name` ("plasticity": alpha in (0, 1])."""

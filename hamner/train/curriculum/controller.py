@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from hamner.errors import CheckpointError
 from hamner.train.curriculum.spec import Curriculum, Stage
 
 
@@ -289,10 +290,10 @@ class CurriculumController:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state_dict() taken from a controller of the same curriculum."""
         if state["curriculum"] != self.curriculum.name:
-            raise ValueError(f"controller state is for curriculum {state['curriculum']!r}, "
+            raise CheckpointError(f"controller state is for curriculum {state['curriculum']!r}, "
                              f"not {self.curriculum.name!r}")
         if not 0 <= state["stage_index"] <= len(self.curriculum.stages):
-            raise ValueError(f"controller state names stage {state['stage_index']} but "
+            raise CheckpointError(f"controller state names stage {state['stage_index']} but "
                              f"{self.curriculum.name!r} has {len(self.curriculum.stages)} stages")
         self.stage_index = state["stage_index"]
         self.global_step = state["global_step"]

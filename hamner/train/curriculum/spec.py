@@ -172,12 +172,12 @@ class Curriculum:
 
     def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
         """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
-        ValueError comes back as one line naming the field."""
+        CurriculumError comes back naming the field."""
         for i, stage in enumerate(self.stages):
             for name, value in stage.model_knobs.items():
                 try:
                     check(name, value)
-                except ValueError as exc:
+                except CurriculumError as exc:
                     raise CurriculumError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
 
     def uses_synthetic(self) -> bool:
