@@ -8,7 +8,7 @@ from hamner.errors import CurriculumError
 from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
 SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
-           "concepts-sequential", "concepts-replay", "ttt-extended"}
+           "concepts-sequential", "concepts-replay", "ttt-extended", "ttt-length-demo"}
 
 
 def test_every_shipped_curriculum_loads():
@@ -25,7 +25,9 @@ def test_ttt_extended_is_the_studys_long_run():
     curriculum = load_curriculum("ttt-extended")
     (stage,) = curriculum.stages
     assert stage.max_steps == 100_000 and stage.warmup_steps == 0.02 * stage.max_steps
-    assert stage.schedule == "cosine" and stage.max_steps // curriculum.eval_interval == 50
+    # the original's evaluation grid: every 2,041 steps (48 points within 100k steps) plus the untrained step 0
+    assert stage.schedule == "cosine" and curriculum.eval_interval == 2_041
+    assert stage.max_steps // curriculum.eval_interval == 48
     assert stage.early_stop.patience == 10 and stage.early_stop.min_delta > 0
 
 

@@ -194,6 +194,10 @@ PRESETS: dict[str, HamnerConfig] = {
                                   intermediate_size=1984, max_seq_len=1024, tokenizer="bytes",
                                   mixer="swa+hebbian", window=128),
     # TTT-Linear in every layer (mini-batches of 16 tokens), the shape of swa-125m. 123,449,424 parameters.
+    # Each layer matches the TTT authors' 125M TTT-Linear layer (ttt-lm-pytorch: tied head, no gate, no
+    # conv) parameter for parameter (7,141,660); the total differs from their 110,276,688 by the vocabulary
+    # only: cosmo2's 49,152 tokens against Llama-2's 32,000, (49,152 - 32,000) x 768 = 13,172,736 more in
+    # the tied embedding. The study's quoted 152.6M is no combination of that code's switches (README, The model).
     "ttt-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
                              intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
                              mixer="ttt_linear"),

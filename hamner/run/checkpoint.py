@@ -39,6 +39,7 @@ VERSION = 2
 WEIGHTS = "model.safetensors"
 TRAINER = "trainer.pt"
 BEST = "best"
+INITIAL = "initial"  # the untrained model at step 0 (save_initial_checkpoint); never pruned
 
 
 def step_name(step: int) -> str:

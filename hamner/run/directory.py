@@ -1,6 +1,6 @@
 """The run directory: its layout (the one place its file names are spelled), its text outputs
-(config.json, metrics.csv, task_accuracy.csv, samples.jsonl, train.log, and probe.csv for runs whose
-curriculum names a probe) and the lock that lets one process at a time use it.
+(config.json, metrics.csv, task_accuracy.csv, evals.csv, samples.jsonl, train.log, and probe.csv for runs
+whose curriculum names a probe) and the lock that lets one process at a time use it.
 
 Only rank 0 writes (a RunDir built with `enabled=False` does nothing). Nothing is created on disk
 before `open()`, which the trainer calls once a run really starts, so a failed start leaves no
@@ -39,11 +39,14 @@ SAMPLES = "samples.jsonl"
 LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # checkpoints/latest: a text file naming the newest complete checkpoint
+EVALS = "evals"  # evals/step-N.json per evaluation step, evals/all_summaries.json, evals/metadata.json
+EVALS_CSV = "evals.csv"  # every scalar an evaluation reports, one row per step and metric
 
 METRICS_COLUMNS: tuple[str, ...] = (
     "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
 )
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
+EVAL_COLUMNS: tuple[str, ...] = ("step", "stage", "metric", "value")
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
 PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
@@ -94,6 +97,7 @@ class RunDir:
         self.metrics = CsvLog(self.path / METRICS, METRICS_COLUMNS, enabled)
         self.task_accuracy = CsvLog(self.path / TASK_ACCURACY, TASK_COLUMNS, enabled)
         self.probe = CsvLog(self.path / PROBE, PROBE_COLUMNS, enabled and probe)
+        self.evals = CsvLog(self.path / EVALS_CSV, EVAL_COLUMNS, enabled)
         self.samples = self.path / SAMPLES
         self._lock_fd: int | None = None
 
@@ -157,6 +161,7 @@ class RunDir:
         self.metrics.truncate_after(step)
         self.task_accuracy.truncate_after(step)
         self.probe.truncate_after(step)
+        self.evals.truncate_after(step)
         trim_lines(self.samples, lambda line: _json_step(line) <= step, header_lines=0)
 
 

@@ -24,7 +24,7 @@ from hamner.device import pick_device
 from hamner.errors import TrainError
 from hamner.model.config import PRESETS
 from hamner.run.directory import CONFIG, RUNS_DIR, RunDir
-from hamner.train.curriculum.spec import OPTIMIZERS, Curriculum, load_curriculum
+from hamner.train.curriculum.spec import OPTIMIZERS, RECIPE_KEYS, Curriculum, Stage, load_curriculum
 from hamner.train.loggers import REPORTERS, missing_packages
 from hamner.train.run_record import recorded_curriculum
 
@@ -68,9 +68,12 @@ class TrainSettings:
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", WHERE)
     max_steps: int | None = setting(None, "stop after N optimizer steps in all (default: when the curriculum "
                                     "ends)", HOW, metavar="N")
-    batch_size: int | None = setting(None, "rows per micro-batch per process", HOW, metavar="B")
-    grad_accum: int = setting(1, "micro-batches per optimizer step", HOW, metavar="K")
-    seq_len: int | None = setting(None, "tokens per row", HOW, metavar="T")
+    batch_size: int | None = setting(None, "rows per micro-batch per process, in every stage (default: the "
+                                     "curriculum's, else the preset's)", HOW, metavar="B")
+    grad_accum: int | None = setting(None, "micro-batches per optimizer step, in every stage (default: the "
+                                     "curriculum's, else 1)", HOW, metavar="K")
+    seq_len: int | None = setting(None, "tokens per row, in every stage (default: the curriculum's, else the "
+                                  "preset's)", HOW, metavar="T")
     lr: float | None = setting(None, "peak learning rate of the first stage; later stages keep their ratio to it "
                                "(default: the curriculum's)", HOW)
     optimizer: str | None = setting(None, "adamw, or muon for the hidden matrices (AdamW for embeddings, norms, "
@@ -103,7 +106,7 @@ class TrainSettings:
 # The fields `resolve` fills in, with their concrete types in RunSettings; every other field of
 # RunSettings keeps its TrainSettings type (None there means really absent, e.g. --resume).
 RESOLVED_TYPES: dict[str, Any] = {
-    "curriculum": str, "stage": int, "out": str, "batch_size": int, "seq_len": int,
+    "curriculum": str, "stage": int, "out": str, "batch_size": int, "grad_accum": int, "seq_len": int,
     "lr": float,  # the first stage's peak rate (--lr is folded into the curriculum, see resolve_run)
     "dtype": str, "log_interval": int, "eval_interval": int, "eval_batches": int, "task_samples": int,
     "report_to": tuple[str, ...],
@@ -116,6 +119,21 @@ RunSettings = make_dataclass(
                "__doc__": "TrainSettings of one run with every default resolved (see `resolve`): one field per "
                           "TrainSettings field, in its order, typed as TrainSettings or RESOLVED_TYPES says."},
 )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The shape of one stage's optimizer steps: rows per micro-batch, micro-batches per step, tokens per row."""
+
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+
+
+def stage_recipe(s: RunSettings, stage: Stage) -> Recipe:
+    """A stage's recipe: its own batch_size / grad_accum / seq_len, else the run's (the command line's, else the
+    curriculum's top level, else the preset's; a value given on the command line has cleared the stages')."""
+    return Recipe(*(getattr(stage, name) or getattr(s, name) for name in RECIPE_KEYS))
 
 
 @dataclass(frozen=True)
@@ -206,13 +224,21 @@ def resolve_run(settings: TrainSettings) -> tuple[RunSettings, Curriculum, torch
     curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
     if settings.lr is not None:
         curriculum = curriculum.with_first_lr(settings.lr)
+    given = {name: getattr(settings, name) for name in RECIPE_KEYS if getattr(settings, name) is not None}
+    if given:
+        curriculum = curriculum.with_recipe(**given)
     return resolve(settings, device, curriculum), curriculum, device
 
 
 def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculum) -> RunSettings:
-    """Every default filled in: from the preset, the device (dtype) and the curriculum (LR, eval interval)."""
+    """Every default filled in: from the preset, the device (dtype) and the curriculum (LR, eval interval,
+    batch size, gradient accumulation, sequence length)."""
     base = PRESET_DEFAULTS.get(settings.preset, GPU_DEFAULTS)
     given = asdict(settings)
+    for name in RECIPE_KEYS:
+        if given[name] is None:
+            given[name] = getattr(curriculum, name)
+    given["grad_accum"] = given["grad_accum"] or 1
     filled = {name: getattr(base, name) if given[name] is None else given[name]
               for name in ("curriculum", "batch_size", "seq_len", "log_interval", "eval_batches", "task_samples")}
     return RunSettings(**{

@@ -23,7 +23,7 @@ from hamner.train import distributed as dist
 from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import Curriculum
 from hamner.train.host_memory import keep_freed_memory
-from hamner.train.settings import DTYPES, RunSettings
+from hamner.train.settings import DTYPES, Recipe, RunSettings
 from hamner.use.load import load_model
 
 
@@ -55,6 +55,10 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
     if s.seq_len > config.max_seq_len:
         raise TrainError(f"--seq-len {s.seq_len} exceeds the context of preset {s.preset!r} "
                          f"({config.max_seq_len} tokens)")
+    try:
+        curriculum.check_seq_len(config.max_seq_len)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     if s.init_from and not Path(s.init_from).exists():
         raise TrainError(f"--init-from {s.init_from}: no checkpoint at {s.init_from}")
     if curriculum.requires_init and not (s.init_from or s.resume):
@@ -146,17 +150,21 @@ def open_run_dir(rundir: RunDir, info: dist.DistInfo, resume: bool, notes: list[
         rundir.log(note)
 
 
-def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, s: RunSettings, step: int,
-                       device: torch.device) -> Prefetcher:
-    """A prefetcher of the micro-batches from optimizer step `step` on, mixed as `controller` says.
+def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, recipe: Recipe, stride: int,
+                       step: int, device: torch.device) -> Prefetcher:
+    """A prefetcher of the current stage's micro-batches (shaped as `recipe` says) from optimizer step `step`
+    on, mixed as `controller` says.
 
     The mixture of step t is read off a frozen copy of the controller (plain fields, no losses
-    needed), so it depends on t only and resumed runs draw the same rows."""
+    needed), so it depends on t only and resumed runs draw the same rows. Micro-batch j of step t is
+    drawn as number t * stride + j, `stride` being the largest grad_accum of any stage, so stages with
+    different accumulation never draw the same rows (with one grad_accum throughout, the numbers run on)."""
     plan = copy.copy(controller)
+    accum = recipe.grad_accum
 
-    def make_batch(micro: int) -> Batch:
-        ahead = micro // s.grad_accum - plan.global_step
-        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-        return sampler.batch(micro, mixture, s.batch_size, s.seq_len)
+    def make_batch(index: int) -> Batch:
+        step_of, micro = divmod(index, accum)
+        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=step_of - plan.global_step))
+        return sampler.batch(step_of * stride + micro, mixture, recipe.batch_size, recipe.seq_len)
 
-    return Prefetcher(make_batch, start_step=step * s.grad_accum, device=device)
+    return Prefetcher(make_batch, start_step=step * accum, device=device)

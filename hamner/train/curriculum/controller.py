@@ -9,7 +9,8 @@ curves. The training loop drives it:
         mix ctrl.weights(),
         synthetic tasks at ctrl.difficulty(); run one optimizer step; ctrl.step_done()
         at log intervals: ctrl.record_losses(losses of the steps since the last call)
-        at eval intervals: ctrl.record_val_loss(v)  (True -> new best: save the best checkpoint)
+        at evaluations: ctrl.record_metrics({"val_loss": v, "length_ppl@1W": p, ...})
+                        (True -> a new best of the keep_best metric: save the best checkpoint)
         if ctrl.should_advance(): save the stage-end checkpoint; ctrl.advance()
         if ctrl.fresh_optimizer_needed: rebuild the optimizer
         at the start of every stage and after a resume: model.set_knob(name, value) for ctrl.model_knobs()
@@ -33,7 +34,7 @@ from itertools import islice
 from typing import Any
 
 from hamner.errors import CheckpointError
-from hamner.train.curriculum.spec import Curriculum, Stage
+from hamner.train.curriculum.spec import Curriculum, MetricRule, Stage
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class StepRates:
 
 
 class CurriculumController:
-    """Tracks stage, steps, plateau strikes and validation history; answers LR, mix and ends."""
+    """Tracks stage, steps, plateau strikes and evaluation history; answers LR, mix and ends."""
 
     def __init__(self, curriculum: Curriculum, n_layers: int | None = None):
         self.curriculum = curriculum
@@ -58,7 +59,9 @@ class CurriculumController:
                     stage.layer_lr_scale.resolve(n_layers)  # fail now, not stages later
         self.stage_index = 0
         self.global_step = 0
-        self.best_val_loss: float | None = None
+        # The metric the best checkpoint follows (keep_best's, else val_loss, lower is better) and its best value.
+        self.best_rule = curriculum.keep_best or MetricRule()
+        self.best_value: float | None = None
         self._owed = 0  # losses still to come for steps of stages already left
         self._start_stage()
 
@@ -218,20 +221,34 @@ class CurriculumController:
         if self.strikes >= rule.strikes:
             self.plateau_step = n
 
-    def record_val_loss(self, val_loss: float) -> bool:
-        """Record one validation evaluation; True when it is the best of the run so far.
+    @property
+    def best_val_loss(self) -> float | None:
+        """The best value so far of the metric the best checkpoint follows (validation loss by default)."""
+        return self.best_value
 
-        Also counts, for the stage's early-stop rule, evaluations that did not beat the stage's
-        best by min_delta.
+    def record_val_loss(self, val_loss: float) -> bool:
+        """Record one validation loss; see record_metrics."""
+        return self.record_metrics({"val_loss": val_loss})
+
+    def record_metrics(self, metrics: dict[str, float]) -> bool:
+        """Record the metrics of one evaluation step; True when the best checkpoint's metric (keep_best's,
+        else val_loss) is among them and is the best of the run so far.
+
+        When the stage's early-stop metric is among them, an evaluation that does not beat the stage's best
+        by min_delta (or is not finite) is a strike; an evaluation without it changes nothing.
         """
-        improved = math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss)
-        if improved:
-            self.best_val_loss = val_loss
+        improved = False
+        value = metrics.get(self.best_rule.metric)
+        if value is not None and math.isfinite(value) and (
+                self.best_value is None or self.best_rule.better(value, self.best_value)):
+            self.best_value = value
+            improved = True
         rule = self.stage.early_stop
-        if rule is not None:
-            if math.isfinite(val_loss) and (self._stage_best_val is None
-                                            or val_loss < self._stage_best_val - rule.min_delta):
-                self._stage_best_val = val_loss
+        if rule is not None and rule.metric in metrics:
+            value = metrics[rule.metric]
+            if math.isfinite(value) and (self._stage_best_val is None
+                                         or rule.better(value, self._stage_best_val, rule.min_delta)):
+                self._stage_best_val = value
                 self._bad_evals = 0
             else:
                 self._bad_evals += 1
@@ -282,7 +299,7 @@ class CurriculumController:
             "losses_seen": self._losses_seen,
             "owed": self._owed,
             "window": list(self._window),
-            "best_val_loss": self.best_val_loss,
+            "best_value": self.best_value,
             "stage_best_val": self._stage_best_val,
             "bad_evals": self._bad_evals,
         }
@@ -305,6 +322,6 @@ class CurriculumController:
         self._losses_seen = state["losses_seen"]
         self._owed = state["owed"]
         self._window.extend(state["window"])
-        self.best_val_loss = state["best_val_loss"]
+        self.best_value = state["best_value"] if "best_value" in state else state["best_val_loss"]  # older runs
         self._stage_best_val = state["stage_best_val"]
         self._bad_evals = state["bad_evals"]
