@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from hamner.data.tokenizer import hub_tokenizer_file
 from hamner.errors import ExportError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
@@ -256,25 +257,18 @@ def byte_tokenizer_json() -> dict:
 
 
 def tokenizer_file(spec: str) -> Path:
-    """The tokenizer.json a spec names: a file, a folder holding one, or a hub name in the local HF cache."""
+    """The tokenizer.json a spec names: a file, a folder holding one, or a hub name (cache, then download;
+    a one-line DataError when neither has it)."""
     source = Path(spec).expanduser()
     if source.is_dir():
         source = source / "tokenizer.json"
     if source.is_file():
         return source
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(spec, "tokenizer.json")
-    except ValueError:  # not a valid hub repository name
-        cached = None
-    if not isinstance(cached, str):
-        raise FileNotFoundError(f"tokenizer {spec!r} is neither a local tokenizer.json nor in the Hugging Face cache")
-    return Path(cached)
+    return hub_tokenizer_file(spec)
 
 
 def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
-    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a cached hub name)."""
+    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a hub name)."""
     if spec == BYTES_SPEC:
         (out_dir / "tokenizer.json").write_text(json.dumps(byte_tokenizer_json(), ensure_ascii=False))
     else:
