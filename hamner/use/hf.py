@@ -150,18 +150,23 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: HamnerConfig) -> di
     return {name: t.detach().contiguous() for name, t in out.items()}
 
 
+def hf_sources(n_layers: int) -> dict[str, tuple[str, ...]]:
+    """Each Hamner parameter name -> the Hugging Face Llama tensors it is made of (several: stacked along rows)."""
+    sources = {ours: (theirs,) for ours, theirs in GLOBAL_NAMES.items()}
+    for i in range(n_layers):
+        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
+        sources.update({ours + name: (theirs + hf,) for name, hf in LAYER_NAMES.items()})
+        sources.update({ours + name: tuple(theirs + hf for hf in parts) for name, parts in FUSED_NAMES.items()})
+    return sources
+
+
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: HamnerConfig) -> dict[str, torch.Tensor]:
     """Hugging Face Llama tensors -> Hamner parameter names with q/k/v and gate/up fused (a missing one: KeyError)."""
     head = tensors.get("lm_head.weight")
     if head is not None and not torch.equal(head, tensors[GLOBAL_NAMES["embed.weight"]]):
         raise ValueError("lm_head.weight differs from the input embedding; Hamner ties the two")
-    state = {ours: tensors[theirs] for ours, theirs in GLOBAL_NAMES.items()}
-    for i in range(config.n_layers):
-        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
-        state.update({ours + name: tensors[theirs + hf] for name, hf in LAYER_NAMES.items()})
-        state.update({ours + name: torch.cat([tensors[theirs + hf] for hf in parts])
-                      for name, parts in FUSED_NAMES.items()})
-    return state
+    return {ours: torch.cat([tensors[name] for name in parts])
+            for ours, parts in hf_sources(config.n_layers).items()}
 
 
 # ----- reading a directory -----
