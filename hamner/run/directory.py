@@ -41,8 +41,10 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # checkpoints/latest: a text file naming the newest complete checkpoint
 
 METRICS_COLUMNS: tuple[str, ...] = (
-    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
+    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s", "bpc",
 )
+# Columns a run written before they existed lacks (bpc: training bits per byte, when the curriculum reports it).
+LATER_METRICS_COLUMNS: tuple[str, ...] = ("bpc",)
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
