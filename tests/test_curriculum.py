@@ -7,8 +7,8 @@ import pytest
 from hamner.errors import CurriculumError
 from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
-SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
-           "concepts-sequential", "concepts-replay", "ttt-extended", "ttt-length-demo"}
+SHIPPED = {"hamner-v3.1", "hamner-v2", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin",
+           "sft", "concepts-sequential", "concepts-replay", "ttt-extended", "ttt-length-demo"}
 
 
 def test_every_shipped_curriculum_loads():
@@ -69,6 +69,16 @@ def test_hamner_4phase_matches_the_issue():
         assert stage.lr == pytest.approx(1e-4 * mult)
         assert (stage.warmup_steps, stage.schedule, stage.min_lr_ratio) == (500, "cosine", 0.1)
         assert stage.layer_lr_scale == LayerLrScale("middle:6", 0.2)
+    assert [s.name for s in c.stages] == ["structure", "stories", "voice", "polish"]
+    assert sum(s.steps for s in c.stages) * 32 * 1024 == pytest.approx(1.05e9, rel=0.01)  # the original's tokens
+
+
+def test_hamner_v2_is_the_originals_fineweb_pretraining():
+    c = load_curriculum("hamner-v2")
+    (stage,) = c.stages
+    assert stage.weights == {"fineweb": 1.0} and c.data_sources() == ["fineweb"]
+    assert (stage.lr, stage.warmup_steps, stage.steps) == (pytest.approx(2e-4), 2000, 400_000)
+    assert (stage.schedule, stage.min_lr_ratio, c.requires_init) == ("cosine", 0.1, False)
 
 
 def test_agiformer_and_tinygpt_and_demo():
@@ -76,6 +86,7 @@ def test_agiformer_and_tinygpt_and_demo():
     assert [s.until_step for s in a.stages] == [3000, 8000, 20000]
     assert [list(s.weights) for s in a.stages] == [["dictionary"], ["children_stories"], ["encyclopedia"]]
     assert a.tokenizer == "bytes" and a.bits_per_byte
+    assert a.eval_interval == 200 and a.keep_best  # the original validated every 200 steps and kept the best
     assert [s.model_knobs for s in a.stages] == [{"plasticity": 0.10}, {"plasticity": 0.50}, {"plasticity": 0.99}]
 
     t = load_curriculum("tinygpt-cosine")

@@ -63,6 +63,10 @@ class HamnerConfig:
     # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
     # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
     hebbian_plasticity: float = 0.99
+    # AGIFORMER's memory block around that recurrence: a LayerNorm on the memory's output (after its
+    # output projection), and biases on its q/k/v and output projections. Off: the bare memory.
+    hebbian_out_norm: bool = False
+    hebbian_bias: bool = False
     # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
     # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
     ttt_mini_batch: int = 16
@@ -189,10 +193,11 @@ PRESETS: dict[str, HamnerConfig] = {
                             intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
                             mlp="moe", n_experts=8, moe_top_k=2, moe_intermediate_size=688),
     # AGIFORMER, byte-level: every layer runs sliding-window attention and the Hebbian memory side by
-    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. 31,005,744 parameters.
+    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. Its memory block is
+    # AGIFORMER's: biased projections and a LayerNorm on its output. 31,024,176 parameters.
     "agiformer-31m": HamnerConfig(vocab_size=257, hidden_size=512, n_layers=6, n_heads=8, n_kv_heads=8,
                                   intermediate_size=1984, max_seq_len=1024, tokenizer="bytes",
-                                  mixer="swa+hebbian", window=128),
+                                  mixer="swa+hebbian", window=128, hebbian_out_norm=True, hebbian_bias=True),
     # TTT-Linear in every layer (mini-batches of 16 tokens), the shape of swa-125m. 123,449,424 parameters.
     # Each layer matches the TTT authors' 125M TTT-Linear layer (ttt-lm-pytorch: tied head, no gate, no
     # conv) parameter for parameter (7,141,660); the total differs from their 110,276,688 by the vocabulary

@@ -43,8 +43,10 @@ EVALS = "evals"  # evals/step-N.json per evaluation step, evals/all_summaries.js
 EVALS_CSV = "evals.csv"  # every scalar an evaluation reports, one row per step and metric
 
 METRICS_COLUMNS: tuple[str, ...] = (
-    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
+    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s", "bpc",
 )
+# Columns a run written before they existed lacks (bpc: training bits per byte, when the curriculum reports it).
+LATER_METRICS_COLUMNS: tuple[str, ...] = ("bpc",)
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
 EVAL_COLUMNS: tuple[str, ...] = ("step", "stage", "metric", "value")
 LOCK = ".lock"
@@ -69,6 +71,7 @@ class CsvLog:
         self.path = Path(path)
         self.columns = columns
         self.enabled = enabled
+        self._header_checked = False
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -76,11 +79,34 @@ class CsvLog:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"{self.path.name} has no column(s) {sorted(unknown)}")
+        if not self._header_checked:
+            self._adopt_columns()
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if f.tell() == 0:
                 writer.writerow(self.columns)
             writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in self.columns])
+
+    def _adopt_columns(self) -> None:
+        """A file written by an older Hamner with other columns (a resumed run) is rewritten, durably, under
+        today's header, each old value under its own column name, so appended rows line up with the header."""
+        self._header_checked = True
+        try:
+            with open(self.path, newline="") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows or tuple(rows[0]) == self.columns:
+            return
+        old = rows[0]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(self.columns)
+        for values in rows[1:]:
+            record = dict(zip(old, values))
+            writer.writerow([record.get(c, "") for c in self.columns])
+        replace_bytes(self.path, out.getvalue().encode())
 
     def truncate_after(self, step: int) -> None:
         """Drop rows whose step is greater than `step` (used when resuming from that step)."""

@@ -59,8 +59,9 @@ class TrainSettings:
     data: str | None = setting(None, "directory holding the prepared shard sources the curriculum names (made "
                                "by hamner prepare); built-in sources need none", WHAT, metavar="DIR")
     stage: int | None = setting(None, "start at stage N (0-based) of the curriculum (default 0)", WHAT, metavar="N")
-    init_from: str | None = setting(None, "start from these weights: a run directory, a checkpoint directory or "
-                                    "a Hugging Face Llama directory", WHAT, metavar="CKPT")
+    init_from: str | None = setting(None, "start from these weights: a run directory, a checkpoint directory, "
+                                    "a Hugging Face Llama directory or a Llama-style state-dict file (.pt, .pth, "
+                                    ".safetensors; read without running code)", WHAT, metavar="CKPT")
     out: str | None = setting(None, "run directory (default runs/<preset>-<timestamp>)", WHERE, metavar="RUN_DIR")
     resume: str | None = setting(None, "continue an interrupted run in RUN_DIR from its latest checkpoint (model, "
                                  "optimizer, curriculum as recorded in the run, data and RNG state); not with --out",

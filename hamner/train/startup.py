@@ -117,8 +117,9 @@ def check_same_model(saved: dict, config: HamnerConfig, run_dir: Path, preset: s
 
 def load_init_weights(model: torch.nn.Module, path: str, config: HamnerConfig, tokenizer: Tokenizer,
                       preset: str) -> None:
-    """--init-from: weights of the same shape and vocabulary into `model`."""
-    source, saved = load_model(path)
+    """--init-from: weights of the same shape and vocabulary into `model` (a bare state-dict file is read
+    into a model of `config`)."""
+    source, saved = load_model(path, config=config)
     if saved.to_dict() | {"tokenizer": None} != config.to_dict() | {"tokenizer": None}:
         raise TrainError(f"--init-from {path}: its model shape differs from preset {preset!r}")
     if saved.tokenizer != config.tokenizer and load_tokenizer(saved.tokenizer).fingerprint != tokenizer.fingerprint:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.errors import CheckpointError, TrainError
+from hamner.eval.loss import token_byte_lengths
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
 from hamner.run import checkpoint as ckpt
@@ -125,6 +126,9 @@ class Trainer:
         self.progress = Progress()
         self.window = DeviceWindow(device)
         self.metrics = MetricsWindow()
+        # UTF-8 bytes per token id, when the curriculum reports bits per byte (the bpc column)
+        self._token_bytes = (torch.from_numpy(token_byte_lengths(self.tokenizer)).to(device)
+                             if curriculum.bits_per_byte else None)
         self.state = TrainState()  # everything a resumed run needs besides the weights
         for name, part in (("progress", self.progress), ("controller", self.controller), ("optimizer", self.optim),
                            ("scaler", self.scaler), ("sampler", self.sampler), ("metrics", self.metrics),
@@ -273,6 +277,10 @@ class Trainer:
         result = train_step(self._loss, [(b.idx, b.targets, b.segment_ids) for b in batches], self.optim.optimizers,
                             scaler=self.scaler, autocast_dtype=self.dtype, no_sync=no_sync)
         self.window.add(result)
+        if self._token_bytes is not None:
+            targets = torch.stack([b.targets for b in batches])
+            counted = targets >= 0  # masked-out targets are IGNORE_INDEX
+            self.window.add_text(torch.where(counted, self._token_bytes[targets.clamp(min=0)], 0).sum(), counted.sum())
         self.controller.step_done()
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from hamner.data.tokenizer import hub_tokenizer_file
 from hamner.errors import CheckpointError, ExportError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
@@ -149,18 +150,23 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: HamnerConfig) -> di
     return {name: t.detach().contiguous() for name, t in out.items()}
 
 
+def hf_sources(n_layers: int) -> dict[str, tuple[str, ...]]:
+    """Each Hamner parameter name -> the Hugging Face Llama tensors it is made of (several: stacked along rows)."""
+    sources = {ours: (theirs,) for ours, theirs in GLOBAL_NAMES.items()}
+    for i in range(n_layers):
+        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
+        sources.update({ours + name: (theirs + hf,) for name, hf in LAYER_NAMES.items()})
+        sources.update({ours + name: tuple(theirs + hf for hf in parts) for name, parts in FUSED_NAMES.items()})
+    return sources
+
+
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: HamnerConfig) -> dict[str, torch.Tensor]:
     """Hugging Face Llama tensors -> Hamner parameter names with q/k/v and gate/up fused (a missing one: KeyError)."""
     head = tensors.get("lm_head.weight")
     if head is not None and not torch.equal(head, tensors[GLOBAL_NAMES["embed.weight"]]):
         raise CheckpointError("lm_head.weight differs from the input embedding; Hamner ties the two")
-    state = {ours: tensors[theirs] for ours, theirs in GLOBAL_NAMES.items()}
-    for i in range(config.n_layers):
-        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
-        state.update({ours + name: tensors[theirs + hf] for name, hf in LAYER_NAMES.items()})
-        state.update({ours + name: torch.cat([tensors[theirs + hf] for hf in parts])
-                      for name, parts in FUSED_NAMES.items()})
-    return state
+    return {ours: torch.cat([tensors[name] for name in parts])
+            for ours, parts in hf_sources(config.n_layers).items()}
 
 
 # ----- reading a directory -----
@@ -256,25 +262,18 @@ def byte_tokenizer_json() -> dict:
 
 
 def tokenizer_file(spec: str) -> Path:
-    """The tokenizer.json a spec names: a file, a folder holding one, or a hub name in the local HF cache."""
+    """The tokenizer.json a spec names: a file, a folder holding one, or a hub name (cache, then download;
+    a one-line DataError when neither has it)."""
     source = Path(spec).expanduser()
     if source.is_dir():
         source = source / "tokenizer.json"
     if source.is_file():
         return source
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(spec, "tokenizer.json")
-    except ValueError:  # not a valid hub repository name
-        cached = None
-    if not isinstance(cached, str):
-        raise FileNotFoundError(f"tokenizer {spec!r} is neither a local tokenizer.json nor in the Hugging Face cache")
-    return Path(cached)
+    return hub_tokenizer_file(spec)
 
 
 def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
-    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a cached hub name)."""
+    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a hub name)."""
     if spec == BYTES_SPEC:
         (out_dir / "tokenizer.json").write_text(json.dumps(byte_tokenizer_json(), ensure_ascii=False))
     else:
