@@ -17,6 +17,9 @@ from hamner.errors import DataError
 
 EOT = "<|endoftext|>"
 MAX_VOCAB = 65_536
+# Short specs -> the hub repositories that hold them, newest name first: GPT-2's 50,257-token BPE moved from
+# "gpt2" to "openai-community/gpt2", and a local cache may hold it under either.
+HUB_ALIASES: dict[str, tuple[str, ...]] = {"gpt2": ("openai-community/gpt2", "gpt2")}
 
 
 class Tokenizer(ABC):
@@ -153,7 +156,8 @@ class HFTokenizer(Tokenizer):
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """"bytes", a path to a tokenizer.json (or a folder holding one), or a hub name found in the local HF cache."""
+    """"bytes", a path to a tokenizer.json (or a folder holding one), or a hub name found in the local HF cache
+    ("gpt2" is GPT-2's tokenizer, see HUB_ALIASES)."""
     if spec == "bytes":
         return ByteTokenizer()
     path = Path(spec).expanduser()
@@ -166,17 +170,20 @@ def load_tokenizer(spec: str) -> Tokenizer:
     return HFTokenizer(spec, _cached_hub_file(spec))
 
 
-def _cached_hub_file(repo_id: str) -> Path:
-    """tokenizer.json of a hub repository, looked up only in the local cache (never downloaded)."""
+def _cached_hub_file(spec: str) -> Path:
+    """tokenizer.json of a hub repository (or of the repositories an alias names, the first cached one), looked
+    up only in the local cache (never downloaded)."""
     from huggingface_hub import try_to_load_from_cache
 
-    try:
-        found = try_to_load_from_cache(repo_id, "tokenizer.json")
-    except Exception:  # an invalid repo id raises a validation error
-        found = None
-    if not isinstance(found, str):
-        raise DataError(
-            f"tokenizer {repo_id!r} is not in the local Hugging Face cache; "
-            "pass the path to its tokenizer.json instead (--tokenizer path/to/tokenizer.json) or use --tokenizer bytes"
-        )
-    return Path(found)
+    repo_ids = HUB_ALIASES.get(spec, (spec,))
+    for repo_id in repo_ids:
+        try:
+            found = try_to_load_from_cache(repo_id, "tokenizer.json")
+        except Exception:  # an invalid repo id raises a validation error
+            found = None
+        if isinstance(found, str):
+            return Path(found)
+    raise DataError(
+        f"tokenizer {' or '.join(map(repr, repo_ids))} is not in the local Hugging Face cache; "
+        "pass the path to its tokenizer.json instead (--tokenizer path/to/tokenizer.json) or use --tokenizer bytes"
+    )
