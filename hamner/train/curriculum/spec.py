@@ -11,6 +11,10 @@ the default, or `"assistant"`: only the assistant's replies, from the data's los
 `packing = "document"` keeps attention inside each document of a packed row and restarts
 positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
 (a JSONL file or a built-in set, see hamner.eval.probe) scored at every stage end.
+
+Time: `time_budget` ("3h", "90m", "2h30m" or seconds) stops the run at that wall-clock time with a
+checkpoint; `fit_schedule = true` fits the last stage's cosine or wsd decay to it (see
+hamner.train.curriculum.budget and the controller).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Any
 from hamner.data.mixture import CONCEPTS_PREFIX, SYNTHETIC_TASK_PREFIX, is_builtin_source, is_synthetic_source
 from hamner.errors import CurriculumError
 from hamner.toml_table import TomlTable, read_toml
+from hamner.train.curriculum.budget import parse_duration
 
 CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
 
@@ -45,12 +50,13 @@ _MIDDLE = re.compile(r"^middle:(\d+)$")
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
     "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
+    "time_budget", "fit_schedule",
 }
 _SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape",
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape", "decay_steps",
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
 _EARLY_STOP_KEYS = ("patience", "min_delta")
@@ -130,6 +136,7 @@ class Stage:
     muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
     decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
     decay_shape: str = "1-sqrt"  # wsd: "linear" or "1-sqrt"
+    decay_steps: int | None = None  # cosine: the stage step by which it reaches its floor (None: the stage's end)
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,8 @@ class Curriculum:
     source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
     packing: str  # "stream" or "document"
     probe: str | None  # probe file or built-in probe name, scored at every stage end
+    time_budget: float | None = None  # seconds of wall-clock time the run may take, None: no limit
+    fit_schedule: bool = False  # fit the last stage's decay to the time budget
 
     def with_first_lr(self, lr: float) -> Curriculum:
         """This curriculum with `lr` as the first stage's peak rate (--lr): every stage's AdamW and Muon
@@ -242,6 +251,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
     packing = top.text("packing", "stream", PACKINGS)
     used = {name for stage in stages for name in stage.weights}
+    time_budget, fit_schedule = _parse_time(top, stages[-1])
     return Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
@@ -256,7 +266,29 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         source_loss=_parse_sources(raw.get("sources", {}), f"{path.name}: sources", used),
         packing=packing,
         probe=top.text("probe"),
+        time_budget=time_budget,
+        fit_schedule=fit_schedule,
     )
+
+
+def _parse_time(top: TomlTable, last: Stage) -> tuple[float | None, bool]:
+    """`time_budget` in seconds (None when unset) and `fit_schedule`, which fits the last stage's decay to it:
+    that stage must decay (cosine or wsd) over its whole length (no decay_steps). The budget may also come
+    from --time-budget, so fit_schedule does not need one here."""
+    time_budget = None
+    if top.has("time_budget"):
+        try:
+            time_budget = parse_duration(top.table["time_budget"])
+        except ValueError as exc:
+            raise top.fail("time_budget", str(exc)) from None
+    fit = top.flag("fit_schedule", False)
+    if fit and last.schedule not in ("cosine", "wsd"):
+        raise top.fail("fit_schedule", f"fits the last stage's decay to the time budget, but stage {last.name!r} "
+                                       f"has schedule {last.schedule!r}; use \"cosine\" or \"wsd\"")
+    if fit and last.decay_steps is not None:
+        raise top.fail("fit_schedule", f"fits the last stage's whole cosine to the time budget; stage "
+                                       f"{last.name!r} must not set decay_steps")
+    return time_budget, fit
 
 
 def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
@@ -303,6 +335,9 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
     for key in ("decay_fraction", "decay_shape"):
         if schedule != "wsd" and f.has(key):
             raise f.fail(key, "only applies to schedule = \"wsd\"")
+    warmup_steps = f.integer("warmup_steps", 0)
+    steps = f.integer("steps", minimum=1)
+    decay_steps = _parse_decay_steps(f, schedule, warmup_steps, steps)
     decay_shape = f.text("decay_shape", "1-sqrt", DECAY_SHAPES)
 
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
@@ -321,10 +356,10 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         weights=weights,
         difficulty=difficulty,
         lr=lr,
-        warmup_steps=f.integer("warmup_steps", 0),
+        warmup_steps=warmup_steps,
         schedule=schedule,
         min_lr_ratio=f.number("min_lr_ratio", 0.0, low=0.0, high=1.0),
-        steps=f.integer("steps", minimum=1),
+        steps=steps,
         until_step=f.integer("until_step", minimum=1),
         max_steps=f.integer("max_steps", minimum=1),
         plateau=plateau,
@@ -337,7 +372,24 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
         decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
         decay_shape=decay_shape,
+        decay_steps=decay_steps,
     )
+
+
+def _parse_decay_steps(f: TomlTable, schedule: str, warmup_steps: int, steps: int | None) -> int | None:
+    """A cosine stage's `decay_steps`: the stage step by which the cosine reaches its floor, after the warm-up
+    and within a fixed-length stage; the stage then stays at the floor."""
+    if not f.has("decay_steps"):
+        return None
+    if schedule != "cosine":
+        raise f.fail("decay_steps", "only applies to schedule = \"cosine\"")
+    decay_steps = f.integer("decay_steps", minimum=1)
+    if decay_steps <= warmup_steps:
+        raise f.fail("decay_steps", f"is the stage step the cosine ends at, so it must exceed warmup_steps "
+                                    f"({warmup_steps}), got {decay_steps}")
+    if steps is not None and decay_steps > steps:
+        raise f.fail("decay_steps", f"must not exceed the stage's steps ({steps}), got {decay_steps}")
+    return decay_steps
 
 
 def _parse_weights(table: Any, where: str) -> dict[str, float]:
