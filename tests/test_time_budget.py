@@ -231,11 +231,12 @@ def test_a_run_stops_at_its_budget_decayed_and_resumes_with_its_time_used(tmp_pa
     path = tmp_path / "budget.toml"
     path.write_text(RUN_CURRICULUM)
     clock = FakeClock(tick=0.25)  # every reading moves it, so each step takes about a second
-    first = train(tiny_settings(tmp_path / "run", path, time_budget="20s"), clock=clock)
+    first = train(tiny_settings(tmp_path / "run", path, time_budget="20s", log_interval=4), clock=clock)
     assert first.reason == "time_budget" and 5 < first.step < 40
     assert f"time budget 20s reached at step {first.step}; checkpoint saved" in capsys.readouterr().out
     assert ckpt.resolve_checkpoint(tmp_path / "run").name == ckpt.step_name(first.step)
     rows = metrics(tmp_path / "run")
+    assert int(rows[-1]["step"]) == first.step
     # the last row is written just before the deadline check reads the clock again
     assert float(rows[-1]["elapsed_s"]) > 19 and float(rows[-1]["lr"]) <= 3e-4 * 1.2  # near the floor
     assert [float(r["lr"]) for r in rows[2:]] == sorted((float(r["lr"]) for r in rows[2:]), reverse=True)

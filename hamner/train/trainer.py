@@ -230,6 +230,8 @@ class Trainer:
                     break
                 if out_of_time and not self.controller.finished:
                     self._drain()
+                    if self.metrics.pending:  # the last row, with the rate the schedule ended at
+                        self._write_metrics(None)
                     self._save([ckpt.step_name(self.progress.step)])
                     self._say(f"time budget {format_duration(self.budget.seconds)} reached at step "
                               f"{self.progress.step}; checkpoint saved, resume with --resume {self.rundir.path} "
