@@ -38,6 +38,7 @@ VARIANTS = {
     "diff_attention": dict(mixer="diff_attention"),
     "swa+diff_attention": dict(mixer="swa+diff_attention", window=3),
     "hybrid": dict(layer_mixers=["swa", "attention"], window=5),
+    "gelu_mlp": dict(mlp="gelu"),  # GPT-2's MLP under plain attention
 }
 
 
@@ -230,6 +231,7 @@ PRESET_PARAMETERS = {
     "swa-125m": (122_702_592, 122_702_592),
     "diffattn-50m": (47_193_600, 47_193_600),
     "moe-50m": (98_083_328, 47_358_464),
+    "tinygpt-50m": (50_926_592, 50_926_592),
 }
 
 

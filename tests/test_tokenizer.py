@@ -136,3 +136,31 @@ def test_hub_name_resolves_through_local_cache(shared_data, tmp_path, monkeypatc
     tok = load_tokenizer("HuggingFaceTB/cosmo2-tokenizer")
     assert (tok.name, tok.vocab_size, tok.eos_id) == ("HuggingFaceTB/cosmo2-tokenizer", 49_152, 0)
     assert tok.fingerprint == load_tokenizer(str(shared_data / "cosmo2_tokenizer.json")).fingerprint
+
+
+def _cache_hub_file(cache, repo_id, source):
+    """Put `source` in a Hugging Face cache at `cache` as repo_id's tokenizer.json (what a download leaves)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    shutil.copy(source, snapshot / "tokenizer.json")
+
+
+@pytest.mark.parametrize("repo_id", ["openai-community/gpt2", "gpt2"])
+def test_gpt2_resolves_to_gpt2s_hub_tokenizer_under_either_name(tmp_path, monkeypatch, repo_id):
+    source = _word_level(tmp_path, 12)  # a small stand-in: tests download nothing
+    _cache_hub_file(tmp_path / "cache", repo_id, source)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    tok = load_tokenizer("gpt2")
+    assert (tok.name, tok.vocab_size, tok.eos_id) == ("gpt2", 13, 12)
+    assert tok.fingerprint == load_tokenizer(source).fingerprint
+
+
+def test_an_uncached_gpt2_is_one_line_naming_both_repositories(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError, match="tokenizer 'openai-community/gpt2' or 'gpt2' is not in the local Hugging "
+                                        "Face cache; pass the path to its tokenizer.json") as err:
+        load_tokenizer("gpt2")
+    assert "\n" not in str(err.value)

@@ -30,7 +30,7 @@ class HamnerConfig:
     `mixer` names the token mixer of every block ("attention", "swa", "diff_attention", ... see
     `hamner.model.mixers.MIXERS`); several joined by "+" (e.g. "swa+hebbian") run side by side on the
     same normed input and their outputs are summed. `layer_mixers` (one such name per layer)
-    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu" or "moe", `hamner.model.mlps.MLPS`).
+    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu", "moe" or "gelu", `hamner.model.mlps.MLPS`).
     The remaining fields are settings of particular mixers and MLPs, checked by their `check_config`
     (`hamner.model.mixers.settings`, `hamner.model.mlps.settings`) and ignored by the others.
     """
@@ -60,6 +60,8 @@ class HamnerConfig:
     moe_intermediate_size: int | None = None
     moe_balance_weight: float = 0.01
     moe_z_weight: float = 0.001
+    # GPT-2's MLP ("gelu"): the GELU's form, "tanh" (GPT-2's approximation) or "none" (exact).
+    gelu_approximate: str = "tanh"
     # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
     # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
     hebbian_plasticity: float = 0.99
@@ -166,6 +168,7 @@ class HamnerConfig:
 
 
 COSMO2_TOKENIZER = "HuggingFaceTB/cosmo2-tokenizer"
+GPT2_TOKENIZER = "gpt2"  # GPT-2's 50,257-token BPE, from the local Hugging Face cache (hamner.data.tokenizer)
 
 PRESETS: dict[str, HamnerConfig] = {
     # 47,190,528 parameters.
@@ -206,6 +209,11 @@ PRESETS: dict[str, HamnerConfig] = {
     "ttt-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
                              intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
                              mixer="ttt_linear"),
+    # tiny_gpt's plan: 8 layers of 8 heads at width 512, GPT-2's 4x GELU MLP (d_ff 2048, biases), context 512,
+    # GPT-2's vocabulary, output head tied to the embedding as in GPT-2. Hamner's block keeps its RMSNorm and
+    # RoPE (no learned positions): 50,926,592 parameters.
+    "tinygpt-50m": HamnerConfig(vocab_size=50257, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=8,
+                                intermediate_size=2048, max_seq_len=512, tokenizer=GPT2_TOKENIZER, mlp="gelu"),
 }
 
 

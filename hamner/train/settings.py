@@ -24,6 +24,7 @@ from hamner.device import pick_device
 from hamner.errors import TrainError
 from hamner.model.config import PRESETS
 from hamner.run.directory import CONFIG, RUNS_DIR, RunDir
+from hamner.train.curriculum.budget import parse_duration
 from hamner.train.curriculum.spec import OPTIMIZERS, RECIPE_KEYS, Curriculum, Stage, load_curriculum
 from hamner.train.loggers import REPORTERS, missing_packages
 from hamner.train.run_record import recorded_curriculum
@@ -75,6 +76,11 @@ class TrainSettings:
                                      "curriculum's, else 1)", HOW, metavar="K")
     seq_len: int | None = setting(None, "tokens per row, in every stage (default: the curriculum's, else the "
                                   "preset's)", HOW, metavar="T")
+    time_budget: str | None = setting(None, "stop at this wall-clock time (e.g. 90m, 3h, 2h30m or seconds), "
+                                      "saving a checkpoint as on SIGTERM; a resumed run counts the time it already "
+                                      "used; with fit_schedule = true in the curriculum the last stage's decay ends "
+                                      "there (default: the curriculum's time_budget, else none)", HOW,
+                                      metavar="DURATION")
     lr: float | None = setting(None, "peak learning rate of the first stage; later stages keep their ratio to it "
                                "(default: the curriculum's)", HOW)
     optimizer: str | None = setting(None, "adamw, or muon for the hidden matrices (AdamW for embeddings, norms, "
@@ -111,6 +117,7 @@ RESOLVED_TYPES: dict[str, Any] = {
     "lr": float,  # the first stage's peak rate (--lr is folded into the curriculum, see resolve_run)
     "dtype": str, "log_interval": int, "eval_interval": int, "eval_batches": int, "task_samples": int,
     "report_to": tuple[str, ...],
+    "time_budget": float | None,  # seconds
 }
 RunSettings = make_dataclass(
     "RunSettings",
@@ -158,11 +165,13 @@ PRESET_DEFAULTS: dict[str, PresetDefaults] = {
                            eval_batches=2, task_samples=100),
     **{name: replace(GPU_DEFAULTS, curriculum="builtin")
        for name in ("swa-125m", "diffattn-50m", "moe-50m", "agiformer-31m", "ttt-125m")},
+    # tiny_gpt's plan: TinyStories (prepared with --tokenizer gpt2), batch 192 x 512 tokens.
+    "tinygpt-50m": replace(GPU_DEFAULTS, curriculum="tinygpt-cosine"),  # batch 192 x 512: in the curriculum
 }
 # Flags that may differ from the original run when resuming it.
 RESUMABLE_OVERRIDES = {"max_steps", "device", "compile", "log_interval", "eval_interval", "eval_batches",
                        "save_interval", "keep_checkpoints", "max_bad_steps", "task_samples", "sample_tokens",
-                       "threads", "report_to"}
+                       "threads", "report_to", "time_budget"}
 
 
 def flag(name: str) -> str:
@@ -250,7 +259,22 @@ def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculu
         "dtype": settings.dtype or ("bf16" if device.type == "cuda" else "fp32"),
         "eval_interval": settings.eval_interval or curriculum.eval_interval,
         "report_to": tuple(dict.fromkeys(settings.report_to)),
+        "time_budget": time_budget_seconds(settings.time_budget, curriculum),
     })
+
+
+def time_budget_seconds(given: str | None, curriculum: Curriculum) -> float | None:
+    """The run's time budget in seconds: --time-budget, else the curriculum's, else None. A curriculum that
+    fits its schedule to the budget needs one."""
+    if given is not None:
+        try:
+            return parse_duration(given)
+        except ValueError as exc:
+            raise TrainError(f"--time-budget: {exc}") from None
+    if curriculum.time_budget is None and curriculum.fit_schedule:
+        raise TrainError(f"curriculum {curriculum.name} sets fit_schedule = true, which needs a time budget: "
+                         "give --time-budget (e.g. --time-budget 3h) or time_budget in the curriculum")
+    return curriculum.time_budget
 
 
 def resume_settings(run_dir: Path, given: dict[str, Any]) -> TrainSettings:

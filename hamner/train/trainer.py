@@ -17,7 +17,8 @@ ranks (distributed), document packing (hamner.model.packing).
   device and are read at log intervals (and before checkpoints and stage ends);
 - a non-finite loss skips the update (without a host sync off the CPU; see hamner.train.optim.step_if_finite)
   and is counted; `max_bad_steps` in a row stop the run, keeping the last good checkpoint;
-- SIGINT / SIGTERM finish the step, save a checkpoint and return normally;
+- SIGINT / SIGTERM finish the step, save a checkpoint and return normally, and so does reaching the
+  time budget (hamner.train.curriculum.budget), whose time used carries over a resume;
 - batches are prefetched in a background thread; the mixture for step t is a function of t, so a
   resumed run sees exactly the batches the uninterrupted run would have.
 """
@@ -27,6 +28,7 @@ import contextlib
 import gc
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from hamner.eval.tasks import format_table
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RunDir, checkpoints_dir
 from hamner.train import distributed as dist
+from hamner.train.curriculum.budget import TimeBudget, format_duration
 from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import Curriculum, Evaluation, Stage
 from hamner.train.evaluation import EvalRecord, EvalSummary, TrainEvaluator
@@ -74,18 +77,19 @@ class TrainResult:
 
     run_dir: Path
     step: int
-    reason: str  # "finished", "max_steps", "signal", "non_finite"
+    reason: str  # "finished", "max_steps", "signal", "time_budget", "non_finite"
     losses: list[float] = field(default_factory=list)  # every logged-window mean, for callers and tests
     task_accuracy: dict[str, dict[float, float]] = field(default_factory=dict)
 
 
-def train(settings: TrainSettings) -> TrainResult:
-    """Run (or resume) one training run to its end; see the module docstring."""
+def train(settings: TrainSettings, clock: Callable[[], float] = time.perf_counter) -> TrainResult:
+    """Run (or resume) one training run to its end; see the module docstring. `clock` (seconds) measures the
+    run's elapsed time and its time budget."""
     resolved, curriculum, device = resolve_run(settings)
     info = dist.init_distributed(device.type)
     trainer = None
     try:
-        trainer = Trainer(resolved, curriculum, info, dist.device_for(info, device), given=settings)
+        trainer = Trainer(resolved, curriculum, info, dist.device_for(info, device), given=settings, clock=clock)
         result = trainer.run()
         dist.barrier(info)  # no rank leaves the process group while another still has work in flight
         return result
@@ -103,8 +107,10 @@ class Trainer:
     """One training run: built from resolved settings, then `run()` once."""
 
     def __init__(self, s: RunSettings, curriculum: Curriculum, info: dist.DistInfo, device: torch.device,
-                 given: TrainSettings) -> None:
+                 given: TrainSettings, clock: Callable[[], float] = time.perf_counter) -> None:
         self.s, self.curriculum, self.dist, self.device = s, curriculum, info, device
+        self.clock = clock
+        self.budget = TimeBudget(s.time_budget, clock) if s.time_budget is not None else None
         self.dtype = configure_torch(s, device)
         self.config, self.tokenizer = checked_tokenizer(checked_model_config(s, curriculum), s)
         # Data first: a missing source stops the run before anything is built or written.
@@ -214,6 +220,9 @@ class Trainer:
         if self.s.max_steps is not None and self.progress.step >= self.s.max_steps:
             raise TrainError(f"{run_dir} already reached step {self.progress.step} (--max-steps {self.s.max_steps}); "
                              "give a larger --max-steps to continue it")
+        if self.budget is not None and self.progress.elapsed >= self.budget.seconds:
+            raise TrainError(f"{run_dir} already used {self.progress.elapsed:.0f}s of its time budget "
+                             f"{format_duration(self.budget.seconds)}; give a larger --time-budget to continue it")
         self.rundir.resume_at(self.progress.step)
         self.records.resume_at(self.progress.step)
         self.rundir.log(f"resumed from {target} at step {self.progress.step}")
@@ -230,7 +239,9 @@ class Trainer:
         self._enter_stage()
         if self.progress.step == 0:
             self._at_start()
-        started = time.perf_counter() - self.progress.elapsed
+        started = self.clock() - self.progress.elapsed
+        if self.budget is not None:
+            self.budget.start(self.progress.elapsed)
         reason = "finished"
         with StopSignals() as stop, self._bar:
             while not self.controller.finished:
@@ -238,10 +249,21 @@ class Trainer:
                     reason = "max_steps"
                     break
                 self._train_step()
-                self.progress.elapsed = time.perf_counter() - started
+                self.progress.elapsed = self.clock() - started
                 self._bar.update(1)
+                out_of_time = self._budget_step()
                 if self._after_step() == "non_finite":
                     reason = "non_finite"
+                    break
+                if out_of_time and not self.controller.finished:
+                    self._drain()
+                    if self.metrics.pending:  # the last row, with the rate the schedule ended at
+                        self._write_metrics(None)
+                    self._save([ckpt.step_name(self.progress.step)])
+                    self._say(f"time budget {format_duration(self.budget.seconds)} reached at step "
+                              f"{self.progress.step}; checkpoint saved, resume with --resume {self.rundir.path} "
+                              "--time-budget LONGER")
+                    reason = "time_budget"
                     break
                 if dist.any_rank(stop.received is not None, self.dist):
                     self._drain()
@@ -254,6 +276,15 @@ class Trainer:
         self._record_results(reason)
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
                            task_accuracy=final_tasks)
+
+    def _budget_step(self) -> bool:
+        """After a step: tell the controller how many steps the time budget leaves (the same number on
+        every rank, so they all apply the same learning rate); whether the budget is spent (on any rank)."""
+        if self.budget is None:
+            return False
+        self.budget.step_done()
+        self.controller.fit_to(dist.min_over_ranks(self.budget.steps_left(), self.dist))
+        return dist.any_rank(self.budget.expired(), self.dist)
 
     def _enter_stage(self) -> None:
         """Begin training the current stage, at the start of `run()` (also after a resume) and after each

@@ -27,3 +27,17 @@ class MoESettings:
             value = getattr(config, name)
             if not number(value) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+
+
+GELU_APPROXIMATIONS = ("tanh", "none")
+
+
+class GELUSettings:
+    """The GELU MLP reads `gelu_approximate`: "tanh" (GPT-2's) or "none" (the exact erf form)."""
+
+    @classmethod
+    def check_config(cls, config: HamnerConfig) -> None:
+        """`gelu_approximate` is one of GELU_APPROXIMATIONS."""
+        if config.gelu_approximate not in GELU_APPROXIMATIONS:
+            raise ConfigError(f"gelu_approximate must be one of {', '.join(map(repr, GELU_APPROXIMATIONS))} for the "
+                             f"gelu MLP, got {config.gelu_approximate!r}")

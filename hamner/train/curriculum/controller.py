@@ -23,6 +23,14 @@ then ends at the next should_advance() call.
 Stage length (used by ramps, cosine and wsd): `steps`, or `until_step` minus the global step the
 stage started at, or `max_steps` for stages that end on a plateau or early stop (their
 difficulty ramp, cosine and wsd decay run over the cap).
+
+Time budget (`fit_schedule`): the loop tells the controller after every step how many more steps fit in the
+run's time budget at the measured throughput (`fit_to(steps_left)`, see hamner.train.curriculum.budget).
+In the last stage the schedule then runs over the steps the stage will really get, the fewer of its planned
+length and the steps the budget leaves, so the decay ends at the deadline: a cosine spans them after its
+warm-up; a wsd stage starts decaying when the steps left are its `decay_fraction` of them, and from then on
+its decay start stays put, so the learning rate only falls. Until the throughput is known (and without a
+budget) the planned length is used.
 """
 from __future__ import annotations
 
@@ -52,6 +60,7 @@ class CurriculumController:
 
     def __init__(self, curriculum: Curriculum, n_layers: int | None = None):
         self.curriculum = curriculum
+        self.steps_left: int | None = None  # steps the time budget still allows (see fit_to), None: unknown
         self.n_layers = n_layers
         if n_layers is not None:
             for stage in curriculum.stages:
@@ -75,6 +84,7 @@ class CurriculumController:
         self._window: deque[float] = deque(maxlen=rule.window + rule.recent if rule else 0)
         self._stage_best_val: float | None = None
         self._bad_evals = 0
+        self._fit_decay_start: int | None = None  # the stage step a fitted wsd decay began at
 
     # ----- what the current stage wants -----
 
@@ -106,10 +116,10 @@ class CurriculumController:
         return (not self.finished and self.stage_index > 0 and self.stage_step == 0
                 and self.stage.fresh_optimizer)
 
-    def _progress(self, start: int, steps_ahead: int = 0) -> float:
+    def _progress(self, start: int, steps_ahead: int = 0, length: int | None = None) -> float:
         """Where the step about to run (or one `steps_ahead` later) lies between stage step `start`
-        and the stage's last step, in [0, 1]."""
-        span = self.stage_length - 1 - start
+        and the stage's last step (of a stage `length` steps long; default its planned length), in [0, 1]."""
+        span = (self.stage_length if length is None else length) - 1 - start
         return min(1.0, max(0.0, (self.stage_step + steps_ahead - start) / span)) if span > 0 else 1.0
 
     def rates(self) -> StepRates:
@@ -128,22 +138,58 @@ class CurriculumController:
         """The schedule's share of the peak for the step about to run: linear warmup, then
         constant, cosine to `min_lr_ratio`, or wsd (warmup-stable-decay: the peak until the last
         `decay_fraction` of the stage, then down to `min_lr_ratio` along `decay_shape`, where
-        "linear" is 1 - p and "1-sqrt" is 1 - sqrt(p) for p going 0 -> 1 over the decay)."""
+        "linear" is 1 - p and "1-sqrt" is 1 - sqrt(p) for p going 0 -> 1 over the decay). A cosine
+        with `decay_steps` reaches its floor at that stage step and stays there. With `fit_schedule`
+        the last stage's length is the one the time budget leaves (see the module docstring)."""
         stage = self.stage
         if self.stage_step < stage.warmup_steps:
             return (self.stage_step + 1) / stage.warmup_steps
         if stage.schedule == "constant":
             return 1.0
+        length = self.fitted_length()
         if stage.schedule == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps)))
+            shape = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps,
+                                                                  length=stage.decay_steps or length)))
         else:
-            decay_steps = math.ceil(stage.decay_fraction * self.stage_length)
-            decay_start = max(stage.warmup_steps, self.stage_length - decay_steps)
+            decay_start = self._wsd_decay_start(length)
             if self.stage_step < decay_start:
                 return 1.0
-            p = self._progress(decay_start)
+            p = self._progress(decay_start, length=length)
             shape = 1.0 - (p if stage.decay_shape == "linear" else math.sqrt(p))
         return stage.min_lr_ratio + (1.0 - stage.min_lr_ratio) * shape
+
+    def _wsd_decay_start(self, length: int) -> int:
+        """The stage step a wsd stage of `length` steps starts decaying at (once a fitted decay began, that step)."""
+        if self._fit_decay_start is not None:
+            return self._fit_decay_start
+        return max(self.stage.warmup_steps, length - math.ceil(self.stage.decay_fraction * length))
+
+    # ----- the time budget -----
+
+    @property
+    def fitting(self) -> bool:
+        """Whether the current stage's schedule is fitted to the time budget (fit_schedule, last stage)."""
+        return (self.curriculum.fit_schedule and not self.finished
+                and self.stage_index == len(self.curriculum.stages) - 1)
+
+    def fitted_length(self) -> int:
+        """The current stage's length for its schedule: the planned one, or, when fitting and the throughput
+        is known, the fewer steps the time budget leaves (at least the steps already done and the next)."""
+        if not self.fitting or self.steps_left is None:
+            return self.stage_length
+        return min(self.stage_length, self.stage_step + max(1, self.steps_left))
+
+    def fit_to(self, steps_left: int | None) -> None:
+        """After a step: how many more steps fit in the time budget. None (the throughput of a resumed session
+        is not measured yet) counts the last estimate down by the step just done. A fitted wsd stage whose
+        next step falls in the decay fixes its decay start there."""
+        if steps_left is not None:
+            self.steps_left = steps_left
+        elif self.steps_left is not None:
+            self.steps_left = max(0, self.steps_left - 1)
+        if (self.fitting and self.stage.schedule == "wsd" and self._fit_decay_start is None
+                and self.stage_step >= self._wsd_decay_start(self.fitted_length())):
+            self._fit_decay_start = self.stage_step
 
     def layer_lr_scales(self) -> dict[int, float]:
         """Layer index -> LR multiplier for the current stage; layers not listed use 1.0."""
@@ -302,6 +348,8 @@ class CurriculumController:
             "best_value": self.best_value,
             "stage_best_val": self._stage_best_val,
             "bad_evals": self._bad_evals,
+            "fit_decay_start": self._fit_decay_start,
+            "steps_left": self.steps_left,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -325,3 +373,6 @@ class CurriculumController:
         self.best_value = state["best_value"] if "best_value" in state else state["best_val_loss"]  # older runs
         self._stage_best_val = state["stage_best_val"]
         self._bad_evals = state["bad_evals"]
+        # Both absent in states saved before time budgets.
+        self._fit_decay_start = state.get("fit_decay_start")
+        self.steps_left = state.get("steps_left")

@@ -18,6 +18,9 @@ overrides them). `[[evaluations]]` tables name what runs during training (`val_l
 runs every `eval_interval` steps as it always did. `keep_best` and a stage's `early_stop` follow a
 metric those evaluations produce (`val_loss`, `val_bpc`, `length_ppl@{m}W`, `task_accuracy`,
 `probe_accuracy`) in the direction `mode` says; `save_initial_checkpoint` keeps the untrained step 0.
+Time: `time_budget` ("3h", "90m", "2h30m" or seconds) stops the run at that wall-clock time with a
+checkpoint; `fit_schedule = true` fits the last stage's cosine or wsd decay to it (see
+hamner.train.curriculum.budget and the controller).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from typing import Any
 from hamner.data.mixture import CONCEPTS_PREFIX, SYNTHETIC_TASK_PREFIX, is_builtin_source, is_synthetic_source
 from hamner.errors import CurriculumError
 from hamner.toml_table import TomlTable, read_toml
+from hamner.train.curriculum.budget import parse_duration
 
 CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
 
@@ -57,13 +61,14 @@ DEFAULT_METRIC = "val_loss"
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
     "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
-    "evaluations", "save_initial_checkpoint", *RECIPE_KEYS,
+    "evaluations", "save_initial_checkpoint", *RECIPE_KEYS, "time_budget", "fit_schedule",
 }
 _SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape", *RECIPE_KEYS,
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape", "decay_steps",
+    *RECIPE_KEYS,
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
 _EARLY_STOP_KEYS = ("patience", "min_delta", "metric", "mode")
@@ -201,6 +206,7 @@ class Stage:
     muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
     decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
     decay_shape: str = "1-sqrt"  # wsd: "linear" or "1-sqrt"
+    decay_steps: int | None = None  # cosine: the stage step by which it reaches its floor (None: the stage's end)
     # The recipe of this stage; None: the curriculum's (or the command line's, which overrides both).
     batch_size: int | None = None
     grad_accum: int | None = None
@@ -224,6 +230,8 @@ class Curriculum:
     source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
     packing: str  # "stream" or "document"
     probe: str | None  # probe file or built-in probe name, scored at every stage end
+    time_budget: float | None = None  # seconds of wall-clock time the run may take, None: no limit
+    fit_schedule: bool = False  # fit the last stage's decay to the time budget
     # The run's recipe (None: the preset's default); the command line overrides it.
     batch_size: int | None = None
     grad_accum: int | None = None
@@ -347,6 +355,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
     packing = top.text("packing", "stream", PACKINGS)
     used = {name for stage in stages for name in stage.weights}
+    time_budget, fit_schedule = _parse_time(top, stages[-1])
     curriculum = Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
@@ -366,6 +375,8 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         seq_len=top.integer("seq_len", minimum=1),
         evaluations=_parse_evaluations(raw.get("evaluations", []), f"{path.name}: evaluations"),
         save_initial_checkpoint=top.flag("save_initial_checkpoint", False),
+        time_budget=time_budget,
+        fit_schedule=fit_schedule,
     )
     _check_metrics(curriculum)
     return curriculum
@@ -425,6 +436,26 @@ def _check_metrics(curriculum: Curriculum) -> None:
                                   f"curriculum's evaluations (available: {', '.join(available)})")
 
 
+def _parse_time(top: TomlTable, last: Stage) -> tuple[float | None, bool]:
+    """`time_budget` in seconds (None when unset) and `fit_schedule`, which fits the last stage's decay to it:
+    that stage must decay (cosine or wsd) over its whole length (no decay_steps). The budget may also come
+    from --time-budget, so fit_schedule does not need one here."""
+    time_budget = None
+    if top.has("time_budget"):
+        try:
+            time_budget = parse_duration(top.table["time_budget"])
+        except ValueError as exc:
+            raise top.fail("time_budget", str(exc)) from None
+    fit = top.flag("fit_schedule", False)
+    if fit and last.schedule not in ("cosine", "wsd"):
+        raise top.fail("fit_schedule", f"fits the last stage's decay to the time budget, but stage {last.name!r} "
+                                       f"has schedule {last.schedule!r}; use \"cosine\" or \"wsd\"")
+    if fit and last.decay_steps is not None:
+        raise top.fail("fit_schedule", f"fits the last stage's whole cosine to the time budget; stage "
+                                       f"{last.name!r} must not set decay_steps")
+    return time_budget, fit
+
+
 def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
                      base_lr: float | None) -> tuple[Stage, ...]:
     """Each stage's Muon peak: its own (or the defaults') `muon_lr`, else the curriculum's `muon_lr`
@@ -469,6 +500,9 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
     for key in ("decay_fraction", "decay_shape"):
         if schedule != "wsd" and f.has(key):
             raise f.fail(key, "only applies to schedule = \"wsd\"")
+    warmup_steps = f.integer("warmup_steps", 0)
+    steps = f.integer("steps", minimum=1)
+    decay_steps = _parse_decay_steps(f, schedule, warmup_steps, steps)
     decay_shape = f.text("decay_shape", "1-sqrt", DECAY_SHAPES)
 
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
@@ -487,10 +521,10 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         weights=weights,
         difficulty=difficulty,
         lr=lr,
-        warmup_steps=f.integer("warmup_steps", 0),
+        warmup_steps=warmup_steps,
         schedule=schedule,
         min_lr_ratio=f.number("min_lr_ratio", 0.0, low=0.0, high=1.0),
-        steps=f.integer("steps", minimum=1),
+        steps=steps,
         until_step=f.integer("until_step", minimum=1),
         max_steps=f.integer("max_steps", minimum=1),
         plateau=plateau,
@@ -506,7 +540,24 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         batch_size=f.integer("batch_size", minimum=1),
         grad_accum=f.integer("grad_accum", minimum=1),
         seq_len=f.integer("seq_len", minimum=1),
+        decay_steps=decay_steps,
     )
+
+
+def _parse_decay_steps(f: TomlTable, schedule: str, warmup_steps: int, steps: int | None) -> int | None:
+    """A cosine stage's `decay_steps`: the stage step by which the cosine reaches its floor, after the warm-up
+    and within a fixed-length stage; the stage then stays at the floor."""
+    if not f.has("decay_steps"):
+        return None
+    if schedule != "cosine":
+        raise f.fail("decay_steps", "only applies to schedule = \"cosine\"")
+    decay_steps = f.integer("decay_steps", minimum=1)
+    if decay_steps <= warmup_steps:
+        raise f.fail("decay_steps", f"is the stage step the cosine ends at, so it must exceed warmup_steps "
+                                    f"({warmup_steps}), got {decay_steps}")
+    if steps is not None and decay_steps > steps:
+        raise f.fail("decay_steps", f"must not exceed the stage's steps ({steps}), got {decay_steps}")
+    return decay_steps
 
 
 def _parse_weights(table: Any, where: str) -> dict[str, float]:
