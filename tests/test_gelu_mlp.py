@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hamner import kernels
+from hamner.errors import ConfigError, ExportError
 from hamner.model.config import HamnerConfig, model_config
 from hamner.model.mlps import MLPS
 from hamner.model.mlps.gelu import GELUMLP
@@ -78,7 +79,7 @@ def test_init_zeroes_biases_and_scales_the_residual_projection():
 
 
 def test_a_bad_approximation_is_one_line_naming_the_field():
-    with pytest.raises(ValueError, match="gelu_approximate must be one of 'tanh', 'none' for the gelu MLP, "
+    with pytest.raises(ConfigError, match="gelu_approximate must be one of 'tanh', 'none' for the gelu MLP, "
                                          "got 'erf'") as info:
         HamnerConfig(**TINY, gelu_approximate="erf")
     assert "\n" not in str(info.value)
@@ -89,7 +90,7 @@ def test_a_bad_approximation_is_one_line_naming_the_field():
 def test_export_refuses_the_gelu_mlp_with_one_line(tmp_path):
     config = HamnerConfig(**TINY)
     assert not config.llama_compatible
-    with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: the model uses mixer.s. attention "
+    with pytest.raises(ExportError, match="cannot export to Hugging Face Llama: the model uses mixer.s. attention "
                                          "and MLP gelu; only attention \\+ swiglu") as info:
         export_hf(HamnerModel(config), config, tmp_path / "hf", eos_id=0)
     assert "\n" not in str(info.value) and not (tmp_path / "hf").exists()

@@ -222,5 +222,5 @@ def test_agiformer_block_settings_are_off_by_default_and_checked():
     block.init_weights()
     assert torch.equal(block.qkv.bias, torch.zeros(96)) and torch.equal(block.out.bias, torch.zeros(32))
     assert torch.equal(block.out_norm.weight, torch.ones(32)) and torch.equal(block.out_norm.bias, torch.zeros(32))
-    with pytest.raises(ValueError, match="hebbian_bias must be true or false, got 'yes'"):
+    with pytest.raises(ConfigError, match="hebbian_bias must be true or false, got 'yes'"):
         tiny_config(mixer="hebbian", hebbian_bias="yes")
