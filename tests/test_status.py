@@ -15,7 +15,7 @@ from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 
 from hamner.commands import status as status_cli
 from hamner.errors import RunDirError
-from hamner.run.status import read_rows
+from hamner.run.directory import read_rows
 from hamner.train.run_record import run_status
 from hamner.train.trainer import train
 

@@ -19,7 +19,6 @@ callers pass the stages as `StagePlan`s (hamner.train.run_record.stage_plan buil
 """
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import math
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hamner.errors import RunDirError
-from hamner.run.directory import CONFIG, LOCK, LOG, METRICS, PROBE, RUNS_DIR, TASK_ACCURACY, latest_pointer
+from hamner.run.directory import CONFIG, LOCK, LOG, METRICS, PROBE, RUNS_DIR, TASK_ACCURACY, latest_pointer, read_rows
 
 LOG_TAIL_BYTES = 256 * 1024  # how much of train.log's end is read: its last words and the newest log lines
 TREND_ROWS = 10  # the loss trend compares the mean of the last this-many rows with the this-many before
@@ -123,7 +122,7 @@ def read_status(run_dir: Path, stages: list[StagePlan] | None = None, now: float
     rows = read_rows(run_dir / METRICS)
     log = _log_tail(run_dir / LOG)
     holder = _lock_holder(run_dir)
-    alive = holder is not None and _lock_held(run_dir / LOCK, holder)
+    alive = is_alive(run_dir)
     status = RunStatus(run=str(run_dir), state="running" if alive else "", lock_holder=holder)
     if alive:
         status.detail = f"held by {holder}"
@@ -138,21 +137,6 @@ def read_status(run_dir: Path, stages: list[StagePlan] | None = None, now: float
     status.probe = _probe(run_dir / PROBE)
     status.evals = _evals(run_dir / "evals")
     return status
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The complete rows of a CSV that a live process may be appending to: a last line without its
-    newline (half written) is left out, and so is a row with more or fewer cells than the header."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", "replace").split("\n")[:-1]  # the piece after the last newline is torn
-    if not lines:
-        return []
-    parsed = list(csv.reader(lines))
-    header = parsed[0]
-    return [dict(zip(header, cells)) for cells in parsed[1:] if len(cells) == len(header)]
 
 
 # ----- the pieces -----
@@ -256,6 +240,12 @@ def _last_word(log: list[str], has_rows: bool) -> tuple[str, str]:
             break  # the last process began and left no last word
     return ("crashed", "no process holds the run and train.log has no last word (killed?)") if has_rows \
         else ("not started", "no metrics yet")
+
+
+def is_alive(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock (is training it now); never takes the lock itself."""
+    holder = _lock_holder(Path(run_dir))
+    return holder is not None and _lock_held(Path(run_dir) / LOCK, holder)
 
 
 def _lock_holder(run_dir: Path) -> str | None:
