@@ -76,6 +76,8 @@ def test_the_memory_across_stages(run, capsys):
     assert all(g > 5 for g in grow)
     for name in ("memory.png", "memory_evolution.png"):
         assert (run / "memory" / name).stat().st_size > 10_000
+    assert eval_main([str(run), "--memory", "--length", "65", "--device", "cpu"]) == 2
+    assert "longer than the model's context (64)" in capsys.readouterr().err
 
 
 def test_the_norm_is_the_recurrence_of_the_layers_keys_and_values():

@@ -108,6 +108,8 @@ def study_memory(run: str | Path, out: Path | None = None, *, all_checkpoints: b
         model, config, tokenizer = load_for_inference(path, device)
         if tokens is None:
             length = length or config.max_seq_len
+            if length > config.max_seq_len:
+                raise EvalError(f"--length {length} is longer than the model's context ({config.max_seq_len})")
             stream = validation_stream(tokenizer, sequences * length, source)
             if len(stream) < sequences * length:
                 raise EvalError(f"the validation text holds {len(stream)} tokens; {sequences} x {length} needed")
@@ -116,7 +118,7 @@ def study_memory(run: str | Path, out: Path | None = None, *, all_checkpoints: b
         target = ckpt.resolve_checkpoint(path)
         report["checkpoints"].append({"checkpoint": str(target), "step": step if step is not None
                                       else ckpt.read_meta(target).get("step"), "layers": measure_memory(model, tokens)})
-    out = out or (run if run.is_dir() and not (run / ckpt.WEIGHTS).is_file() else run.parent) / MEMORY_DIR
+    out = out or run / MEMORY_DIR
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "memory.json", json.dumps(report, indent=1) + "\n")
     written = [out / "memory.json", plot_memory(report["checkpoints"][-1], out / "memory.png")]
