@@ -8,11 +8,13 @@ import torch
 from train_helpers import tiny_settings
 
 from hamner.commands.eval import main as eval_main
-from hamner.errors import EvalError
+from hamner.errors import EvalError, TrainError
 from hamner.eval.memory import measure_memory
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
+from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
+from hamner.use.load import load_model
 
 MODEL = """\
 hidden_size = 32
@@ -110,3 +112,35 @@ def test_a_model_without_memory_is_one_error():
                           max_seq_len=32, tokenizer="bytes")
     with pytest.raises(EvalError, match="no Hebbian memory"):
         measure_memory(HamnerModel(config).eval(), torch.zeros(1, 4, dtype=torch.long))
+
+
+PER_LAYER = CURRICULUM.replace("model = { plasticity = 0.99 }", "model = { plasticity = [0.3, 0.9] }")
+
+
+def layer_plasticity(model: HamnerModel) -> list[float]:
+    return [round(float(layer.attn["hebbian"].plasticity), 6) for layer in model.layers]
+
+
+def test_per_layer_plasticity_is_set_saved_and_resumed(tmp_path):
+    (tmp_path / "model.toml").write_text(MODEL)
+    (tmp_path / "curriculum.toml").write_text(PER_LAYER)
+    run = tmp_path / "run"
+    settings = dict(preset="agiformer-31m", model=str(tmp_path / "model.toml"))
+    train(tiny_settings(run, tmp_path / "curriculum.toml", max_steps=3, **settings))
+    model, _ = load_model(run)  # the checkpoint of step 3, in the per-layer stage
+    assert layer_plasticity(model) == [0.3, 0.9]
+    train(resume_settings(run, {"max_steps": 4}))
+    model, _ = load_model(run)
+    assert layer_plasticity(model) == [0.3, 0.9]
+    assert layer_plasticity(load_model(run / "checkpoints" / "stage-0-end")[0]) == [0.1, 0.1]
+
+    with pytest.raises(ValueError, match="has 3 values, one per layer, but the model has 2 layers"):
+        model.set_knob("plasticity", (0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="plasticity must be in"):
+        model.check_knob("plasticity", (0.5, 1.5))
+    (tmp_path / "bad.toml").write_text(CURRICULUM.replace("0.99 }", "[0.5, 1.5, 0.5] }"))
+    with pytest.raises(TrainError, match=r"stages\[1\]\.model.*3 values.*2 layers"):
+        train(tiny_settings(tmp_path / "bad-run", tmp_path / "bad.toml", **settings))
+    (tmp_path / "bad.toml").write_text(CURRICULUM.replace("0.99 }", "[0.5, \"x\"] }"))
+    with pytest.raises(TrainError, match=r"plasticity\.1: must be a finite number"):
+        train(tiny_settings(tmp_path / "bad-run", tmp_path / "bad.toml", **settings))
