@@ -9,7 +9,7 @@ from train_helpers import tiny_settings
 
 from hamner.commands.eval import main as eval_main
 from hamner.errors import EvalError, TrainError
-from hamner.eval.memory import measure_memory
+from hamner.eval.memory import measure_memory, study_memory
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 from hamner.train.settings import resume_settings
@@ -144,3 +144,34 @@ def test_per_layer_plasticity_is_set_saved_and_resumed(tmp_path):
     (tmp_path / "bad.toml").write_text(CURRICULUM.replace("0.99 }", "[0.5, \"x\"] }"))
     with pytest.raises(TrainError, match=r"plasticity\.1: must be a finite number"):
         train(tiny_settings(tmp_path / "bad-run", tmp_path / "bad.toml", **settings))
+
+
+LEARNT = CURRICULUM.replace("model = { plasticity = 0.1 }\n", "").replace("model = { plasticity = 0.99 }\n", "")
+
+
+def test_learnt_plasticity_trains_stays_bounded_and_resumes(tmp_path):
+    (tmp_path / "model.toml").write_text(MODEL + "hebbian_learnt_plasticity = true\nhebbian_plasticity = 0.9\n")
+    (tmp_path / "curriculum.toml").write_text(LEARNT)
+    run = tmp_path / "run"
+    settings = dict(preset="agiformer-31m", model=str(tmp_path / "model.toml"))
+    train(tiny_settings(run, tmp_path / "curriculum.toml", max_steps=2, **settings))
+    model, config = load_model(run)
+    assert config.hebbian_learnt_plasticity
+    alphas = [layer.attn["hebbian"].alpha().item() for layer in model.layers]
+    assert all(0 < a < 1 for a in alphas) and alphas != pytest.approx([0.9, 0.9], abs=1e-7)  # it moved
+    train(resume_settings(run, {"max_steps": 4}))
+    straight = tmp_path / "straight"
+    train(tiny_settings(straight, tmp_path / "curriculum.toml", max_steps=4, **settings))
+    resumed, uninterrupted = ([layer.attn["hebbian"].alpha().item() for layer in load_model(r)[0].layers]
+                              for r in (run, straight))
+    assert resumed != pytest.approx(alphas, abs=1e-7) and resumed == uninterrupted
+    assert study_memory(run, sequences=1, length=16)[0]["checkpoints"][0]["layers"][0]["plasticity"] \
+        == pytest.approx(resumed[0])
+
+    (tmp_path / "knob.toml").write_text(CURRICULUM)
+    with pytest.raises(TrainError, match="plasticity is learnt in this model"):
+        train(tiny_settings(tmp_path / "other", tmp_path / "knob.toml", **settings))
+    with pytest.raises(ValueError, match="starts below 1"):
+        HamnerModel(HamnerConfig(vocab_size=257, hidden_size=32, n_layers=1, n_heads=2, n_kv_heads=2,
+                                 intermediate_size=64, max_seq_len=32, mixer="hebbian", hebbian_learnt_plasticity=True,
+                                 hebbian_plasticity=1.0, tokenizer="bytes"))

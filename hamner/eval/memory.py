@@ -88,7 +88,7 @@ def _layer_figures(index: int, memory: HebbianMemory, seen: dict[str, torch.Tens
     weight = memory.out.weight.float().view(-1, H, D)  # [C, H, D]
     per_head = torch.einsum("bthd,chd->bthc", y, weight).norm(dim=-1)  # each head's part of the output [B, T, H]
     head_share = (per_head / (per_head.sum(-1, keepdim=True) + a[..., None]).clamp_min(1e-12)).mean(0)
-    return {"layer": index, "plasticity": float(memory.plasticity), "decay": decay.tolist(),
+    return {"layer": index, "plasticity": float(memory.alpha()), "decay": decay.tolist(),
             "horizon_tokens": (1.0 / (1.0 - decay).clamp_min(1e-12)).tolist(),
             "memory_norm": norms.T.tolist(), "share": share.tolist(), "head_share": head_share.T.tolist()}
 

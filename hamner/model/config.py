@@ -61,8 +61,11 @@ class HamnerConfig:
     moe_balance_weight: float = 0.01
     moe_z_weight: float = 0.001
     # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
-    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
+    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob;
+    # learnt instead (a parameter per layer, alpha = sigmoid(p) in (0, 1), starting at
+    # hebbian_plasticity) with hebbian_learnt_plasticity, when no stage may set it.
     hebbian_plasticity: float = 0.99
+    hebbian_learnt_plasticity: bool = False
     # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
     # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
     ttt_mini_batch: int = 16

@@ -36,13 +36,19 @@ class DifferentialAttentionSettings:
 
 
 class HebbianSettings:
-    """The Hebbian memory reads `hebbian_plasticity`."""
+    """The Hebbian memory reads `hebbian_plasticity` and `hebbian_learnt_plasticity`."""
 
     @classmethod
     def check_config(cls, config: HamnerConfig) -> None:
-        """`hebbian_plasticity` lies in (0, 1]."""
+        """`hebbian_plasticity` lies in (0, 1] (in (0, 1) when learnt: a sigmoid never reaches 1)."""
         if not (number(config.hebbian_plasticity) and 0 < config.hebbian_plasticity <= 1):
             raise ValueError(f"hebbian_plasticity must be in (0, 1], got {config.hebbian_plasticity!r}")
+        if not isinstance(config.hebbian_learnt_plasticity, bool):
+            raise ValueError("hebbian_learnt_plasticity must be true or false, got "
+                             f"{config.hebbian_learnt_plasticity!r}")
+        if config.hebbian_learnt_plasticity and config.hebbian_plasticity == 1:
+            raise ValueError("a learnt plasticity (a sigmoid) starts below 1: set hebbian_plasticity below 1, "
+                             "e.g. 0.99")
 
 
 class TTTLinearSettings:
