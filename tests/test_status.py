@@ -16,6 +16,7 @@ from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 from hamner.commands import status as status_cli
 from hamner.errors import RunDirError
 from hamner.run.directory import read_rows
+from hamner.train.metrics import format_row
 from hamner.train.run_record import run_status
 from hamner.train.trainer import train
 
@@ -128,8 +129,14 @@ def test_a_finished_run_a_torn_line_and_a_failed_resume(tmp_path, capsys):
     assert run_status(run).step == 6
     assert [r["step"] for r in read_rows(run / "metrics.csv")][-1] == "6"
 
+    assert s.gpu_memory_gib is None  # a CPU run
+    line = format_row({"step": 7, "stage": "second", "loss": 3.0, "lr": 1e-3, "tokens_per_s": 10.0}, 0,
+                      peak_memory=int(12.34 * 2**30))
+    assert line.endswith("| peak mem 12.3 GiB")
     with open(run / "train.log", "a") as f:
-        f.write("2026-01-01 00:00:00 resumed from x at step 6\n2026-01-01 00:00:01 error: disk full; kept\n")
+        f.write(f"2026-01-01 00:00:00 resumed from x at step 6\n2026-01-01 00:00:00 {line}\n"
+                "2026-01-01 00:00:01 error: disk full; kept\n")
+    assert run_status(run).gpu_memory_gib == pytest.approx(12.3)
     assert (run_status(run).state, run_status(run).detail) == ("failed", "error: disk full; kept")
 
     assert status_cli.main([str(run), "--json"]) == 0
