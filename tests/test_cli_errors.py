@@ -58,6 +58,7 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["-m", "hamner", "eval", missing], "no checkpoint at"),
         (["-m", "hamner", "export", missing, str(tmp / "out")], "no checkpoint at"),
         (["-m", "hamner", "plot", missing], "no such run directory"),
+        (["-m", "hamner", "status", missing], "is not a run directory"),
         (["-m", "hamner", "prepare", missing, "--out", str(tmp / "o"), "--tokenizer", "bytes"], "no such file"),
         (["bench/bench_reader.py", missing, "--tokenizer", "bytes"], "no such data directory"),
     ]

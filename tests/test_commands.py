@@ -9,7 +9,7 @@ import pytest
 from hamner.commands.dispatcher import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("train", "chat", "eval", "export", "prepare", "plot", "tournament")
+SUBCOMMANDS = ("train", "chat", "eval", "export", "prepare", "plot", "status", "tournament")
 
 
 def test_help_lists_every_subcommand(python, subprocess_env, tmp_path):

@@ -3,6 +3,7 @@ a missing or empty run directory is a one-line error with exit status 2."""
 import csv
 import math
 import subprocess
+import threading
 from pathlib import Path
 
 import matplotlib.image
@@ -11,8 +12,8 @@ import pytest
 
 from hamner.commands.plot import main
 from hamner.errors import PlotError
-from hamner.run.directory import METRICS_COLUMNS
-from hamner.run.plot import plot_run, stage_spans
+from hamner.run.directory import METRICS_COLUMNS, RunDir
+from hamner.run.plot import plot_dashboard, plot_run, read_length_gen, read_metrics, stage_spans, watch_run
 
 
 def make_run(run_dir: Path, with_accuracy: bool = True) -> None:
@@ -118,3 +119,86 @@ def test_bits_per_byte_are_plotted_and_runs_written_before_the_column_still_plot
     header, *rows = (old / "metrics.csv").read_text().splitlines()
     (old / "metrics.csv").write_text("\n".join([header.removesuffix(",bpc"), *rows]) + "\n")
     assert sorted(p.name for p in plot_run(old)) == ["loss.png", "lr.png", "throughput.png"]
+
+
+def add_probe_and_length_gen(run_dir: Path, study_csv: bool) -> None:
+    """probe.csv (two kinds, both splits) and length-generalisation figures: the study's CSV, or columns."""
+    with (run_dir / "probe.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "stage", "kind", "split", "correct", "total", "accuracy"])
+        for step in (400, 800, 1200):
+            for kind in ("opposites", "numbers"):
+                for split, share in (("trained", 1.0), ("held_out", 0.5)):
+                    w.writerow([step, "x", kind, split, 3, 10, share * step / 1200])
+    if study_csv:
+        (run_dir / "length-gen").mkdir()
+        lines = ["step,multiple,position,start,end,loss,perplexity"] + [
+            f"{step},{m},{64 * m},0,16,1.0,{10 + m * 1000 / step}" for step in (400, 800, 1200) for m in (1, 5, 20)]
+        (run_dir / "length-gen" / "length_gen.csv").write_text("\n".join(lines) + "\n")
+        return
+    text = (run_dir / "metrics.csv").read_text().splitlines()
+    rows = [text[0] + ",length_ppl@1W,length_ppl@5W"]
+    rows += [line + (",12.5,14.0" if i % 10 == 9 else ",,") for i, line in enumerate(text[1:])]
+    (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def image_height(path: Path) -> int:
+    return matplotlib.image.imread(path).shape[0]
+
+
+@pytest.mark.parametrize("study_csv", [True, False])
+def test_dashboard_has_every_panel_the_run_has_data_for(tmp_path: Path, study_csv: bool):
+    bare = tmp_path / "bare"
+    make_run(bare, with_accuracy=False)
+    three = plot_dashboard(bare)
+    assert three == bare / "plots" / "dashboard.png" and drawn(three)
+    full = tmp_path / "full"
+    make_run(full)
+    add_probe_and_length_gen(full, study_csv)
+    with (full / "metrics.csv").open("a") as f:
+        f.write("1210,knowledge,2.1")  # a row the trainer is half-way through writing
+    six = plot_dashboard(full, tmp_path / "out")
+    assert drawn(six)
+    assert image_height(three) < image_height(six) and abs(image_height(six) / image_height(three) - 1.5) < 0.1
+    assert read_length_gen(full, read_metrics(full)).keys() == ({"1×W", "5×W", "20×W"} if study_csv
+                                                                 else {"1×W", "5×W"})
+    assert read_metrics(full)["step"][-1] == 1200
+
+
+def test_live_redraws_as_rows_arrive_and_ends_with_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    run = tmp_path / "run"
+    make_run(run, with_accuracy=False)
+    holder = RunDir(run)
+    holder.open()  # the run is alive while its lock is held
+    drew = threading.Semaphore(0)
+
+    def trainer() -> None:  # a row after each drawing, then the run ends
+        for step in (1210, 1220):
+            assert drew.acquire(timeout=60)
+            with (run / "metrics.csv").open("a", newline="") as f:
+                csv.writer(f).writerow([step, "knowledge", 2.0, "", 3e-4, 0.8, step * 24_576, 50_000, "", step / 2])
+        assert drew.acquire(timeout=60)
+        holder.close()
+
+    writer = threading.Thread(target=trainer)
+    writer.start()
+    steps_drawn = []
+
+    def draw() -> list[Path]:
+        steps_drawn.append(read_metrics(run)["step"][-1])
+        return [plot_dashboard(run)]
+
+    try:
+        assert watch_run(run, draw, 0.05, on_draw=lambda paths: drew.release()) == 3
+    finally:
+        writer.join()
+        holder.close()
+    assert steps_drawn == [1200, 1210, 1220]
+    assert drawn(run / "plots" / "dashboard.png")
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["dashboard.png"]  # no temporaries left
+
+    assert main([str(run), "--live", "0.1", "--refreshes", "1"]) == 0  # a run that ended: one drawing
+    assert [Path(p).name for p in capsys.readouterr().out.split()] == ["loss.png", "lr.png", "throughput.png"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "--refreshes", "2"])
+    assert exit_info.value.code == 2 and "goes with --live" in capsys.readouterr().err

@@ -32,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "export": Command("hamner.commands.export", "write a checkpoint as a Hugging Face Llama directory"),
     "prepare": Command("hamner.commands.prepare", "tokenize text files or a Hugging Face dataset into shards"),
     "plot": Command("hamner.commands.plot", "draw a run's loss, LR, throughput and accuracy curves to PNG files"),
+    "status": Command("hamner.commands.status", "where runs stand: state, step, stage, losses, ETAs, checkpoint "
+                      "(--watch to follow)"),
     "tournament": Command("hamner.commands.tournament", "architecture tournament: entrants resized to one size, "
                           "elimination rounds, report"),
     "study": Command("hamner.commands.study", "length study: train each arm on one curriculum, compare their "

@@ -4,7 +4,8 @@ The sections are described in `hamner.eval.report`; this module reads the comman
 model, writes the JSON report (NaN and infinity as strings, so it stays valid JSON) and prints its tables.
 With `--probe FILE_OR_NAME` it scores only that probe (`hamner.eval.probe`): exact-match accuracy
 on prompt/answer pairs, trained and held-out items apart. With `--length-gen` the whole command line
-goes to the length-generalisation study instead (`hamner.commands.length_study`), which has flags of its own.
+goes to the length-generalisation study instead (`hamner.commands.length_study`), which has flags of its own;
+with `--memory`, to the Hebbian memory study (`hamner.commands.memory_study`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from hamner.commands import length_study
+from hamner.commands import length_study, memory_study
 from hamner.commands.parsing import ArgumentParser, command
 from hamner.device import pick_device
 from hamner.errors import DataError
@@ -69,13 +70,17 @@ def _finite(value):
 
 
 LENGTH_GEN = "--length-gen"  # `hamner eval RUN --length-gen ...`: the length study, with flags of its own
+MEMORY = "--memory"  # `hamner eval RUN --memory ...`: the Hebbian memory's dynamics, with flags of its own
 
 
 def main(argv: list[str] | None = None, prog: str = "hamner eval") -> int:
-    """`hamner eval`: the evaluation report, or with --length-gen the length-generalisation study."""
+    """`hamner eval`: the evaluation report, or with --length-gen the length-generalisation study, or with
+    --memory the Hebbian memory's dynamics."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if LENGTH_GEN in argv:
         return length_study.main([a for a in argv if a != LENGTH_GEN], prog=f"{prog} RUN {LENGTH_GEN}")
+    if MEMORY in argv:
+        return memory_study.main([a for a in argv if a != MEMORY], prog=f"{prog} RUN {MEMORY}")
     return report_main(argv, prog)
 
 
@@ -106,6 +111,8 @@ def report_main(argv: list[str], prog: str) -> int:
     parser.add_argument("--hellaswag-limit", type=int, metavar="N", help="score only the first N items")
     parser.add_argument(LENGTH_GEN, action="store_true", help="run the length-generalisation study instead "
                         "(chunk perplexity at 1x..20x W; see --length-gen --help)")
+    parser.add_argument(MEMORY, action="store_true", help="study the Hebbian memory instead: decay, norm and "
+                        "share of the output per layer and head (see --memory --help)")
     args = parser.parse_args(argv)
     for name in ("window", "samples", "hellaswag_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

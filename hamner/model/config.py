@@ -63,12 +63,15 @@ class HamnerConfig:
     # GPT-2's MLP ("gelu"): the GELU's form, "tanh" (GPT-2's approximation) or "none" (exact).
     gelu_approximate: str = "tanh"
     # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
-    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
+    # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob;
+    # learnt instead (a parameter per layer, alpha = sigmoid(p) in (0, 1), starting at
+    # hebbian_plasticity) with hebbian_learnt_plasticity, when no stage may set it.
     hebbian_plasticity: float = 0.99
     # AGIFORMER's memory block around that recurrence: a LayerNorm on the memory's output (after its
     # output projection), and biases on its q/k/v and output projections. Off: the bare memory.
     hebbian_out_norm: bool = False
     hebbian_bias: bool = False
+    hebbian_learnt_plasticity: bool = False
     # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
     # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
     ttt_mini_batch: int = 16

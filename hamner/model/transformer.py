@@ -238,22 +238,30 @@ class HamnerModel(nn.Module):
         """The knobs a curriculum stage may set on this model (declared by its mixers as `KNOBS`), sorted."""
         return sorted({name for m in self.modules() for name in getattr(m, "KNOBS", ())})
 
-    def _knob_holders(self, name: str, value: float) -> list[nn.Module]:
-        holders = [m for m in self.modules() if name in getattr(m, "KNOBS", ())]
+    def _knob_holders(self, name: str, value: float | tuple[float, ...]) -> list[tuple[nn.Module, float]]:
+        """(module, its value) for every module declaring knob `name`; a tuple gives one value per layer."""
+        per_layer = isinstance(value, (tuple, list))
+        if per_layer and len(value) != len(self.layers):
+            raise CurriculumError(f"knob {name!r} has {len(value)} values, one per layer, but the model has "
+                             f"{len(self.layers)} layers")
+        holders = [(m, value[i] if per_layer else value) for i, layer in enumerate(self.layers)
+                   for m in layer.modules() if name in getattr(m, "KNOBS", ())]
         if not holders:
             known = ", ".join(self.knob_names()) or "none"
             raise CurriculumError(f"the model has no knob {name!r} (its knobs: {known})")
-        holders[0].check_knob(name, value)
+        for module, one in holders:
+            module.check_knob(name, one)
         return holders
 
-    def check_knob(self, name: str, value: float) -> None:
+    def check_knob(self, name: str, value: float | tuple[float, ...]) -> None:
         """ValueError (one line) unless `set_knob(name, value)` would be accepted."""
         self._knob_holders(name, value)
 
-    def set_knob(self, name: str, value: float) -> None:
-        """Set knob `name` (e.g. "plasticity") on every module that declares it."""
-        for module in self._knob_holders(name, value):
-            module.set_knob(name, value)
+    def set_knob(self, name: str, value: float | tuple[float, ...]) -> None:
+        """Set knob `name` (e.g. "plasticity") on every module that declares it: one value for all, or a
+        tuple of one value per layer (layers without the knob skip theirs)."""
+        for module, one in self._knob_holders(name, value):
+            module.set_knob(name, one)
 
     def num_parameters(self, active: bool = False) -> int:
         """Number of parameters, the tied embedding/output weight counted once.

@@ -191,6 +191,21 @@ class RunDir:
         trim_lines(self.samples, lambda line: _json_step(line) <= step, header_lines=0)
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a CSV that a live process may be appending to: a last line without its
+    newline (half written) is left out, and so is a row with more or fewer cells than the header."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").split("\n")[:-1]  # the piece after the last newline is torn
+    if not lines:
+        return []
+    parsed = list(csv.reader(lines))
+    header = parsed[0]
+    return [dict(zip(header, cells)) for cells in parsed[1:] if len(cells) == len(header)]
+
+
 def trim_lines(path: Path, keep: Callable[[bytes], bool], header_lines: int) -> bool:
     """Rewrite `path` without the lines after its header that `keep` rejects, and without a last line
     that lacks its newline (torn by a kill). The new file goes to a temporary beside it, is fsync'ed

@@ -117,8 +117,10 @@ class MetricsWindow:
         self.bad_total = int(state["bad_total"])
 
 
-def format_row(row: dict[str, Any], bad_total: int, expert_load: torch.Tensor | None = None) -> str:
-    """The train.log / console line of a metrics row; `expert_load` is the model's (MoE models only)."""
+def format_row(row: dict[str, Any], bad_total: int, expert_load: torch.Tensor | None = None,
+               peak_memory: int | None = None) -> str:
+    """The train.log / console line of a metrics row; `expert_load` is the model's (MoE models only),
+    `peak_memory` the most bytes the device has held (CUDA only; `hamner status` reads it back)."""
     loss, val_loss, mfu = row["loss"], row.get("val_loss"), row.get("mfu")
     parts = [f"step {row['step']}", f"stage {row['stage']}", f"loss {loss:.4f}" if loss is not None else "loss nan"]
     if row.get("bpc") is not None:
@@ -132,4 +134,6 @@ def format_row(row: dict[str, Any], bad_total: int, expert_load: torch.Tensor | 
         parts.append(f"{bad_total} skipped")
     if expert_load is not None:  # the busiest expert's share relative to an even split (1.00 = balanced)
         parts.append(f"expert load max {float(expert_load.max()) * expert_load.shape[1]:.2f}")
+    if peak_memory is not None:
+        parts.append(f"peak mem {peak_memory / 2**30:.1f} GiB")
     return " | ".join(parts)

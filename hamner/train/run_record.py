@@ -14,9 +14,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hamner.errors import CurriculumError
 from hamner.model.transformer import HamnerModel
 from hamner.run.directory import replace_bytes
-from hamner.train.curriculum.spec import Curriculum
+from hamner.run.status import RunStatus, StagePlan, read_status
+from hamner.train.curriculum.spec import Curriculum, load_curriculum
 
 CURRICULUM_DIR = "curriculum"
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the hamner package
@@ -96,3 +98,20 @@ def recorded_curriculum(run_dir: Path) -> Path | None:
     """The curriculum copy a run recorded (None for runs from before copies were kept)."""
     copies = sorted((Path(run_dir) / CURRICULUM_DIR).glob("*.toml"))
     return copies[0] if copies else None
+
+
+def stage_plan(curriculum: Curriculum) -> list[StagePlan]:
+    """The curriculum's stages as `hamner.run.status` reads a run against them."""
+    return [StagePlan(stage.name, stage.steps, stage.until_step, stage.max_steps,
+                      stage.plateau.strikes if stage.plateau else None) for stage in curriculum.stages]
+
+
+def run_status(run_dir: Path) -> RunStatus:
+    """Where the run in `run_dir` stands, measured against its own curriculum copy (read-only; see
+    hamner.run.status). A run without a readable copy gets a status without stage lengths or ETAs."""
+    copy = recorded_curriculum(run_dir)
+    try:
+        stages = stage_plan(load_curriculum(copy)) if copy else None
+    except CurriculumError:
+        stages = None
+    return read_status(run_dir, stages)

@@ -326,8 +326,13 @@ class Trainer:
         """Read the device-side window (one sync) and feed the losses to the controller."""
         read = self.window.read(self.dist)
         if read is not None:
+            strikes = self.controller.strikes
             self.controller.record_losses(read.losses)
             self.metrics.add(read)
+            rule = None if self.controller.finished else self.controller.stage.plateau
+            if rule is not None and self.controller.strikes != strikes:  # `hamner status` reads this line
+                self.rundir.log(f"plateau strikes {self.controller.strikes}/{rule.strikes} in stage "
+                                f"{self.controller.stage_index} at step {self.progress.step}")
 
     def _after_step(self) -> str | None:
         s, step = self.s, self.progress.step
@@ -354,7 +359,8 @@ class Trainer:
                                     tokens=self.progress.tokens, tokens_per_s=rate, mfu=mfu,
                                     elapsed_s=round(self.progress.elapsed, 2))
         self.loggers.metrics(row)
-        line = format_row(row, self.metrics.bad_total, self.model.expert_load())
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        line = format_row(row, self.metrics.bad_total, self.model.expert_load(), peak)
         self.rundir.log(line)
         if self.dist.is_main:
             loss = row["loss"] if row["loss"] is not None else float("nan")

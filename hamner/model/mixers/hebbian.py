@@ -7,8 +7,11 @@ Per head, with the feature map phi(x) = elu(x) + 1 on queries and keys,
 
 with the per-head decay lam = alpha (0.99 + 0.01 sigmoid(theta)): theta is learnt, the plasticity
 alpha is a buffer (checkpoints carry it) that a curriculum sets per stage through the model knob
-"plasticity". A linear-attention memory as in Katharopoulos et al. 2020 ("Transformers are RNNs")
-with the decay of retention/GLA-style models (Sun et al. 2023, Yang et al. 2024).
+"plasticity" (one value for every layer, or one per layer). With `hebbian_learnt_plasticity`, alpha is
+learnt instead: alpha = sigmoid(p), one parameter p per layer starting at `hebbian_plasticity`, so
+it stays in (0, 1); checkpoints and resumes carry it like any weight, and no stage may set it.
+A linear-attention memory as in Katharopoulos et al. 2020 ("Transformers are RNNs") with the decay
+of retention/GLA-style models (Sun et al. 2023, Yang et al. 2024).
 
 The memory is an fp32 island: whatever the autocast dtype, it is computed in float32 (half
 precision overflowed in the original project). It runs as `kernels.decayed_linear_attention` in
@@ -22,6 +25,7 @@ projections biases and ends in a LayerNorm of the projected output, norm(out(y))
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,28 +68,46 @@ class HebbianMemory(HebbianSettings, nn.Module):
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         inner = self.n_heads * self.head_dim
         self.initial_plasticity = config.hebbian_plasticity
+        self.learnt_plasticity = config.hebbian_learnt_plasticity
         self.qkv = nn.Linear(config.hidden_size, 3 * inner, bias=config.hebbian_bias)  # rows: q, k, v
         self.out = nn.Linear(inner, config.hidden_size, bias=config.hebbian_bias)
         self.out_norm = nn.LayerNorm(config.hidden_size) if config.hebbian_out_norm else None
         self.decay_logit = nn.Parameter(torch.zeros(self.n_heads))  # theta
-        self.register_buffer("plasticity", torch.tensor(float(config.hebbian_plasticity)))
+        if self.learnt_plasticity:
+            self.plasticity_logit = nn.Parameter(torch.tensor(self._logit(config.hebbian_plasticity)))  # p
+        else:
+            self.register_buffer("plasticity", torch.tensor(float(config.hebbian_plasticity)))
+
+    @staticmethod
+    def _logit(alpha: float) -> float:
+        return math.log(alpha / (1 - alpha))
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """theta = 0 (decay alpha * 0.995), the configured plasticity, zero biases and a unit output norm;
         the Linears' weights are the model's."""
         self.decay_logit.zero_()
-        self.plasticity.fill_(self.initial_plasticity)
+        if self.learnt_plasticity:
+            self.plasticity_logit.fill_(self._logit(self.initial_plasticity))
+        else:
+            self.plasticity.fill_(self.initial_plasticity)
         for bias in (self.qkv.bias, self.out.bias):
             if bias is not None:
                 bias.zero_()
         if self.out_norm is not None:
             self.out_norm.reset_parameters()
 
+    def alpha(self) -> torch.Tensor:
+        """The plasticity alpha now: the knob's buffer, or sigmoid(p) when it is learnt."""
+        return torch.sigmoid(self.plasticity_logit) if self.learnt_plasticity else self.plasticity
+
     def check_knob(self, name: str, value: float) -> None:
-        """ValueError unless `name` is "plasticity" and `value` lies in (0, 1]."""
+        """CurriculumError unless `name` is "plasticity", `value` lies in (0, 1] and the plasticity is not learnt."""
         if name not in self.KNOBS:
             raise CurriculumError(f"unknown knob {name!r} for the Hebbian memory (knobs: {', '.join(self.KNOBS)})")
+        if self.learnt_plasticity:
+            raise CurriculumError("the plasticity is learnt in this model (hebbian_learnt_plasticity = true); "
+                             "no stage may set it")
         if not 0 < value <= 1:
             raise CurriculumError(f"plasticity must be in (0, 1], got {value!r}")
 
@@ -97,7 +119,9 @@ class HebbianMemory(HebbianSettings, nn.Module):
     def log_decay(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """log lam per head [H]: log alpha + log(0.99 + 0.01 sigmoid(theta)), both terms <= 0."""
         theta = self.decay_logit.to(dtype)
-        return self.plasticity.to(dtype).log() + torch.log(0.99 + 0.01 * torch.sigmoid(theta))
+        log_alpha = (F.logsigmoid(self.plasticity_logit.to(dtype)) if self.learnt_plasticity
+                     else self.plasticity.to(dtype).log())
+        return log_alpha + torch.log(0.99 + 0.01 * torch.sigmoid(theta))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 state: HebbianState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -37,16 +37,21 @@ class DifferentialAttentionSettings:
 
 
 class HebbianSettings:
-    """The Hebbian memory reads `hebbian_plasticity`, `hebbian_out_norm` and `hebbian_bias`."""
+    """The Hebbian memory reads `hebbian_plasticity`, `hebbian_learnt_plasticity`, `hebbian_out_norm` and
+    `hebbian_bias`."""
 
     @classmethod
     def check_config(cls, config: HamnerConfig) -> None:
-        """`hebbian_plasticity` lies in (0, 1]; `hebbian_out_norm` and `hebbian_bias` are true or false."""
+        """`hebbian_plasticity` lies in (0, 1] (in (0, 1) when learnt: a sigmoid never reaches 1); the switches
+        are true or false."""
         if not (number(config.hebbian_plasticity) and 0 < config.hebbian_plasticity <= 1):
             raise ConfigError(f"hebbian_plasticity must be in (0, 1], got {config.hebbian_plasticity!r}")
-        for name in ("hebbian_out_norm", "hebbian_bias"):
+        for name in ("hebbian_learnt_plasticity", "hebbian_out_norm", "hebbian_bias"):
             if not isinstance(getattr(config, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(config, name)!r}")
+        if config.hebbian_learnt_plasticity and config.hebbian_plasticity == 1:
+            raise ConfigError("a learnt plasticity (a sigmoid) starts below 1: set hebbian_plasticity below 1, "
+                              "e.g. 0.99")
 
 
 class TTTLinearSettings:

@@ -206,9 +206,9 @@ class CurriculumController:
         total = sum(weights.values())
         return {s: w / total for s, w in weights.items()}
 
-    def model_knobs(self) -> dict[str, float]:
+    def model_knobs(self) -> dict[str, float | tuple[float, ...]]:
         """Knob -> value for the current stage: the latest value any stage up to this one set."""
-        knobs: dict[str, float] = {}
+        knobs: dict[str, float | tuple[float, ...]] = {}
         for stage in self.curriculum.stages[:self.stage_index + 1]:
             knobs.update(stage.model_knobs)
         return knobs

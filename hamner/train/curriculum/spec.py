@@ -201,7 +201,7 @@ class Stage:
     fresh_optimizer: bool
     layer_lr_scale: LayerLrScale | None
     # Model knobs this stage sets (e.g. {"plasticity": 0.1}); they hold until a later stage changes them.
-    model_knobs: dict[str, float]
+    model_knobs: dict[str, float | tuple[float, ...]]
     optimizer: str = "adamw"  # "adamw", or "muon" for the hidden matrices (AdamW for the rest)
     muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
     decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
@@ -283,7 +283,7 @@ class Curriculum:
         """The sources that must exist as prepared shard directories under --data."""
         return [s for s in self.sources() if not is_builtin_source(s)]
 
-    def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
+    def check_model_knobs(self, check: Callable[[str, float | tuple[float, ...]], None]) -> None:
         """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
         CurriculumError comes back naming the field."""
         for i, stage in enumerate(self.stages):
@@ -575,12 +575,22 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
     return weights
 
 
-def _parse_model_knobs(table: Any, where: str) -> dict[str, float]:
-    """`model = { knob = number, ... }`; whether the model has those knobs is checked when it is built."""
+def _parse_model_knobs(table: Any, where: str) -> dict[str, float | tuple[float, ...]]:
+    """`model = { knob = number or [one number per layer], ... }`; whether the model has those knobs (and
+    that many layers) is checked when it is built."""
     if not isinstance(table, dict):
         raise CurriculumError(f"{where}: must be a table of knob = number, got {table!r}")
     f = TomlTable(table, where, None, CurriculumError)
-    return {name: f.number(name) for name in table}
+    knobs: dict[str, float | tuple[float, ...]] = {}
+    for name, value in table.items():
+        if isinstance(value, list):
+            per_layer = TomlTable({str(i): v for i, v in enumerate(value)}, f"{where}.{name}", None, CurriculumError)
+            if not value:
+                raise CurriculumError(f"{where}.{name}: needs one number per layer, got an empty list")
+            knobs[name] = tuple(per_layer.number(str(i)) for i in range(len(value)))
+        else:
+            knobs[name] = f.number(name)
+    return knobs
 
 
 def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:
