@@ -9,19 +9,18 @@ the file and the field. See hamner/tournaments/demo.toml for a commented example
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hamner.errors import HamnerError
 from hamner.model.config import PRESETS, HamnerConfig, model_config, with_fields
+from hamner.run.directory import check_name
 from hamner.toml_table import TomlTable, read_toml
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")
 KNOBS = ("intermediate_size", "n_layers")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 _TOP_KEYS = {"name", "description", "base", "model", "baseline", "measure", "knob", "tolerance", "seeds", "batch_size",
              "seq_len", "lr", "warmup", "min_lr_ratio", "evals", "eval_batches", "task_samples", "threads", "device",
@@ -138,7 +137,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
         raise top.fail("baseline", f"names no entrant ({', '.join(names)}), got {baseline!r}")
     rounds = _parse_rounds(raw["rounds"], f"{where}.rounds", len(entrants), seeds)
     return TournamentSpec(
-        name=top.text("name", path.stem),
+        name=check_name(top.text("name", path.stem), f"{where}.name", TournamentError),
         description=top.text("description") or "",
         base=base, base_name=base_name, baseline=baseline,
         measure=top.text("measure", "non_embedding", MEASURES),
@@ -217,8 +216,7 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str,
     for i, table in enumerate(tables):
         t = TomlTable(table, f"{where}[{i}]", _ENTRANT_KEYS, TournamentError)
         name = t.text("name")
-        if name is None or not _NAME.match(name):
-            raise t.fail("name", f"must be a name of letters, digits, _ . - (it names run directories), got {name!r}")
+        check_name(name, f"{t.where}.name", TournamentError)
         if name in (e.name for e in entrants):
             raise t.fail("name", f"{name!r} is used twice")
         preset = t.text("preset", base_name)

@@ -69,6 +69,7 @@ class TrainResult:
     reason: str  # "finished", "max_steps", "signal", "non_finite"
     losses: list[float] = field(default_factory=list)  # every logged-window mean, for callers and tests
     task_accuracy: dict[str, dict[float, float]] = field(default_factory=dict)
+    skipped_steps: int = 0  # updates skipped for a non-finite loss, over the whole run
 
 
 def train(settings: TrainSettings) -> TrainResult:
@@ -175,7 +176,14 @@ class Trainer:
     def _restore(self, run_dir: Path) -> dict[str, Any]:
         """Weights and every registered part from the latest checkpoint. Returns the run's record."""
         open_run_dir(self.rundir, self.dist, resume=True, notes=self._notes)
-        target = ckpt.resolve_checkpoint(run_dir)
+        try:
+            target, note = ckpt.resume_target(run_dir)
+        except CheckpointError as exc:
+            raise TrainError(f"cannot resume: {exc}") from None
+        if note:
+            self._say(f"note: {note}")
+            if self.dist.is_main:
+                ckpt.repoint_latest(run_dir, target.name)
         meta = ckpt.read_meta(target)
         check_same_model(meta["model"], self.config, run_dir, self.s.preset)
         state = ckpt.load_trainer_state(target)
@@ -185,6 +193,9 @@ class Trainer:
         except (ValueError, KeyError) as exc:
             raise TrainError(f"cannot resume {run_dir}: {exc}") from None
         ckpt.upgrade_optimizer_state(self.model, self.optim.optimizers, meta.get("version", 1))
+        if meta.get("version", 1) < ckpt.VERSION:
+            self._say(f"note: {target.name} is a format {meta.get('version', 1)} checkpoint; it was read without "
+                      f"running code and the next checkpoint is written in format {ckpt.VERSION}")
         if self.controller.finished:
             raise TrainError(f"{run_dir} has already finished its curriculum; nothing to resume")
         if self.s.max_steps is not None and self.progress.step >= self.s.max_steps:
@@ -225,7 +236,7 @@ class Trainer:
                     break
         final_tasks = self._finish() if reason in ("finished", "max_steps") else {}
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
-                           task_accuracy=final_tasks)
+                           task_accuracy=final_tasks, skipped_steps=self.metrics.bad_total)
 
     def _enter_stage(self) -> None:
         """Begin training the current stage, at the start of `run()` (also after a resume) and after each
@@ -309,7 +320,7 @@ class Trainer:
         return result.loss
 
     def _end_stage(self) -> None:
-        """Checkpoint, samples and task accuracy at a stage end, then the next stage."""
+        """Samples, task accuracy and probe at a stage end, then its checkpoint, then the next stage."""
         t0 = time.perf_counter()
         finished = self.controller.stage_index
         name, reason = self.curriculum.stages[finished].name, str(self.controller.end_reason())
@@ -319,10 +330,12 @@ class Trainer:
         self.controller.advance()
         if self.controller.fresh_optimizer_needed:
             self.optim.rebuild()
-        self._save([ckpt.stage_end_name(finished)])
         self._say(f"stage {finished} ({name}) ended at step {self.progress.step} ({reason})")
         self.loggers.stage_end(self.progress.step, name, reason)
+        # The outputs before the checkpoint: a kill between the two resumes from the checkpoint before and
+        # redoes them (their rows past that step are trimmed), so a stage end never lacks its outputs.
         self._last_tasks = (self.progress.step, self._stage_outputs(name))
+        self._save([ckpt.stage_end_name(finished)])
         if not self.controller.finished:
             self._enter_stage()
         self.meter.exclude(time.perf_counter() - t0)
@@ -335,7 +348,7 @@ class Trainer:
         return results
 
     def _finish(self) -> dict[str, dict[float, float]]:
-        """The end of a run: a last checkpoint (unless a stage end just wrote one), samples, task accuracy."""
+        """The end of a run: samples, task accuracy, then a last checkpoint (unless a stage end just did all this)."""
         self._drain()
         if self.metrics.pending:
             self._write_metrics(None)
@@ -343,8 +356,8 @@ class Trainer:
         if self._last_tasks is not None and self._last_tasks[0] == step:
             tasks = self._last_tasks[1]  # a stage just ended here and did all of this
         else:
-            self._save([ckpt.step_name(step)])
             tasks = self._stage_outputs(self._stage().name)
+            self._save([ckpt.step_name(step)])
         if tasks:
             self._say("exact-match accuracy on held-out synthetic tasks:\n" + format_table(tasks))
         self._say(f"done: {step} steps, {self.progress.tokens:,} tokens in {self.progress.elapsed:.0f}s; run "
@@ -358,7 +371,8 @@ class Trainer:
         state; prune periodic ones and log it. A failed save is logged (if the disk allows) and raised."""
         if self.dist.is_main:
             meta = {"model": self.config.to_dict(), "curriculum": self.curriculum.name,
-                    "step": self.progress.step, "stage": self.controller.stage_index, "tokens": self.progress.tokens}
+                    "step": self.progress.step, "stage": self.controller.stage_index, "tokens": self.progress.tokens,
+                    "skipped_steps": self.metrics.bad_total}
             try:
                 ckpt.save_checkpoint(self.rundir.path, names, self.model, meta,
                                      self.state.state_dict() if trainer_state else None, make_latest=trainer_state)

@@ -1,0 +1,233 @@
+"""Nothing foreign run, nothing lost: no pickle runs on resume or in a tournament report, tournaments refuse
+runs trained from another spec, no winner without a finite result, names that become paths are checked, a
+resume falls back past a damaged `latest` and a fresh start cannot clobber a complete checkpoint.
+(Kills at a stage end are in test_fault_injection.py.)"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
+
+import train as train_cli
+from hamner.commands.tournament import main as tournament_main
+from hamner.errors import CheckpointError, TrainError
+from hamner.run import checkpoint as ckpt
+from hamner.tournament import rounds as rounds_module
+from hamner.tournament import runs
+from hamner.tournament.report import write_report
+from hamner.tournament.rounds import run_tournament
+from hamner.tournament.spec import TournamentError, load_spec
+from hamner.train.settings import resume_settings
+from hamner.train.trainer import TrainResult, train
+
+SPEC = """\
+name = "{name}"
+base = "demo"
+model = {{ hidden_size = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, intermediate_size = 64, max_seq_len = 64 }}
+seeds = [3]
+batch_size = 2
+seq_len = 16
+evals = 1
+eval_batches = 1
+task_samples = 0
+threads = 1
+device = "cpu"
+
+[data]
+weights = {{ synthetic = 1.0 }}
+
+[[rounds]]
+tokens = {tokens}
+
+[[entrants]]
+name = "dense"
+resize = false
+
+[[entrants]]
+name = "deep"
+resize = false
+model = {{ n_layers = {deep_layers} }}
+"""
+
+
+def write_spec(tmp_path, name="tiny", tokens=64, deep_layers=2):
+    path = tmp_path / "tiny.toml"
+    path.write_text(SPEC.format(name=name, tokens=tokens, deep_layers=deep_layers))
+    return path
+
+
+class Planted:
+    """What a crafted checkpoint holds: unpickling it would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A finished 4-step run keeping step-2 and step-4 (latest), and its curriculum."""
+    curriculum = write_curriculum(tmp_path, first=100, second=1)
+    out = tmp_path / "run"
+    train(tiny_settings(out, curriculum, max_steps=4, save_interval=2, keep_checkpoints=5))
+    return out, curriculum
+
+
+def test_a_crafted_trainer_state_is_refused_and_runs_nothing(run, tmp_path, capsys):
+    out, _ = run
+    marker = tmp_path / "pwned"
+    target = ckpt.resolve_checkpoint(out)
+    torch.save({"progress": Planted(marker)}, target / "trainer.pt")
+    with pytest.raises(CheckpointError, match="asks to run code") as info:
+        ckpt.load_trainer_state(target)
+    assert "\n" not in str(info.value) and not marker.exists()
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(out), "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "asks to run code" in err, err
+    assert not marker.exists()
+
+
+def test_a_checkpoint_from_before_the_change_resumes_with_a_notice(run):
+    """Format 2 kept NumPy's generator state as an ndarray; it resumes to the same losses as format 3."""
+    out, curriculum = run
+    whole = out.parent / "whole"
+    train(tiny_settings(whole, curriculum, max_steps=6, save_interval=2, keep_checkpoints=5))
+    target = ckpt.resolve_checkpoint(out)
+    state = torch.load(target / "trainer.pt", weights_only=True)
+    kind, keys, *rest = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), *rest)
+    torch.save(state, target / "trainer.pt")
+    meta = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**meta, "version": 2}))
+    train(resume_settings(out, {"max_steps": 6}))
+    assert "format 2 checkpoint; it was read without running code" in (out / "train.log").read_text()
+    assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(whole)]
+
+
+@pytest.mark.parametrize("damage", ["no_trainer", "latest_empty", "latest_dangling", "latest_outside",
+                                    "config_unreadable"])
+def test_resume_falls_back_to_the_newest_complete_checkpoint_and_a_fresh_start_is_refused(run, damage, capsys):
+    out, curriculum = run
+    root = out / "checkpoints"
+    if damage == "no_trainer":
+        (root / "step-00000004" / "trainer.pt").unlink()
+    elif damage == "latest_empty":
+        (root / "latest").write_text("")
+    elif damage == "latest_dangling":
+        (root / "latest").write_text("step-00000009\n")
+    elif damage == "latest_outside":
+        (root / "latest").write_text("../../step-00000004\n")
+    else:
+        (root / "step-00000004" / "config.json").write_text("{not json")
+    expected = "step-00000004 (step 4)" if damage.startswith("latest") else "step-00000002 (step 2)"
+    rows_before = (out / "metrics.csv").read_text()
+    assert train_cli.main(tiny_flags(out, curriculum, "--max-steps", "6")) == 2  # a fresh start into it
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds checkpoints" in err, err
+    assert (out / "metrics.csv").read_text() == rows_before  # nothing trimmed
+    result = train(resume_settings(out, {"max_steps": 6}))
+    assert result.step == 6
+    log = (out / "train.log").read_text()
+    assert f"resuming from the newest complete checkpoint {expected}" in log
+    assert [int(r["step"]) for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_with_no_complete_checkpoint_at_all_says_so(run):
+    out, _ = run
+    for step in ("step-00000002", "step-00000004"):
+        (out / "checkpoints" / step / "trainer.pt").unlink()
+    with pytest.raises(TrainError, match="no complete checkpoint") as info:
+        train(resume_settings(out, {"max_steps": 6}))
+    assert "\n" not in str(info.value)
+
+
+def finished_tournament_run(tmp_path, marker_fields):
+    """A tournament run directory as a finished run leaves it, with a crafted trainer.pt in its checkpoint."""
+    curriculum = write_curriculum(tmp_path, first=100, second=1, eval_interval=2)
+    d = tmp_path / "t" / "round-1" / "dense" / "seed-3"
+    train(tiny_settings(d, curriculum, max_steps=2))
+    (d / runs.MARKER).write_text(json.dumps({"reason": "finished", "peak_memory": None, "wall_s": 1.0,
+                                             **marker_fields}))
+    plan = runs.RunPlan(directory=d, preset="demo", model_file=tmp_path / "m.toml", curriculum=str(curriculum),
+                        steps=2, eval_interval=2, lr=3e-3, seed=3, batch_size=2, seq_len=32, eval_batches=1,
+                        task_samples=0, threads=1, device="cpu")
+    return d, plan
+
+
+def test_the_tournament_report_reads_only_json_and_csv(tmp_path):
+    d, plan = finished_tournament_run(tmp_path, {"skipped_steps": 7})
+    marker = tmp_path / "pwned"
+    torch.save({"metrics": Planted(marker)}, ckpt.resolve_checkpoint(d) / "trainer.pt")
+    result = runs.read_run(plan)
+    assert not marker.exists()
+    assert result.skipped_steps == 7 and math.isfinite(result.val_loss)
+
+
+def test_the_skipped_steps_of_a_diverged_run_reach_the_report(tmp_path, monkeypatch):
+    d, plan = finished_tournament_run(tmp_path, {})
+    (d / runs.MARKER).unlink()
+    plan = dataclasses.replace(plan, steps=3)  # short of its plan: ensure_run trains it on
+    monkeypatch.setattr(runs, "train_model", lambda plan, resume: TrainResult(d, 2, "non_finite", skipped_steps=7))
+    result = runs.ensure_run(plan, say=lambda _: None)
+    assert json.loads((d / runs.MARKER).read_text())["skipped_steps"] == 7
+    assert result.skipped_steps == 7 and math.isnan(result.val_loss)
+
+
+def fake_runs(monkeypatch, losses):
+    def fake(plan, say):
+        loss = losses[plan.directory.parts[-2]]
+        return runs.RunResult(directory=str(plan.directory), steps=plan.steps, tokens=plan.steps * 32, lr=plan.lr,
+                              seed=plan.seed, val_loss=loss, curve=[(plan.steps * 32, 1.0, loss)])
+    monkeypatch.setattr(rounds_module, "ensure_run", fake)
+
+
+def test_no_winner_without_a_finite_result(tmp_path, monkeypatch):
+    spec = load_spec(write_spec(tmp_path))
+    fake_runs(monkeypatch, {"dense": math.nan, "deep": math.nan})
+    report = write_report(run_tournament(spec, tmp_path / "t", say=lambda _: None), tmp_path / "t")
+    assert report["final"]["winner"] is None and [e["rank"] for e in report["entrants"]] == [None, None]
+    assert "**No winner**" in (tmp_path / "t" / "report.md").read_text()
+
+    fake_runs(monkeypatch, {"dense": math.nan, "deep": 2.5})
+    report = write_report(run_tournament(spec, tmp_path / "t", say=lambda _: None), tmp_path / "t")
+    assert report["final"]["winner"] == "deep" and report["final"]["difference"] is None
+    assert {e["name"]: e["rank"] for e in report["entrants"]} == {"deep": 1, "dense": None}
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", ".hidden", ""])
+def test_a_tournament_name_that_would_leave_its_folder_is_refused(tmp_path, name, capsys):
+    spec = write_spec(tmp_path, name=name)
+    with pytest.raises(TournamentError, match=r"tiny\.toml\.name"):
+        load_spec(spec)
+    assert tournament_main([str(spec), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_rerun_refuses_runs_trained_from_another_spec_unless_restarted(tmp_path, single_thread, capsys):
+    out = tmp_path / "t"
+    assert tournament_main([str(write_spec(tmp_path, tokens=64)), "--out", str(out)]) == 0
+    trained = json.loads((out / "round-1" / "dense" / "seed-3" / runs.PLAN).read_text())
+    assert trained["tokens"] == 64 and trained["steps"] == 2 and trained["seed"] == 3
+    capsys.readouterr()
+    assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "entrant dense" in err and "tokens changed (64 -> 128)" in err, err
+    assert tournament_main([str(write_spec(tmp_path, tokens=64, deep_layers=3)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "entrant deep" in err and "model.n_layers changed (2 -> 3)" in err, err
+
+    assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out), "--restart-changed"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {e["name"]: e["tokens"] for e in report["entrants"]} == {"dense": 128, "deep": 128}
+    assert [int(r["step"]) for r in metrics(out / "round-1" / "deep" / "seed-3")] == [2, 4]  # retrained from 0
+    assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out)]) == 0  # unchanged: reused
