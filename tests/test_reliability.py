@@ -5,18 +5,27 @@ resume falls back past a damaged `latest` and a fresh start cannot clobber a com
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoint import save_tiny_run, tiny_config
 from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
 
 import train as train_cli
+from hamner.commands.eval import main as eval_main
+from hamner.commands.export import main as export_main
 from hamner.commands.tournament import main as tournament_main
 from hamner.errors import CheckpointError, TrainError
+from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
+from hamner.run.directory import lock_directory
 from hamner.tournament import rounds as rounds_module
 from hamner.tournament import runs
 from hamner.tournament.report import write_report
@@ -24,6 +33,8 @@ from hamner.tournament.rounds import run_tournament
 from hamner.tournament.spec import TournamentError, load_spec
 from hamner.train.settings import resume_settings
 from hamner.train.trainer import TrainResult, train
+from hamner.use import hf as hf_module
+from hamner.use.hf import is_hf_dir, load_hf_model
 
 SPEC = """\
 name = "{name}"
@@ -231,3 +242,73 @@ def test_a_rerun_refuses_runs_trained_from_another_spec_unless_restarted(tmp_pat
     assert {e["name"]: e["tokens"] for e in report["entrants"]} == {"dense": 128, "deep": 128}
     assert [int(r["step"]) for r in metrics(out / "round-1" / "deep" / "seed-3")] == [2, 4]  # retrained from 0
     assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out)]) == 0  # unchanged: reused
+
+
+# ----- weak spots: one probe each -----
+
+@pytest.mark.parametrize("field, value", [("init_std", math.inf), ("norm_eps", math.inf), ("rope_theta", math.inf),
+                                          ("rope_theta", math.nan), ("moe_balance_weight", math.nan),
+                                          ("moe_balance_weight", math.inf), ("moe_z_weight", -math.inf)])
+def test_non_finite_model_settings_are_refused(field, value):
+    extra = {"mlp": "moe"} if field.startswith("moe") else {}
+    with pytest.raises(ValueError, match=f"{field} must be") as info:
+        tiny_config(**extra, **{field: value})
+    assert "\n" not in str(info.value)
+
+
+def test_a_failed_export_leaves_no_directory_that_reads_as_a_model(tmp_path, monkeypatch, capsys):
+    save_tiny_run(tmp_path / "run")
+    out = tmp_path / "hf"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hf_module, "write_tokenizer", full_disk)
+    assert export_main([str(tmp_path / "run"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+    assert not is_hf_dir(out) and not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert export_main([str(tmp_path / "run"), str(out), "--force"]) == 0 and is_hf_dir(out)
+
+
+def test_a_shard_index_pointing_outside_its_directory_is_refused(tmp_path):
+    save_tiny_run(tmp_path / "run")
+    export_main([str(tmp_path / "run"), str(tmp_path / "hf")])
+    shutil.copy(tmp_path / "hf" / "model.safetensors", tmp_path / "outside.safetensors")
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"model.embed_tokens.weight": "../outside.safetensors"}}))
+    with pytest.raises(ValueError, match="points outside") as info:
+        load_hf_model(tmp_path / "hf")
+    assert "\n" not in str(info.value)
+
+
+def test_a_second_tournament_on_the_same_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "t"
+    held = lock_directory(out, "tournament directory")  # a first tournament, still running
+    try:
+        assert tournament_main([str(write_spec(tmp_path)), "--out", str(out)]) == 2
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"tournament directory {out} is in use by pid {os.getpid()}" in err, err
+    assert not (out / "round-1").exists()
+
+
+def test_hellaswag_file_is_read_before_the_model_and_the_evaluation(tmp_path, capsys):
+    assert eval_main([str(tmp_path / "no-such-run"), "--hellaswag", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.jsonl" in err, err
+
+
+def test_a_periodic_save_at_a_stage_end_step_is_not_a_second_copy(tmp_path):
+    model = HamnerModel(tiny_config())
+    meta = {"model": tiny_config().to_dict(), "step": 40}
+    ckpt.save_checkpoint(tmp_path, [ckpt.stage_end_name(0)], model, meta, {"step": 40})
+    assert ckpt.save_checkpoint(tmp_path, [ckpt.step_name(40)], model, meta, {"step": 40}).name == "stage-0-end"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "stage-0-end"]
+
+
+def test_the_readme_names_the_lm_eval_extra_it_needs():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert 'pip install "lm-eval[hf]"' in readme and "(`pip install lm-eval`)" not in readme

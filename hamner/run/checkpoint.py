@@ -178,12 +178,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     root = checkpoints_dir(path)
     if root.is_dir():
-        damage = _latest_damage(root)
-        if damage is not None:
-            raise CheckpointError(f"run directory {path} has no complete latest checkpoint: {damage} (name one of "
-                                  f"its checkpoint directories, or resume the run: it falls back to the newest "
-                                  "complete one)")
-        return root / _read_latest_name(root)
+        name = _read_latest_name(root)
+        if name is None:
+            raise CheckpointError(f"run directory {path} has no complete checkpoint ({_latest_damage(root)})")
+        target = root / name
+        if not (target / WEIGHTS).is_file():
+            raise CheckpointError(f"checkpoint {target} named by {root / LATEST} is missing")
+        return target
     raise CheckpointError(f"{path} is neither a Hamner run directory nor a checkpoint directory "
                           f"(expected {WEIGHTS} and {CONFIG}, or {CHECKPOINTS}/{LATEST})")
 

@@ -62,7 +62,7 @@ def check_name(name: object, what: str, error: type[HamnerError] = RunDirError) 
     return name
 
 
-def inside(root: Path, relative: str, what: str, error: type[HamnerError] = RunDirError) -> Path:
+def inside(root: Path, relative: str, what: str, error: type[Exception] = RunDirError) -> Path:
     """root/relative, refused with a one-line `error` naming `what` when it leads out of `root`
     (an absolute path, `..`, or a symbolic link pointing elsewhere)."""
     root = Path(root)
