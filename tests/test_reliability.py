@@ -336,3 +336,24 @@ def test_chat_content_that_is_not_text_is_one_line(tmp_path, content, capsys):
     assert prepare_main([str(src), "--out", str(tmp_path / "out"), "--tokenizer", "bytes"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "line 1" in err and "content must be text" in err, err
+
+
+def test_a_run_config_edited_to_a_non_number_is_one_line(run, capsys):
+    out, _ = run
+    config = json.loads((out / "config.json").read_text())
+    config["settings"]["batch_size"] = "abc"
+    (out / "config.json").write_text(json.dumps(config))
+    assert train_cli.main(["--resume", str(out), "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size must be a number, got 'abc'" in err, err
+
+
+def test_a_model_too_large_for_memory_is_one_line(tmp_path, capsys):
+    curriculum = write_curriculum(tmp_path, first=2, second=1)
+    model = tmp_path / "huge.toml"
+    model.write_text("hidden_size = 1_000_000_000_000\nintermediate_size = 1_000_000_000_000\n"
+                     "n_heads = 1\nn_kv_heads = 1\n")
+    assert train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--model", str(model))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not fit in memory" in err, err
+    assert not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import DataError, RunDirError, TrainError
 from hamner.model.config import HamnerConfig, load_model_file, model_config
-from hamner.model.transformer import HamnerModel
+from hamner.model.transformer import HamnerModel, build_model
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RunDir
 from hamner.train import distributed as dist
@@ -71,7 +71,7 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
 def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.device) -> HamnerModel:
     """A fresh model of `config` on `device`, refused when a curriculum stage sets a model knob it lacks
     (or a value the knob does not accept), or asks for document packing its mixers cannot keep apart."""
-    model = HamnerModel(config).to(device)
+    model = build_model(config).to(device)
     try:
         curriculum.check_model_knobs(model.check_knob)
     except ValueError as exc:

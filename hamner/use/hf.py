@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from hamner.errors import ExportError, one_line
 from hamner.model.config import HamnerConfig
-from hamner.model.transformer import HamnerModel
+from hamner.model.transformer import HamnerModel, build_model
 from hamner.run.directory import inside
 from hamner.run.durable import fsync_path, replace_atomically, write_text
 
@@ -219,7 +219,7 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
         state = from_hf_state_dict(tensors, config)
     except KeyError as exc:
         raise ValueError(f"{path}: weight {exc.args[0]} is missing") from None
-    model = HamnerModel(config)
+    model = build_model(config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import CheckpointError, DataError, InferenceError, one_line
 from hamner.model.config import HamnerConfig
-from hamner.model.transformer import HamnerModel
+from hamner.model.transformer import HamnerModel, build_model
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RUNS_DIR, latest_pointer
 from hamner.use.hf import is_hf_dir, load_hf_model
@@ -44,7 +44,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ha
         config = HamnerConfig.from_dict(meta["model"])
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"model config in {directory / ckpt.CONFIG} is invalid: {one_line(exc)}") from None
-    model = HamnerModel(config)
+    model = build_model(config)
     ckpt.load_weights(model, directory, device="cpu")
     return model.to(device), config
 
