@@ -357,3 +357,35 @@ def test_a_model_too_large_for_memory_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not fit in memory" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("[lr_sweep]\nfactors = [0.5, inf]\ntokens = 64\n", r"lr_sweep\.factors: must be a list of at least two positive, "
+                                                        r"finite numbers"),
+    ('[[entrants]]\nname = "short"\nresize = false\nmodel = { max_seq_len = 8 }\n',
+     r"entrants\[2\] \(short\): max_seq_len 8 is below the tournament's seq_len 16"),
+])
+def test_tournament_values_that_would_fail_at_train_time_are_refused_at_load(tmp_path, extra, match):
+    path = write_spec(tmp_path)
+    path.write_text(path.read_text() + extra)
+    with pytest.raises(TournamentError, match=match):
+        load_spec(path)
+
+
+def test_evals_beyond_a_rounds_steps_do_not_stretch_its_budget(tmp_path):
+    spec = dataclasses.replace(load_spec(write_spec(tmp_path)), evals=10)
+    assert rounds_module.steps_for(spec, 64) == (2, 1)  # 64 tokens are 2 steps of 2 x 16, not 10
+
+
+def test_a_checkpoint_write_failing_inside_torch_names_the_cause(tmp_path, monkeypatch):
+    model = HamnerModel(tiny_config())
+
+    def failing_save(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save_checkpoint(tmp_path, [ckpt.step_name(1)], model, {"model": tiny_config().to_dict(), "step": 1},
+                             {"step": 1})
+    assert "writing trainer.pt failed with" in str(info.value) and "enforce" not in str(info.value)

@@ -88,7 +88,7 @@ def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, met
                                temp=root / f".tmp-{LATEST}-{os.getpid()}")
     except (OSError, SafetensorError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         kept = f"the last good checkpoint ({latest}) is kept" if latest else "no earlier checkpoint exists"
-        raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc)}; {kept}") from None
+        raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc, root)}; {kept}") from None
     return primary
 
 
@@ -358,8 +358,9 @@ def _is_checkpoint(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
 
 
-def _reason(exc: BaseException) -> str:
-    """Why a write failed, in a few words ("No space left on device" rather than a Rust debug dump)."""
+def _reason(exc: BaseException, root: Path) -> str:
+    """Why a write failed, in a few words ("No space left on device" rather than a Rust debug dump, or
+    torch's `[enforce fail at inline_container.cc]`, which says neither what failed nor why)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)
@@ -367,5 +368,12 @@ def _reason(exc: BaseException) -> str:
                        "Read-only file system"):
         if errno_name in text:
             return errno_name
+    if "enforce fail" in text or "PytorchStreamWriter" in text:
+        try:
+            free = shutil.disk_usage(root).free
+        except OSError:
+            return "writing trainer.pt failed"
+        return f"writing trainer.pt failed with {free:,} bytes free on its disk" + (
+            " (No space left on device)" if free < 1 << 20 else "")
     return one_line(exc)
 

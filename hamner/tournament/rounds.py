@@ -84,10 +84,12 @@ def size_entrants(spec: TournamentSpec) -> dict[str, SizedEntrant]:
 
 def steps_for(spec: TournamentSpec, tokens: int) -> tuple[int, int]:
     """(steps, eval_interval) for a budget of `tokens`: steps is a multiple of the interval, so the
-    last step validates, and the spec's `evals` validations are spread evenly over the run."""
-    steps = max(spec.evals, round(tokens / spec.tokens_per_step))
-    interval = steps // spec.evals
-    return interval * spec.evals, interval
+    last step validates, and the spec's `evals` validations are spread evenly over the run (at most one
+    per step: `evals` larger than the budget's steps never stretches the budget)."""
+    steps = max(1, round(tokens / spec.tokens_per_step))
+    evals = min(spec.evals, steps)
+    interval = steps // evals
+    return interval * evals, interval
 
 
 def curriculum_for(spec: TournamentSpec, out: Path, steps: int) -> str:

@@ -136,6 +136,11 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     if baseline not in names:
         raise top.fail("baseline", f"names no entrant ({', '.join(names)}), got {baseline!r}")
     rounds = _parse_rounds(raw["rounds"], f"{where}.rounds", len(entrants), seeds)
+    seq_len = top.integer("seq_len", min(256, base.max_seq_len), minimum=1)
+    for i, e in enumerate(entrants):  # found here, not when its first run starts training
+        if e.config.max_seq_len < seq_len:
+            raise TournamentError(f"{where}.entrants[{i}] ({e.name}): max_seq_len {e.config.max_seq_len} is below "
+                                  f"the tournament's seq_len {seq_len}")
     return TournamentSpec(
         name=check_name(top.text("name", path.stem), f"{where}.name", TournamentError),
         description=top.text("description") or "",
@@ -144,7 +149,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
         tolerance=top.number("tolerance", 0.02, 0.0, 1.0, low_open=True),
         seeds=seeds,
         batch_size=top.integer("batch_size", 8, minimum=1),
-        seq_len=top.integer("seq_len", min(256, base.max_seq_len), minimum=1),
+        seq_len=seq_len,
         lr=top.number("lr", 3e-3, 0.0, low_open=True),
         warmup=top.number("warmup", 0.02, 0.0, 1.0),
         min_lr_ratio=top.number("min_lr_ratio", 0.1, 0.0, 1.0),
@@ -203,8 +208,8 @@ def _parse_sweep(table: Any, where: str) -> LrSweep:
     t = TomlTable(table, where, _SWEEP_KEYS, TournamentError)
     factors = table.get("factors")
     if (not isinstance(factors, list) or len(factors) < 2
-            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 for f in factors)):
-        raise t.fail("factors", f"must be a list of at least two positive numbers, got {factors!r}")
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < math.inf for f in factors)):
+        raise t.fail("factors", f"must be a list of at least two positive, finite numbers, got {factors!r}")
     t.required("tokens")
     return LrSweep(factors=tuple(sorted(float(f) for f in set(factors))), tokens=t.integer("tokens", minimum=1))
 
