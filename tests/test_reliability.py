@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -389,3 +390,37 @@ def test_a_checkpoint_write_failing_inside_torch_names_the_cause(tmp_path, monke
         ckpt.save_checkpoint(tmp_path, [ckpt.step_name(1)], model, {"model": tiny_config().to_dict(), "step": 1},
                              {"step": 1})
     assert "writing trainer.pt failed with" in str(info.value) and "enforce" not in str(info.value)
+
+
+def test_prepare_clears_leftover_temporaries_and_warns_of_chats_without_a_reply(tmp_path, capsys):
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"
+                   + json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}]}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = out / ".train_000000.bin.999.tmp"  # what a SIGTERM during an earlier prepare left
+    leftover.write_bytes(b"x" * 1000)
+    assert prepare_main([str(src), "--out", str(out), "--tokenizer", "bytes", "--val-fraction", "0"]) == 0
+    assert not leftover.exists()
+    assert "1 chat document(s) have no assistant reply" in capsys.readouterr().err
+
+
+def test_sigterm_during_prepare_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch, capsys):
+    from hamner.data import prepare as prepare_module
+
+    src = tmp_path / "a.txt"
+    src.write_text("some text\n\nmore text\n")
+    real = prepare_module.tokens_and_masks
+
+    def terminated(*args):
+        result = real(*args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(prepare_module, "tokens_and_masks", terminated)
+    assert prepare_main([str(src), "--out", str(tmp_path / "out"), "--tokenizer", "bytes"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: interrupted"), err
+    assert not list((tmp_path / "out").glob(".*.tmp")) if (tmp_path / "out").exists() else True
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
