@@ -27,7 +27,8 @@ from hamner.commands.tournament import main as tournament_main
 from hamner.data.chat_format import format_conversation
 from hamner.data.loss_masks import tokens_and_masks
 from hamner.data.tokenizer import load_tokenizer
-from hamner.errors import CheckpointError, TrainError
+from hamner.data.windows import ShardSource
+from hamner.errors import CheckpointError, DataError, TrainError
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import lock_directory
@@ -424,3 +425,33 @@ def test_sigterm_during_prepare_is_one_line_and_leaves_no_temporary(tmp_path, mo
     assert err.count("\n") == 1 and err.startswith("error: interrupted"), err
     assert not list((tmp_path / "out").glob(".*.tmp")) if (tmp_path / "out").exists() else True
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def chat_source(tmp_path, with_reply: bool):
+    """A prepared chat source (bytes tokenizer), with or without assistant replies."""
+    src = tmp_path / "chat.jsonl"
+    reply = [{"role": "assistant", "content": "hello there"}] if with_reply else []
+    src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}, *reply]}) + "\n"
+                           for i in range(20)))
+    out = tmp_path / "chat"
+    assert prepare_main([str(src), "--out", str(out), "--tokenizer", "bytes", "--val-fraction", "0"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("no_reply", "has no counted tokens"),
+    ("mask_value", "holds the value 7"),
+    ("mask_missing", "lists loss mask train_000000.mask, which is missing"),
+])
+def test_loss_masks_that_count_nothing_or_are_not_prepares_are_refused(tmp_path, damage, match):
+    out = chat_source(tmp_path, with_reply=damage != "no_reply")
+    mask = out / "train_000000.mask"
+    if damage == "mask_value":
+        data = bytearray(mask.read_bytes())
+        data[-1] = 7
+        mask.write_bytes(bytes(data))
+    elif damage == "mask_missing":
+        mask.unlink()
+    with pytest.raises(DataError, match=match) as info:
+        ShardSource(out, "train", load_tokenizer("bytes"))
+    assert "\n" not in str(info.value)
