@@ -455,3 +455,15 @@ def test_loss_masks_that_count_nothing_or_are_not_prepares_are_refused(tmp_path,
     with pytest.raises(DataError, match=match) as info:
         ShardSource(out, "train", load_tokenizer("bytes"))
     assert "\n" not in str(info.value)
+
+
+def test_document_packing_refusal_names_the_mixer_that_refuses_and_why(tmp_path, capsys):
+    curriculum = tmp_path / "docs.toml"
+    curriculum.write_text(write_curriculum(tmp_path, first=2, second=1).read_text().replace(
+        'tokenizer = "bytes"\n', 'tokenizer = "bytes"\npacking = "document"\n'))
+    model = tmp_path / "mixed.toml"
+    model.write_text('n_layers = 2\nlayer_mixers = ["attention", "diff_attention"]\n')
+    assert train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--model", str(model))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mixer 'diff_attention' cannot keep packed documents apart: its attention " \
+        "kernel takes no document mask" in err and "'attention' carries" not in err, err

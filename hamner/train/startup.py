@@ -76,9 +76,10 @@ def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.de
         curriculum.check_model_knobs(model.check_knob)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
-    if curriculum.packing == "document" and not model.keeps_documents_apart():
-        raise TrainError(f"curriculum {curriculum.name!r} packs documents, but mixer {config.mixer!r} carries its "
-                         "state across them; use an attention mixer or packing = \"stream\"")
+    refusal = next((layer.documents_refusal for layer in model.layers if layer.documents_refusal), None)
+    if curriculum.packing == "document" and refusal:  # the block's own words: the mixer that refuses, and why
+        raise TrainError(f"curriculum {curriculum.name!r} packs documents, but {refusal}; use "
+                         "packing = \"stream\" or a mixer that keeps documents apart")
     return model
 
 
