@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -28,7 +29,8 @@ from hamner.data.chat_format import format_conversation
 from hamner.data.loss_masks import tokens_and_masks
 from hamner.data.tokenizer import load_tokenizer
 from hamner.data.windows import ShardSource
-from hamner.errors import CheckpointError, DataError, TrainError
+from hamner.errors import CheckpointError, DataError, EvalError, TrainError
+from hamner.eval.multiple_choice import Item, multiple_choice_accuracy
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import lock_directory
@@ -467,3 +469,24 @@ def test_document_packing_refusal_names_the_mixer_that_refuses_and_why(tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mixer 'diff_attention' cannot keep packed documents apart: its attention " \
         "kernel takes no document mask" in err and "'attention' carries" not in err, err
+
+
+@pytest.mark.parametrize("content, match", [
+    (b'{"ctx": "", "endings": ["a", "b", "c", "d"], "label": 0}\n', "ctx must be a non-empty string"),
+    (b'{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 0}\n\xff\xfe\n', r":2: not UTF-8 text"),
+])
+def test_bad_hellaswag_files_are_one_line(tmp_path, content, match, capsys):
+    save_tiny_run(tmp_path / "run")
+    path = tmp_path / "hs.jsonl"
+    path.write_bytes(content)
+    assert eval_main([str(tmp_path / "run"), "--hellaswag", str(path), "--quick", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err), err
+
+
+def test_a_hellaswag_ending_longer_than_the_context_is_one_line(tmp_path):
+    model = save_tiny_run(tmp_path / "run")
+    item = Item(ctx="x", endings=("long " * 40, "b", "c", "d"), label=0)
+    with pytest.raises(EvalError, match="an ending of 201 tokens does not fit the model's context of 64") as info:
+        multiple_choice_accuracy(model, load_tokenizer("bytes"), [item])
+    assert "\n" not in str(info.value)
