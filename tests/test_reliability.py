@@ -490,3 +490,20 @@ def test_a_hellaswag_ending_longer_than_the_context_is_one_line(tmp_path):
     with pytest.raises(EvalError, match="an ending of 201 tokens does not fit the model's context of 64") as info:
         multiple_choice_accuracy(model, load_tokenizer("bytes"), [item])
     assert "\n" not in str(info.value)
+
+
+def test_a_lone_surrogate_in_a_record_is_one_line(tmp_path, capsys):
+    src = tmp_path / "s.jsonl"
+    src.write_text('{"text": "fine"}\n{"text": "a \\ud800 b"}\n')
+    assert prepare_main([str(src), "--out", str(tmp_path / "out"), "--tokenizer", "bytes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 2" in err and "lone surrogate" in err, err
+
+
+def test_a_model_files_context_is_blamed_on_the_model_file(tmp_path, capsys):
+    curriculum = write_curriculum(tmp_path, first=2, second=1)
+    model = tmp_path / "short.toml"
+    model.write_text("max_seq_len = 16\n")
+    assert train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--model", str(model))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"exceeds the context of model file {model}" in err, err

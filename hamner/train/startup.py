@@ -56,8 +56,9 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
         raise TrainError(f"curriculum {curriculum.name!r} needs the {curriculum.tokenizer!r} tokenizer "
                          f"but preset {s.preset!r} uses {config.tokenizer!r}; pick a preset built for it")
     if s.seq_len > config.max_seq_len:
-        raise TrainError(f"--seq-len {s.seq_len} exceeds the context of preset {s.preset!r} "
-                         f"({config.max_seq_len} tokens)")
+        model = f"model file {s.model} on preset {s.preset!r}" if s.model is not None else f"preset {s.preset!r}"
+        raise TrainError(f"--seq-len {s.seq_len} exceeds the context of {model} (max_seq_len "
+                         f"{config.max_seq_len} tokens)")
     if s.init_from and not Path(s.init_from).exists():
         raise TrainError(f"--init-from {s.init_from}: no checkpoint at {s.init_from}")
     if curriculum.requires_init and not (s.init_from or s.resume):
