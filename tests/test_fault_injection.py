@@ -24,6 +24,9 @@ import pytest
 from train_helpers import metrics, tiny_settings, write_curriculum
 
 from hamner.run import checkpoint as ckpt
+from hamner.tournament.report import write_report
+from hamner.tournament.rounds import run_tournament
+from hamner.tournament.spec import load_spec
 from hamner.train.evaluation import TrainEvaluator
 from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
@@ -297,3 +300,64 @@ def run_killed_at_outputs(root: Path, run) -> None:
         finally:
             os._exit(1)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 137
+
+
+TOURNAMENT = """\
+name = "faults"
+base = "demo"
+model = { hidden_size = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, intermediate_size = 64, max_seq_len = 64 }
+seeds = [3]
+batch_size = 2
+seq_len = 16
+evals = 1
+eval_batches = 1
+task_samples = 0
+threads = 1
+device = "cpu"
+
+[data]
+weights = { synthetic = 1.0 }
+
+[[rounds]]
+tokens = 64
+
+[[entrants]]
+name = "dense"
+resize = false
+
+[[entrants]]
+name = "deep"
+resize = false
+model = { n_layers = 2 }
+"""
+
+
+def test_kill_a_tournament_while_it_records_a_run_then_rerun(setup):
+    """A tournament killed while it writes a run's plan.json or its finished marker reruns to the same report."""
+    root, _, _ = setup
+    spec_path = root / "faults.toml"
+    spec_path.write_text(TOURNAMENT)
+
+    def tournament(out: Path) -> dict:
+        report = write_report(run_tournament(load_spec(spec_path), out, say=lambda _: None), out)
+        return {e["name"]: (e["tokens"], e["val_loss"], e["skipped_steps"]) for e in report["entrants"]}
+
+    clean = root / "tournament-clean"
+    events = record(clean, lambda: tournament(clean))
+    expected = tournament(clean)  # a rerun of a finished tournament reads the same
+    writes = [i for i, (_, p, _) in enumerate(events, start=1)
+              if p.startswith("round-1/dense/seed-3/") and ("plan.json" in p or "tournament.json" in p)]
+    first = sorted(set(writes) | {i + 1 for i in writes if events[i - 1][0] == "replace"})  # and the folder's fsync
+    assert len(first) == 6, describe(events)
+    failures = []
+    for kill_at, torn, what in kill_points(events[: first[-1]]):
+        if kill_at not in first:
+            continue
+        out = root / f"tournament-{kill_at}-{int(torn)}"
+        try:
+            run_killed(out, lambda out=out: tournament(out), kill_at, torn)
+            assert tournament(out) == expected
+        except Exception as exc:
+            failures.append(f"kill at {what}: {type(exc).__name__}: {exc}")
+        shutil.rmtree(out, ignore_errors=True)
+    assert not failures, "\n".join(failures)
