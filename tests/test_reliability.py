@@ -507,3 +507,32 @@ def test_a_model_files_context_is_blamed_on_the_model_file(tmp_path, capsys):
     assert train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--model", str(model))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"exceeds the context of model file {model}" in err, err
+
+
+class InterruptsWhenCollected:
+    """Garbage in a reference cycle whose finalizer delivers a Ctrl-C: a second Ctrl-C landing while the
+    trainer's shutdown collects garbage."""
+
+    def __init__(self):
+        self.cycle = self
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # Python runs the handler at the next bytecode, still inside this finalizer
+            pass
+
+
+def test_a_ctrl_c_during_shutdown_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from hamner.train.trainer import Trainer
+
+    curriculum = write_curriculum(tmp_path, first=100, second=1)
+    real_close = Trainer.close
+
+    def close_with_garbage(self):
+        real_close(self)
+        InterruptsWhenCollected()
+
+    monkeypatch.setattr(Trainer, "close", close_with_garbage)
+    assert train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--max-steps", "2")) == 130
+    err = capsys.readouterr().err
+    assert "Exception ignored" not in err and err.count("\n") == 1 and err.startswith("error: "), err

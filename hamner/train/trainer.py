@@ -43,7 +43,7 @@ from hamner.train.metrics import DeviceWindow, MetricsWindow, format_row
 from hamner.train.optim import apply_lr, stage_optimizer
 from hamner.train.run_record import fresh_record, new_run_id
 from hamner.train.settings import RunSettings, TrainSettings, resolve_run
-from hamner.train.signals import StopSignals
+from hamner.train.signals import StopSignals, deferred_interrupts
 from hamner.train.startup import (
     check_same_model,
     checked_model,
@@ -83,13 +83,14 @@ def train(settings: TrainSettings) -> TrainResult:
         dist.barrier(info)  # no rank leaves the process group while another still has work in flight
         return result
     finally:
-        if trainer is not None:
-            trainer.close()
-            # The trainer holds reference cycles: free it (and DDP's reducer with its gloo work) now,
-            # while the process group and the interpreter are alive, not in the GC at exit.
-            trainer = None
-            gc.collect()
-        dist.shutdown(info)
+        with deferred_interrupts():  # a second Ctrl-C here is raised after the cleanup, not lost in a finalizer
+            if trainer is not None:
+                trainer.close()
+                # The trainer holds reference cycles: free it (and DDP's reducer with its gloo work) now,
+                # while the process group and the interpreter are alive, not in the GC at exit.
+                trainer = None
+                gc.collect()
+            dist.shutdown(info)
 
 
 class Trainer:
