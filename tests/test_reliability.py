@@ -536,3 +536,13 @@ def test_a_ctrl_c_during_shutdown_is_one_line_and_exit_130(tmp_path, monkeypatch
     assert train_cli.main(tiny_flags(tmp_path / "run", curriculum, "--max-steps", "2")) == 130
     err = capsys.readouterr().err
     assert "Exception ignored" not in err and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_a_hugging_face_config_too_large_for_memory_is_one_line(tmp_path):
+    save_tiny_run(tmp_path / "run")
+    export_main([str(tmp_path / "run"), str(tmp_path / "hf")])
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "intermediate_size": 10 ** 12}))
+    with pytest.raises(ValueError, match="does not fit in memory") as info:
+        load_hf_model(tmp_path / "hf")
+    assert "\n" not in str(info.value)
