@@ -10,8 +10,10 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -546,3 +548,26 @@ def test_a_hugging_face_config_too_large_for_memory_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="does not fit in memory") as info:
         load_hf_model(tmp_path / "hf")
     assert "\n" not in str(info.value)
+
+
+def test_a_full_disk_keeps_the_previous_eval_report(tmp_path, python, subprocess_env):
+    """The report is written durably: a write that fails (here: a file-size limit of one byte, which fails
+    like a full disk) is one line and leaves the earlier report whole."""
+    save_tiny_run(tmp_path / "run")
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text(json.dumps({"prompt": "1+1=", "answer": "2", "trained": True}) + "\n")
+    report = tmp_path / "report.json"
+    before = b'{"an earlier": "report"}\n'
+    report.write_bytes(before)
+    argv = ["-m", "hamner", "eval", str(tmp_path / "run"), "--probe", str(probe), "--out", str(report),
+            "--device", "cpu"]
+
+    def tiny_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+    failed = subprocess.run([python, *argv], env=subprocess_env, capture_output=True, text=True,
+                            preexec_fn=tiny_files)
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "File too large" in failed.stderr, \
+        failed.stderr[-2000:]
+    assert report.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
