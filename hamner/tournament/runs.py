@@ -204,9 +204,9 @@ def ensure_run(plan: RunPlan, say: Callable[[str], None] = print) -> RunResult:
         plan.directory.mkdir(parents=True, exist_ok=True)
         write_text(plan.directory / PLAN, json.dumps(plan_record(plan), indent=2) + "\n")
     if not is_finished(plan):
+        # Without a complete checkpoint (killed before its first) the trainer starts afresh over what is there;
+        # nothing is deleted here, outside the run directory's lock.
         resume = checkpoint_step(plan.directory) is not None
-        if not resume:  # killed before its first complete checkpoint: nothing there to keep
-            shutil.rmtree(checkpoints_dir(plan.directory), ignore_errors=True)
         say(f"{'resuming' if resume else 'training'} {plan.directory} ({plan.steps} steps, lr {plan.lr:.3g}, "
             f"seed {plan.seed})")
         if torch.cuda.is_available():

@@ -17,6 +17,7 @@ from hamner.errors import HamnerError
 from hamner.model.config import PRESETS, HamnerConfig, model_config, with_fields
 from hamner.run.directory import check_name
 from hamner.toml_table import TomlTable, read_toml
+from hamner.train.curriculum.spec import load_curriculum
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")
@@ -124,6 +125,8 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     base = with_fields(_preset(base_name, f"{where}.base"), raw.get("model", {}), f"{where}.model", TournamentError)
     seeds = top.int_list("seeds", (1337,))
     curriculum = top.text("curriculum")
+    if curriculum is not None:
+        _check_curriculum(curriculum, f"{where}.curriculum")
     if curriculum is None and "data" not in raw:
         raise TournamentError(f"{where}: give a [data] table (one-stage mix) or curriculum = NAME")
     if curriculum is not None and "data" in raw:
@@ -165,6 +168,18 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
         entrants=entrants,
         path=path,
     )
+
+
+def _check_curriculum(name: str, where: str) -> None:
+    """Refuse, when the spec loads, a curriculum its runs could not train: one that does not load, or one that
+    continues a trained model (`requires_init`), which a tournament run, trained from scratch, cannot give."""
+    try:
+        curriculum = load_curriculum(name)
+    except HamnerError as exc:
+        raise TournamentError(f"{where}: {exc}") from None
+    if curriculum.requires_init:
+        raise TournamentError(f"{where}: curriculum {curriculum.name!r} continues a trained model (requires_init), "
+                              "but tournament runs train from scratch; use a curriculum that starts one")
 
 
 def _preset(name: str, where: str) -> HamnerConfig:
