@@ -577,3 +577,23 @@ def test_a_full_disk_keeps_the_previous_eval_report(tmp_path, python, subprocess
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "File too large" in failed.stderr, \
         failed.stderr[-2000:]
     assert report.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_tournament_run_held_by_another_process_loses_nothing(tmp_path):
+    """ensure_run deletes nothing itself: a run another process holds is refused by the run's own lock."""
+    curriculum = write_curriculum(tmp_path, first=100, second=1)
+    (tmp_path / "m.toml").write_text("# the preset as it is\n")
+    d = tmp_path / "t" / "round-1" / "dense" / "seed-3"
+    partial = d / "checkpoints" / "step-00000002"
+    partial.mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"being written by the holder")
+    plan = runs.RunPlan(directory=d, preset="demo", model_file=tmp_path / "m.toml", curriculum=str(curriculum),
+                        steps=2, eval_interval=2, lr=3e-3, seed=3, batch_size=2, seq_len=32, eval_batches=1,
+                        task_samples=0, threads=1, device="cpu")
+    held = lock_directory(d, "run directory")
+    try:
+        with pytest.raises(TrainError, match="is in use by"):
+            runs.ensure_run(plan, say=lambda _: None)
+    finally:
+        os.close(held)
+    assert (partial / "model.safetensors").read_bytes() == b"being written by the holder"
