@@ -205,7 +205,8 @@ def draw_round(rnd: RoundOutcome) -> plt.Figure:
     for ax in (by_tokens, by_time):
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)
-    by_tokens.legend(fontsize=8, title="mean over seeds; band: min-max", title_fontsize=8)
+    if by_tokens.lines:  # every entrant diverged: nothing to label
+        by_tokens.legend(fontsize=8, title="mean over seeds; band: min-max", title_fontsize=8)
     fig.suptitle(f"round {rnd.index}: {rnd.tokens:,} tokens per run")
     return fig
 
