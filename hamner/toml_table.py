@@ -10,12 +10,17 @@ model files with it.
 from __future__ import annotations
 
 import math
-import tomllib
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from hamner.errors import HamnerError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 
 def read_toml(path: Path, where: str, error: type[HamnerError]) -> dict[str, Any]:

@@ -19,9 +19,11 @@ from hamner.errors import (
     DataError,
     DeviceError,
     EvalError,
+    ExportError,
     HamnerError,
     InferenceError,
     PlotError,
+    TournamentError,
     TrainError,
 )
 from hamner.model.transformer import HamnerModel
@@ -75,11 +77,10 @@ def test_every_command_reports_bad_input_on_one_line(tmp_path, python, subproces
 
 
 def test_every_user_error_is_a_hamner_error():
-    for cls in (CheckpointError, ConfigError, CurriculumError, DataError, DeviceError, EvalError, InferenceError,
-                PlotError, TrainError):
+    for cls in (CheckpointError, ConfigError, CurriculumError, DataError, DeviceError, EvalError, ExportError,
+                InferenceError, PlotError, TournamentError, TrainError):
         assert issubclass(cls, HamnerError)
-    for cls in (ConfigError, CurriculumError, DataError, EvalError, PlotError):  # they replaced ValueErrors
-        assert issubclass(cls, ValueError)
+        assert not issubclass(cls, ValueError)  # raised where found, never caught as a ValueError to convert
 
 
 PROBLEMS = {"user": TrainError("bad\nsetting"), "disk": OSError(28, "No space left on device"),

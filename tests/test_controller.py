@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hamner.errors import CheckpointError, CurriculumError
 from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import PlateauRule, load_curriculum
 
@@ -100,7 +101,7 @@ def test_state_roundtrip_mid_stage_decides_identically():
 
 def test_state_for_another_curriculum_is_refused():
     state = v31().state_dict()
-    with pytest.raises(ValueError, match="hamner-v3.1"):
+    with pytest.raises(CheckpointError, match="hamner-v3.1"):
         CurriculumController(load_curriculum("demo")).load_state_dict(state)
 
 
@@ -154,7 +155,7 @@ def test_controller_layer_scales_for_middle_six(n_layers: int, middle: range):
 
 
 def test_layer_scales_need_a_model_that_fits():
-    with pytest.raises(ValueError, match="at least 6 layers"):
+    with pytest.raises(CurriculumError, match="at least 6 layers"):
         CurriculumController(load_curriculum("hamner-4phase"), n_layers=4)
     with pytest.raises(ValueError, match="n_layers"):
         CurriculumController(load_curriculum("hamner-4phase")).layer_lr_scales()

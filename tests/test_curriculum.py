@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from hamner.errors import CurriculumError
 from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
-SHIPPED = {"hamner-v3.1", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin", "sft",
-           "concepts-sequential", "concepts-replay", "ttt-extended"}
+SHIPPED = {"hamner-v3.1", "hamner-v2", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin",
+           "sft", "concepts-sequential", "concepts-replay", "ttt-extended", "ttt-length-demo"}
 
 
 def test_every_shipped_curriculum_loads():
@@ -24,7 +25,9 @@ def test_ttt_extended_is_the_studys_long_run():
     curriculum = load_curriculum("ttt-extended")
     (stage,) = curriculum.stages
     assert stage.max_steps == 100_000 and stage.warmup_steps == 0.02 * stage.max_steps
-    assert stage.schedule == "cosine" and stage.max_steps // curriculum.eval_interval == 50
+    # the original's evaluation grid: every 2,041 steps (48 points within 100k steps) plus the untrained step 0
+    assert stage.schedule == "cosine" and curriculum.eval_interval == 2_041
+    assert stage.max_steps // curriculum.eval_interval == 48
     assert stage.early_stop.patience == 10 and stage.early_stop.min_delta > 0
 
 
@@ -66,6 +69,16 @@ def test_hamner_4phase_matches_the_issue():
         assert stage.lr == pytest.approx(1e-4 * mult)
         assert (stage.warmup_steps, stage.schedule, stage.min_lr_ratio) == (500, "cosine", 0.1)
         assert stage.layer_lr_scale == LayerLrScale("middle:6", 0.2)
+    assert [s.name for s in c.stages] == ["structure", "stories", "voice", "polish"]
+    assert sum(s.steps for s in c.stages) * 32 * 1024 == pytest.approx(1.05e9, rel=0.01)  # the original's tokens
+
+
+def test_hamner_v2_is_the_originals_fineweb_pretraining():
+    c = load_curriculum("hamner-v2")
+    (stage,) = c.stages
+    assert stage.weights == {"fineweb": 1.0} and c.data_sources() == ["fineweb"]
+    assert (stage.lr, stage.warmup_steps, stage.steps) == (pytest.approx(2e-4), 2000, 400_000)
+    assert (stage.schedule, stage.min_lr_ratio, c.requires_init) == ("cosine", 0.1, False)
 
 
 def test_agiformer_and_tinygpt_and_demo():
@@ -73,6 +86,7 @@ def test_agiformer_and_tinygpt_and_demo():
     assert [s.until_step for s in a.stages] == [3000, 8000, 20000]
     assert [list(s.weights) for s in a.stages] == [["dictionary"], ["children_stories"], ["encyclopedia"]]
     assert a.tokenizer == "bytes" and a.bits_per_byte
+    assert a.eval_interval == 200 and a.keep_best  # the original validated every 200 steps and kept the best
     assert [s.model_knobs for s in a.stages] == [{"plasticity": 0.10}, {"plasticity": 0.50}, {"plasticity": 0.99}]
 
     t = load_curriculum("tinygpt-cosine")
@@ -93,9 +107,9 @@ def test_load_by_path_and_unknown_name(tmp_path: Path):
     copy.write_text((Path(load_curriculum("demo").path)).read_text())
     assert load_curriculum(copy).stages == load_curriculum("demo").stages
     assert load_curriculum(str(copy)).name == "demo"
-    with pytest.raises(ValueError, match=r"unknown curriculum 'nope'.*hamner-v3\.1"):
+    with pytest.raises(CurriculumError, match=r"unknown curriculum 'nope'.*hamner-v3\.1"):
         load_curriculum("nope")
-    with pytest.raises(ValueError, match="does not exist.*demo"):
+    with pytest.raises(CurriculumError, match="does not exist.*demo"):
         load_curriculum(tmp_path / "missing.toml")
 
 
@@ -105,9 +119,9 @@ def test_middle_layers_resolve_to_only_the_middle_six(n_layers, expected):
 
 
 def test_layer_scale_beyond_the_model_is_refused():
-    with pytest.raises(ValueError, match="at least 6 layers"):
+    with pytest.raises(CurriculumError, match="at least 6 layers"):
         LayerLrScale("middle:6", 0.2).resolve(4)
-    with pytest.raises(ValueError, match=r"\[8\]"):
+    with pytest.raises(CurriculumError, match=r"\[8\]"):
         LayerLrScale((0, 8), 0.5).resolve(8)
 
 
@@ -173,7 +187,7 @@ def test_bad_files_are_refused_with_one_line(tmp_path: Path, old: str, new: str,
     assert old in GOOD
     path = tmp_path / "bad.toml"
     path.write_text(GOOD.replace(old, new, 1))
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(CurriculumError, match=message) as info:
         load_curriculum(path)
     assert "\n" not in str(info.value) and "bad.toml" in str(info.value)
 
@@ -200,7 +214,7 @@ def test_one_task_synthetic_sources_are_built_in_and_need_a_difficulty(tmp_path:
     assert curriculum.uses_synthetic()
     assert curriculum.data_sources() == ["fineweb"]
     path.write_text(path.read_text().replace("difficulty = 1\n", ""))
-    with pytest.raises(ValueError, match="difficulty: missing"):
+    with pytest.raises(CurriculumError, match="difficulty: missing"):
         load_curriculum(path)
 
 
@@ -237,7 +251,7 @@ def test_model_knobs_are_checked_by_the_model_and_errors_name_the_field(tmp_path
 
     def only_plasticity_up_to_one(name, value):
         if name != "plasticity" or value > 1:
-            raise ValueError(f"no {name} = {value}")
+            raise CurriculumError(f"no {name} = {value}")
 
-    with pytest.raises(ValueError, match=r"knobs.toml: stages\[1\]\.model\.temperature: no temperature = 2.0$"):
+    with pytest.raises(CurriculumError, match=r"knobs.toml: stages\[1\]\.model\.temperature: no temperature = 2.0$"):
         curriculum.check_model_knobs(only_plasticity_up_to_one)

@@ -15,6 +15,7 @@ from hamner.commands.eval import main as eval_main
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.stories import generate_story
 from hamner.data.tokenizer import load_tokenizer
+from hamner.errors import EvalError
 from hamner.eval.length import extended_model, length_generalisation
 from hamner.eval.loss import stream_loss
 from hamner.eval.needle import NEEDLE, QUESTION, haystack_prompt, needle_recall
@@ -65,7 +66,7 @@ def test_length_generalisation_reads_past_the_context_in_one_pass(model, stream)
         first = model(torch.from_numpy(stream[:32])[None], torch.from_numpy(stream[1:33])[None]).item()
     assert rows[0]["loss"] == pytest.approx(first, rel=1e-5)
     assert all(r["tokens"] == 32 and r["start"] == 32 * r["multiple"] and math.isfinite(r["loss"]) for r in rows)
-    with pytest.raises(ValueError, match="needs at least"):
+    with pytest.raises(EvalError, match="needs at least"):
         length_generalisation(model, stream[:20])
 
 
@@ -93,7 +94,7 @@ def test_needle_recall_scores_the_number_in_the_answer(monkeypatch):
         rows = needle_recall(model, BYTES, lengths=(120,), depths=(0.0, 1.0), trials=3)
         assert [(r["length"], r["depth"]) for r in rows] == [(120, 0.0), (120, 1.0)]
         assert all(r["recall"] == (1.0 if right else 0.0) for r in rows)
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(EvalError, match="exceeds"):
         needle_recall(model, BYTES, lengths=(140,))
 
 

@@ -8,6 +8,7 @@ from tiny_checkpoint import tiny_config
 
 from hamner.commands.export import main as export_main
 from hamner.data.tokenizer import load_tokenizer
+from hamner.errors import CheckpointError
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 from hamner.run.checkpoint import save_checkpoint
@@ -92,14 +93,14 @@ def test_import_refuses_what_hamner_cannot_represent(tmp_path):
     export_hf(HamnerModel(config), config, tmp_path, eos_id=256)
     fields = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**fields, "attention_bias": True}))
-    with pytest.raises(ValueError, match="attention_bias"):
+    with pytest.raises(CheckpointError, match="attention_bias"):
         load_hf_model(tmp_path)
-    with pytest.raises(ValueError, match="not a Hugging Face Llama directory"):
+    with pytest.raises(CheckpointError, match="not a Hugging Face Llama directory"):
         load_hf_model(tmp_path / "nowhere")
     (tmp_path / "config.json").write_text(json.dumps(fields))
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:500])
-    with pytest.raises(ValueError, match="unreadable weights"):
+    with pytest.raises(CheckpointError, match="unreadable weights"):
         load_hf_model(tmp_path)
 
 

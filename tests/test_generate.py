@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from hamner import HamnerConfig, HamnerModel
+from hamner.errors import InferenceError
 from hamner.kernels import dispatch
 from hamner.model.decoding_cache import DecodingCache
 from hamner.use.generate import (
@@ -193,5 +194,5 @@ def test_sampling_is_reproducible_by_seed_and_top_k_1_is_greedy():
 ])
 def test_bad_arguments_are_clear_errors(kwargs, message):
     arguments = dict(prompt_ids=[1, 2], max_new_tokens=3) | kwargs
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InferenceError, match=message):
         generate(random_model(), arguments.pop("prompt_ids"), arguments.pop("max_new_tokens"), **arguments)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kernel_checks import rel_error
 
 from hamner import kernels
+from hamner.errors import ConfigError, CurriculumError
 from hamner.kernels import linear_attention, reference
 from hamner.kernels.linear_attention import chunked_decayed_linear_attention, decayed_linear_attention
 from hamner.model.config import HamnerConfig
@@ -95,7 +96,14 @@ def memory(seed=0, dtype=torch.float64, **overrides) -> HebbianMemory:
     m = HebbianMemory(tiny_config(**overrides), layer_index=0).to(dtype)
     with torch.no_grad():
         m.decay_logit.normal_()  # distinct per-head decays
+        for extra in (m.qkv.bias, m.out.bias, *(m.out_norm.parameters() if m.out_norm is not None else ())):
+            if extra is not None:
+                extra.normal_()  # biases and norm affine away from their zero / unit init, so they count
     return m
+
+
+# The bare memory (the default) and AGIFORMER's block: biased projections, a LayerNorm on the output.
+BLOCKS = [{}, {"hebbian_out_norm": True, "hebbian_bias": True}]
 
 
 def naive_memory(m: HebbianMemory, x: torch.Tensor) -> torch.Tensor:
@@ -110,11 +118,16 @@ def naive_memory(m: HebbianMemory, x: torch.Tensor) -> torch.Tensor:
         M = lam[..., None] * M + k[:, t, :, :, None] * v[:, t, :, None, :]
         z = lam * z + k[:, t]
         outs.append((q[:, t, :, :, None] * M).sum(-2) / ((q[:, t] * z).sum(-1, keepdim=True) + hebbian.NORMALISER_EPS))
-    return m.out(torch.stack(outs, dim=1).reshape(B, T, H * D))
+    out = m.out(torch.stack(outs, dim=1).reshape(B, T, H * D))
+    if m.out_norm is None:
+        return out
+    mean, var = out.mean(-1, keepdim=True), out.var(-1, unbiased=False, keepdim=True)
+    return (out - mean) / torch.sqrt(var + m.out_norm.eps) * m.out_norm.weight + m.out_norm.bias
 
 
-def test_full_pass_equals_cached_decoding_equals_a_float64_loop():
-    m = memory(hebbian_plasticity=0.9)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_full_pass_equals_cached_decoding_equals_a_float64_loop(block):
+    m = memory(hebbian_plasticity=0.9, **block)
     x = torch.randn(2, 150, 32, dtype=torch.float64)  # three chunks of the op, the last partial
     with torch.no_grad():
         full = m(x, None, None)
@@ -132,8 +145,9 @@ def test_full_pass_equals_cached_decoding_equals_a_float64_loop():
         assert rel_error(m(x[1:, 100:], None, None, state), full[1:, 100:]) < 1e-12
 
 
-def test_causal():
-    m = memory()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_causal(block):
+    m = memory(**block)
     x = torch.randn(1, 80, 32, dtype=torch.float64)
     changed = x.clone()
     changed[:, 50:] = torch.randn(1, 30, 32, dtype=torch.float64)
@@ -192,10 +206,21 @@ def test_plasticity_knob_is_a_checkpointed_buffer_with_checked_values():
     fresh.load_state_dict(state)
     assert fresh.plasticity.item() == pytest.approx(0.1)
     assert torch.allclose(fresh.log_decay(torch.float64).exp(), 0.1 * (0.99 + 0.01 * torch.sigmoid(fresh.decay_logit)))
-    with pytest.raises(ValueError, match="plasticity must be in"):
+    with pytest.raises(CurriculumError, match="plasticity must be in"):
         m.set_knob("plasticity", 1.5)
-    with pytest.raises(ValueError, match="unknown knob 'rate'"):
+    with pytest.raises(CurriculumError, match="unknown knob 'rate'"):
         m.set_knob("rate", 0.5)
-    with pytest.raises(ValueError, match="hebbian_plasticity must be in"):
+    with pytest.raises(ConfigError, match="hebbian_plasticity must be in"):
         tiny_config(mixer="hebbian", hebbian_plasticity=0.0)
     tiny_config(hebbian_plasticity=0.0)  # ignored by the other mixers
+
+
+def test_agiformer_block_settings_are_off_by_default_and_checked():
+    bare = HebbianMemory(tiny_config(), layer_index=0)
+    assert bare.qkv.bias is None and bare.out.bias is None and bare.out_norm is None
+    block = HebbianMemory(tiny_config(**BLOCKS[1]), layer_index=0)
+    block.init_weights()
+    assert torch.equal(block.qkv.bias, torch.zeros(96)) and torch.equal(block.out.bias, torch.zeros(32))
+    assert torch.equal(block.out_norm.weight, torch.ones(32)) and torch.equal(block.out_norm.bias, torch.zeros(32))
+    with pytest.raises(ConfigError, match="hebbian_bias must be true or false, got 'yes'"):
+        tiny_config(mixer="hebbian", hebbian_bias="yes")

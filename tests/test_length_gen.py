@@ -12,6 +12,7 @@ from tiny_checkpoint import tiny_config
 
 from hamner.commands.eval import main as eval_main
 from hamner.commands.length_study import main
+from hamner.errors import EvalError
 from hamner.eval.length_study import ChunkGrid, chunk_losses, chunk_perplexity
 from hamner.model.transformer import HamnerModel
 from hamner.run.checkpoint import save_checkpoint
@@ -24,7 +25,7 @@ def test_chunk_positions_follow_the_grid():
     odd = ChunkGrid(window=40, chunk=16, stride=12, multiples=(1, 2, 3))
     # The last chunk of the stride grid (starts 0, 12, 24, ...) that ends by m x W.
     assert [odd.span(m) for m in (1, 2, 3)] == [(24, 40), (60, 76), (96, 112)]
-    with pytest.raises(ValueError, match="must not exceed the window"):
+    with pytest.raises(EvalError, match="must not exceed the window"):
         ChunkGrid(window=8, chunk=16)
 
 
@@ -59,7 +60,7 @@ def test_perplexity_averages_sequences_and_needs_enough_tokens(model):
     rows = chunk_perplexity(model, tokens, grid, sequences=5)
     assert [(r["multiple"], r["position"], r["sequences"]) for r in rows] == [(1, 8, 3), (5, 40, 3)]
     assert all(r["perplexity"] == pytest.approx(np.exp(r["loss"])) for r in rows)
-    with pytest.raises(ValueError, match="needs 41 tokens"):
+    with pytest.raises(EvalError, match="needs 41 tokens"):
         chunk_perplexity(model, tokens[:30], grid)
 
 

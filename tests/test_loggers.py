@@ -1,6 +1,7 @@
 """--report-to tensorboard / wandb: both receive the metrics.csv rows, validation, stage ends and task
 accuracy. Read back offline: TensorBoard's event files, and the W&B offline run's history records."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,31 @@ def test_a_reporter_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: --report-to wandb: No API key configured") and "WANDB_MODE=offline" in err
+
+
+def test_training_bits_per_byte_reach_metrics_csv_tensorboard_and_the_plots(tmp_path):
+    """A curriculum that reports bits per byte gets a bpc column (loss / ln 2 / UTF-8 bytes per target token;
+    the byte tokenizer's end-of-text token has none), in train.log, TensorBoard and bpc.png too."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hamner.run.plot import plot_run
+
+    curriculum = write_curriculum(tmp_path, first=3, second=2, eval_interval=2)
+    curriculum.write_text(curriculum.read_text().replace("keep_best = true", "keep_best = true\nbits_per_byte = true"))
+    run = tmp_path / "run"
+    train(tiny_settings(run, curriculum, report_to=["tensorboard"]))
+    rows = metrics(run)
+    for row in rows:  # synthetic rows hold end-of-text tokens: fewer bytes than tokens, so bpc > loss / ln 2
+        ratio = float(row["loss"]) / math.log(2) / float(row["bpc"])  # bytes per token
+        assert 0.8 < ratio < 1.0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/bpc")] == [
+        (int(r["step"]), pytest.approx(float(r["bpc"]), rel=1e-5)) for r in rows]
+    assert f"bpc {float(rows[-1]['bpc']):.4f}" in (run / "train.log").read_text()
+    assert "bpc.png" in {p.name for p in plot_run(run)}
+    plain = tmp_path / "plain"  # without bits_per_byte: an empty column and no bpc plot
+    train(tiny_settings(plain, write_curriculum(tmp_path, first=1, second=1)))
+    assert {r["bpc"] for r in metrics(plain)} == {""}
+    assert "bpc.png" not in {p.name for p in plot_run(plain)}

@@ -12,8 +12,9 @@ from train_helpers import plain_training_losses, tiny_settings
 from hamner import HamnerConfig, HamnerModel, model_config
 from hamner.data.shards import write_meta, write_shard
 from hamner.data.tokenizer import load_tokenizer
+from hamner.errors import CurriculumError
 from hamner.model.config import PRESETS
-from hamner.train.settings import TrainError, resume_settings
+from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
 from hamner.use.generate import generate
 from hamner.use.load import load_model
@@ -28,7 +29,7 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("name, expected", [("agiformer-31m", 31_005_744), ("ttt-125m", 123_449_424)])
+@pytest.mark.parametrize("name, expected", [("agiformer-31m", 31_024_176), ("ttt-125m", 123_449_424)])
 def test_preset_parameter_counts_are_exact(name, expected):
     config = model_config(name)
     with torch.device("meta"):
@@ -87,9 +88,9 @@ def test_the_plasticity_knob_on_the_model():
     agiformer.set_knob("plasticity", 0.25)
     values = [v.item() for k, v in agiformer.state_dict().items() if k.endswith("plasticity")]
     assert values == [0.25, 0.25]  # one per layer, saved with the weights
-    with pytest.raises(ValueError, match=r"plasticity must be in \(0, 1\], got 2"):
+    with pytest.raises(CurriculumError, match=r"plasticity must be in \(0, 1\], got 2"):
         agiformer.check_knob("plasticity", 2)
-    with pytest.raises(ValueError, match="the model has no knob 'plasticity' \\(its knobs: none\\)"):
+    with pytest.raises(CurriculumError, match="the model has no knob 'plasticity' \\(its knobs: none\\)"):
         ttt.set_knob("plasticity", 0.5)
 
 
@@ -131,10 +132,10 @@ def test_the_trainer_sets_each_stage_s_plasticity_and_resume_restores_it(tmp_pat
     train(resume_settings(run, {"max_steps": 3}))  # resumed mid-stage: one step of "mid"
     assert plasticities(run) == {0.50}
     curriculum.write_text(KNOB_CURRICULUM.replace("plasticity = 0.99", "plasticity = 1.5"))
-    with pytest.raises(TrainError, match=r"knobs.toml: stages\[2\]\.model\.plasticity: plasticity must be in"):
+    with pytest.raises(CurriculumError, match=r"knobs.toml: stages\[2\]\.model\.plasticity: plasticity must be in"):
         train(tiny_settings(tmp_path / "bad", curriculum, preset="tiny-agiformer", max_steps=1, seq_len=16))
     curriculum.write_text(KNOB_CURRICULUM)
-    with pytest.raises(TrainError, match=r"stages\[0\]\.model\.plasticity: the model has no knob 'plasticity'"):
+    with pytest.raises(CurriculumError, match=r"stages\[0\]\.model\.plasticity: the model has no knob 'plasticity'"):
         train(tiny_settings(tmp_path / "demo", curriculum, max_steps=1, seq_len=16))
 
 

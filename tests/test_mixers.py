@@ -14,6 +14,7 @@ from tiny_checkpoint import save_tiny_run, tiny_config
 from train_helpers import plain_training_losses, tiny_settings, write_curriculum
 
 from hamner.commands.export import main as export_command
+from hamner.errors import ConfigError, ExportError
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, differential_attention
 from hamner.model.config import PRESETS, HamnerConfig, load_model_file, model_config
@@ -21,7 +22,7 @@ from hamner.model.decoding_cache import DecodingCache
 from hamner.model.mixers import MIXERS, DecodingState, Mixer
 from hamner.model.mlps import MLP, MLPS
 from hamner.model.transformer import HamnerModel
-from hamner.train.settings import TrainError, TrainSettings, preset_curriculum, resolve_run, resume_settings
+from hamner.train.settings import TrainSettings, preset_curriculum, resolve_run, resume_settings
 from hamner.train.trainer import train
 from hamner.use.generate import generate
 from hamner.use.hf import export_hf
@@ -37,6 +38,7 @@ VARIANTS = {
     "diff_attention": dict(mixer="diff_attention"),
     "swa+diff_attention": dict(mixer="swa+diff_attention", window=3),
     "hybrid": dict(layer_mixers=["swa", "attention"], window=5),
+    "gelu_mlp": dict(mlp="gelu"),  # GPT-2's MLP under plain attention
 }
 
 
@@ -184,7 +186,7 @@ def test_differential_attention_matches_dense_parameters_plus_lambdas_and_head_n
     (dict(mixer="diff_attention", n_kv_heads=1), "must be even for diff_attention"),
 ])
 def test_bad_block_choices_are_one_line_errors_naming_the_field(fields, message):
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConfigError, match=message) as info:
         HamnerConfig(**{**TINY, **fields})
     assert "\n" not in str(info.value)
 
@@ -219,7 +221,7 @@ def test_model_file_overrides_preset_fields(tmp_path):
 def test_model_file_mistakes_are_one_line_naming_the_field(tmp_path, text, message):
     path = tmp_path / "model.toml"
     path.write_text(text + "\n")
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConfigError, match=message) as info:
         load_model_file(path, model_config("demo"))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
@@ -229,6 +231,7 @@ PRESET_PARAMETERS = {
     "swa-125m": (122_702_592, 122_702_592),
     "diffattn-50m": (47_193_600, 47_193_600),
     "moe-50m": (98_083_328, 47_358_464),
+    "tinygpt-50m": (50_926_592, 50_926_592),
 }
 
 
@@ -267,7 +270,7 @@ def test_the_new_presets_train_built_in_sources_by_default(name):
 
 def test_export_refuses_a_non_llama_model(tmp_path):
     config = shrunk("diffattn-50m")
-    with pytest.raises(ValueError, match="cannot export to Hugging Face Llama: the model uses mixer") as info:
+    with pytest.raises(ExportError, match="cannot export to Hugging Face Llama: the model uses mixer") as info:
         export_hf(HamnerModel(config), config, tmp_path / "hf", eos_id=0)
     assert "\n" not in str(info.value) and not (tmp_path / "hf").exists()
 
@@ -310,7 +313,7 @@ def test_a_run_saved_before_the_mixer_fields_resumes(tmp_path):
 def test_a_bad_model_file_stops_training_with_one_line(tmp_path):
     model_file = tmp_path / "bad.toml"
     model_file.write_text('mixer = "flash"\n')
-    with pytest.raises(TrainError, match="model file .*bad.toml: mixer: unknown mixer 'flash'"):
+    with pytest.raises(ConfigError, match="model file .*bad.toml: mixer: unknown mixer 'flash'"):
         train(tiny_settings(tmp_path / "run", write_curriculum(tmp_path), model=str(model_file)))
 
 
@@ -345,7 +348,7 @@ def test_the_block_refuses_segment_ids_naming_the_mixer_and_why(mixer, reason):
     model = random_model(mixer=mixer, window=3)
     idx = torch.randint(1, 97, (1, 6))
     name = mixer.split("+")[-1]
-    with pytest.raises(ValueError, match=f"mixer '{name}' cannot keep packed documents apart: {reason}"):
+    with pytest.raises(ConfigError, match=f"mixer '{name}' cannot keep packed documents apart: {reason}"):
         model(idx, segment_ids=torch.zeros_like(idx))
 
 
@@ -385,5 +388,5 @@ def test_document_packing_keeps_windowed_documents_apart_and_stateful_mixers_ref
     torch.testing.assert_close(packed, torch.cat((model(a), model(b)), dim=1))
     hybrid = random_model(mixer="swa+diff_attention", window=3)
     assert not hybrid.keeps_documents_apart()
-    with pytest.raises(ValueError, match="cannot keep packed documents apart"):
+    with pytest.raises(ConfigError, match="cannot keep packed documents apart"):
         hybrid(a, segment_ids=torch.zeros_like(a))

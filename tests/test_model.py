@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner import PRESETS, HamnerConfig, HamnerModel, kernels, model_config
+from hamner.errors import ConfigError
 from hamner.kernels import dispatch
 
 # Tiny models run much faster on one thread than on two contended ones.
@@ -43,7 +44,7 @@ def test_model_config_returns_copies_and_rejects_unknown_names():
     config = model_config("demo")
     config.n_layers = 99
     assert PRESETS["demo"].n_layers != 99
-    with pytest.raises(ValueError, match="v3-50m, v2-164m, demo"):
+    with pytest.raises(ConfigError, match="v3-50m, v2-164m, demo"):
         model_config("gpt-5")
 
 
@@ -55,14 +56,14 @@ def test_model_config_returns_copies_and_rejects_unknown_names():
     (dict(norm_eps=0.0), "norm_eps must be positive"),
 ])
 def test_config_validation(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         tiny_config(**overrides)
 
 
 def test_config_dict_round_trip_and_unknown_keys():
     config = tiny_config(scale_residual_init=True, tokenizer="some/tokenizer.json")
     assert HamnerConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown HamnerConfig keys: dropout"):
+    with pytest.raises(ConfigError, match="unknown HamnerConfig keys: dropout"):
         HamnerConfig.from_dict({**config.to_dict(), "dropout": 0.1})
 
 

@@ -10,6 +10,7 @@ from tiny_checkpoint import save_tiny_run, tiny_config
 from hamner.commands import eval as eval_cli
 from hamner.commands.eval import main as eval_main
 from hamner.data.tokenizer import load_tokenizer
+from hamner.errors import EvalError
 from hamner.eval.multiple_choice import Item, ending_log_probs, load_items, multiple_choice_accuracy
 from hamner.model.transformer import HamnerModel
 
@@ -36,10 +37,10 @@ def test_items_load_with_clear_errors(tmp_path):
     assert load_items(path) == [Item("A man", ("a", "b", "c", "d"), 2), Item("A man", ("a", "b", "c", "d"), 1)]
     assert len(load_items(path, limit=1)) == 1
     path.write_text(json.dumps({**good, "endings": ["a", "b"]}) + "\n")
-    with pytest.raises(ValueError, match=r"mc.jsonl:1: endings must be a list of 4"):
+    with pytest.raises(EvalError, match=r"mc.jsonl:1: endings must be a list of 4"):
         load_items(path)
     path.write_text(json.dumps({**good, "label": 4}) + "\n")
-    with pytest.raises(ValueError, match=r"mc.jsonl:1: label must be 0..3"):
+    with pytest.raises(EvalError, match=r"mc.jsonl:1: label must be 0..3"):
         load_items(path)
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from hamner.errors import CheckpointError
 from hamner.model.config import model_config
 from hamner.model.transformer import HamnerModel
 from hamner.train.optim import apply_lr, build_optimizer, step_if_finite
@@ -77,7 +78,7 @@ def test_muon_state_round_trips_and_refuses_another_kind():
     assert fresh.optimizers[0].defaults["foreach"] and fresh.optimizers[0].param_groups[0]["foreach"]
     assert torch.equal(fresh.optimizers[1].state_dict()["state"][0]["momentum_buffer"],
                        state[1]["state"][0]["momentum_buffer"])
-    with pytest.raises(ValueError, match="saved state holds"):
+    with pytest.raises(CheckpointError, match="saved state holds"):
         fresh.load_state_dict(build_optimizer(model, 1e-3, CPU).state_dict())
 
 

@@ -4,7 +4,6 @@ import inspect
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from setuptools import find_packages
 import hamner.kernels as kernels
 from hamner.kernels import reference
 from hamner.kernels.dispatch import TRITON_INSTALLED
+from hamner.toml_table import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

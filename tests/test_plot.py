@@ -102,3 +102,19 @@ def test_command_line_error_is_one_line_exit_2(tmp_path: Path, python: str, subp
                          capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "no such run directory" in bad.stderr
+
+
+def test_bits_per_byte_are_plotted_and_runs_written_before_the_column_still_plot(tmp_path: Path):
+    run = tmp_path / "run"
+    make_run(run, with_accuracy=False)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    with_bpc = [lines[0]] + [f"{line},{1.5 + i / 100:.3f}" for i, line in enumerate(lines[1:])]
+    (run / "metrics.csv").write_text("\n".join(with_bpc) + "\n")
+    written = plot_run(run)
+    assert sorted(p.name for p in written) == ["bpc.png", "loss.png", "lr.png", "throughput.png"]
+    assert drawn(run / "plots" / "bpc.png")
+    old = tmp_path / "old"  # metrics.csv from before the bpc column
+    make_run(old, with_accuracy=False)
+    header, *rows = (old / "metrics.csv").read_text().splitlines()
+    (old / "metrics.csv").write_text("\n".join([header.removesuffix(",bpc"), *rows]) + "\n")
+    assert sorted(p.name for p in plot_run(old)) == ["loss.png", "lr.png", "throughput.png"]

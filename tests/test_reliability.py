@@ -31,7 +31,7 @@ from hamner.data.chat_format import format_conversation
 from hamner.data.loss_masks import tokens_and_masks
 from hamner.data.tokenizer import load_tokenizer
 from hamner.data.windows import ShardSource
-from hamner.errors import CheckpointError, DataError, EvalError, TrainError
+from hamner.errors import CheckpointError, ConfigError, DataError, EvalError, TrainError
 from hamner.eval.multiple_choice import Item, multiple_choice_accuracy
 from hamner.model.transformer import HamnerModel
 from hamner.run import checkpoint as ckpt
@@ -261,7 +261,7 @@ def test_a_rerun_refuses_runs_trained_from_another_spec_unless_restarted(tmp_pat
                                           ("moe_balance_weight", math.inf), ("moe_z_weight", -math.inf)])
 def test_non_finite_model_settings_are_refused(field, value):
     extra = {"mlp": "moe"} if field.startswith("moe") else {}
-    with pytest.raises(ValueError, match=f"{field} must be") as info:
+    with pytest.raises(ConfigError, match=f"{field} must be") as info:
         tiny_config(**extra, **{field: value})
     assert "\n" not in str(info.value)
 
@@ -288,7 +288,7 @@ def test_a_shard_index_pointing_outside_its_directory_is_refused(tmp_path):
     shutil.copy(tmp_path / "hf" / "model.safetensors", tmp_path / "outside.safetensors")
     (tmp_path / "hf" / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"model.embed_tokens.weight": "../outside.safetensors"}}))
-    with pytest.raises(ValueError, match="points outside") as info:
+    with pytest.raises(CheckpointError, match="points outside") as info:
         load_hf_model(tmp_path / "hf")
     assert "\n" not in str(info.value)
 
@@ -551,7 +551,7 @@ def test_a_hugging_face_config_too_large_for_memory_is_one_line(tmp_path):
     export_main([str(tmp_path / "run"), str(tmp_path / "hf")])
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "intermediate_size": 10 ** 12}))
-    with pytest.raises(ValueError, match="does not fit in memory") as info:
+    with pytest.raises(ConfigError, match="does not fit in memory") as info:
         load_hf_model(tmp_path / "hf")
     assert "\n" not in str(info.value)
 

@@ -20,7 +20,7 @@ from hamner.train.trainer import train as run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL = {"model", "tokenizer", "data", "init_from", "resume", "max_steps", "threads",
-            "optimizer"}  # None = really absent (optimizer: each stage's own)
+            "optimizer", "time_budget"}  # None = really absent (optimizer: each stage's own; time_budget: no limit)
 
 
 def test_every_setting_has_one_flag_with_its_help_and_every_flag_a_setting():

@@ -194,3 +194,15 @@ def test_logs_trim_through_a_rename_and_tolerate_empty_or_torn_files(tmp_path):
     assert not trim_lines(tmp_path / "m.csv", lambda line: True, header_lines=1)  # clean: left alone
     assert not trim_lines(tmp_path / "missing.csv", lambda line: False, header_lines=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+
+def test_a_csv_written_with_older_columns_takes_todays_header_before_rows_are_appended(tmp_path):
+    """A run started by an older Hamner (without, say, the bpc column) resumes with rows that line up."""
+    from hamner.run.directory import CsvLog
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss,lr\n100,2.5,0.001\n200,2.1,0.001\n")
+    log = CsvLog(path, ("step", "loss", "bpc", "lr"))
+    log.write({"step": 300, "loss": 1.9, "bpc": 2.7, "lr": 0.001})
+    assert path.read_text().splitlines() == ["step,loss,bpc,lr", "100,2.5,,0.001", "200,2.1,,0.001",
+                                             "300,1.9,2.7,0.001"]

@@ -16,7 +16,7 @@ from hamner.data.prepare import prepare
 from hamner.data.shards import mask_path, read_mask, read_shard, shard_paths, write_mask
 from hamner.data.text_sources import ReadOptions
 from hamner.data.tokenizer import load_tokenizer
-from hamner.errors import DataError, TrainError
+from hamner.errors import CurriculumError, DataError, TrainError
 from hamner.eval.probe import load_probe, score_probe
 from hamner.kernels import attention_dispatch, reference
 from hamner.model.config import model_config
@@ -139,9 +139,9 @@ def test_curriculum_source_tables_are_checked(tmp_path):
     c = load('packing = "document"\nprobe = "concepts"\n[sources.chat]\nloss = "assistant"')
     assert (c.assistant_only_sources(), c.packing, c.probe) == (["chat"], "document", "concepts")
     assert load("").source_loss == {} and load("").packing == "stream"
-    with pytest.raises(ValueError, match=r"c.toml: sources.chat.loss: must be one of all, assistant"):
+    with pytest.raises(CurriculumError, match=r"c.toml: sources.chat.loss: must be one of all, assistant"):
         load('[sources.chat]\nloss = "user"')
-    with pytest.raises(ValueError, match=r"sources.stories: no stage uses source 'stories'"):
+    with pytest.raises(CurriculumError, match=r"sources.stories: no stage uses source 'stories'"):
         load('[sources.stories]\nloss = "all"')
     with pytest.raises(ValueError, match=r"sources.chat: unknown key 'mask'"):
         load('[sources.chat]\nmask = 1')

@@ -5,6 +5,7 @@ import contextlib
 import pytest
 import torch
 
+from hamner.errors import CheckpointError
 from hamner.train.state import OptimizerSlot, Progress, TrainState
 from hamner.train.step import train_step
 
@@ -68,5 +69,5 @@ def test_registry_saves_and_restores_every_part_by_name():
     slot.rebuild()
     state.load_state_dict(saved)
     assert (progress.step, progress.tokens, progress.elapsed) == (7, 700, 1.5)
-    with pytest.raises(ValueError, match="lacks optimizer"):
+    with pytest.raises(CheckpointError, match="lacks optimizer"):
         state.load_state_dict({"progress": saved["progress"]})

@@ -266,7 +266,7 @@ def test_one_task_source_streams_exactly_that_tasks_samples(task, cosmo2):
 
 
 def test_unknown_task_source_is_refused():
-    with pytest.raises(ValueError, match="unknown synthetic task 'poetry'"):
+    with pytest.raises(DataError, match="unknown synthetic task 'poetry'"):
         SyntheticSource(ByteTokenizer(), task="poetry")
 
 
@@ -300,14 +300,14 @@ def test_fractional_difficulty_mixes_neighbouring_levels():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="unknown synthetic task"):
+    with pytest.raises(DataError, match="unknown synthetic task"):
         sample_texts("poetry", 1, 1, 0)
     for d in (0.5, 5.5, float("nan")):
-        with pytest.raises(ValueError, match="difficulty must be in"):
+        with pytest.raises(DataError, match="difficulty must be in"):
             sample_texts("logic", d, 1, 0)
-        with pytest.raises(ValueError, match="difficulty must be in"):
+        with pytest.raises(DataError, match="difficulty must be in"):
             SyntheticSource(ByteTokenizer()).rows(1, 8, 0, d)
-    with pytest.raises(ValueError, match="not a synthetic sample"):
+    with pytest.raises(DataError, match="not a synthetic sample"):
         split_answer("hello world")
 
 

@@ -1,7 +1,10 @@
-"""Tokenizers: the byte tokenizer, a real tokenizer.json (cosmo2), hub names from the local cache only."""
+"""Tokenizers: the byte tokenizer, a real tokenizer.json (cosmo2), hub names from the local cache, then the hub
+(downloads are simulated: no test touches the network)."""
 import shutil
 
+import huggingface_hub
 import huggingface_hub.constants
+import huggingface_hub.errors
 import pytest
 
 from hamner.data import DataError, Tokenizer, load_tokenizer
@@ -76,13 +79,50 @@ def test_refuses_vocab_over_uint16_and_missing_eos(tmp_path):
     assert small.fingerprint != load_tokenizer(_word_level(tmp_path, 11)).fingerprint
 
 
-def test_missing_file_and_uncached_hub_name(tmp_path, monkeypatch):
+def no_download(*args, **kwargs):
+    raise AssertionError("a test must not download")
+
+
+def test_missing_file_and_uncached_hub_name_offline(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not found"):
         load_tokenizer(str(tmp_path / "nope.json"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(DataError, match="tokenizer.json") as err:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets
+    with pytest.raises(DataError, match="'HuggingFaceTB/cosmo2-tokenizer' is not in the local Hugging Face cache "
+                                        "and could not be downloaded") as err:
         load_tokenizer("HuggingFaceTB/cosmo2-tokenizer")
+    assert "\n" not in str(err.value) and "tokenizer.json" in str(err.value)
+
+
+def test_uncached_hub_name_is_downloaded(shared_data, tmp_path, monkeypatch):
+    calls = []
+
+    def download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename))
+        target = tmp_path / "downloaded" / filename
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(shared_data / "cosmo2_tokenizer.json", target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    tok = load_tokenizer("HuggingFaceTB/cosmo2-tokenizer")
+    assert calls == [("HuggingFaceTB/cosmo2-tokenizer", "tokenizer.json")]
+    assert (tok.name, tok.vocab_size, tok.eos_id) == ("HuggingFaceTB/cosmo2-tokenizer", 49_152, 0)
+
+
+@pytest.mark.parametrize("error", [OSError("Network is unreachable"), huggingface_hub.errors.EntryNotFoundError("404")])
+def test_failed_download_is_one_line(tmp_path, monkeypatch, error):
+    def download(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(DataError, match=f"'someone/tok' .* could not be downloaded \\({error}\\)") as err:
+        load_tokenizer("someone/tok")
     assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="neither a tokenizer.json path nor a hub repository name"):
+        load_tokenizer("not a//repo name")
 
 
 def test_hub_name_resolves_through_local_cache(shared_data, tmp_path, monkeypatch):
@@ -92,6 +132,35 @@ def test_hub_name_resolves_through_local_cache(shared_data, tmp_path, monkeypatc
     (snapshot.parent.parent / "refs" / "main").write_text("abc123")
     shutil.copy(shared_data / "cosmo2_tokenizer.json", snapshot / "tokenizer.json")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)  # the cache comes first
     tok = load_tokenizer("HuggingFaceTB/cosmo2-tokenizer")
     assert (tok.name, tok.vocab_size, tok.eos_id) == ("HuggingFaceTB/cosmo2-tokenizer", 49_152, 0)
     assert tok.fingerprint == load_tokenizer(str(shared_data / "cosmo2_tokenizer.json")).fingerprint
+
+
+def _cache_hub_file(cache, repo_id, source):
+    """Put `source` in a Hugging Face cache at `cache` as repo_id's tokenizer.json (what a download leaves)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    shutil.copy(source, snapshot / "tokenizer.json")
+
+
+@pytest.mark.parametrize("repo_id", ["openai-community/gpt2", "gpt2"])
+def test_gpt2_resolves_to_gpt2s_hub_tokenizer_under_either_name(tmp_path, monkeypatch, repo_id):
+    source = _word_level(tmp_path, 12)  # a small stand-in: tests download nothing
+    _cache_hub_file(tmp_path / "cache", repo_id, source)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    tok = load_tokenizer("gpt2")
+    assert (tok.name, tok.vocab_size, tok.eos_id) == ("gpt2", 13, 12)
+    assert tok.fingerprint == load_tokenizer(source).fingerprint
+
+
+def test_an_uncached_gpt2_is_one_line_naming_both_repositories(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError, match="tokenizer 'openai-community/gpt2' or 'gpt2' is not in the local Hugging "
+                                        "Face cache; pass the path to its tokenizer.json") as err:
+        load_tokenizer("gpt2")
+    assert "\n" not in str(err.value)

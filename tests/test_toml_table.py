@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hamner.errors import ConfigError, CurriculumError, HamnerError
+from hamner.errors import ConfigError, CurriculumError, HamnerError, TournamentError
 from hamner.model.config import load_model_file, model_config
 from hamner.toml_table import TomlTable, read_toml
-from hamner.tournament.spec import TournamentError
 
 TABLE = {"steps": 10.5, "lr": "x", "warmup": -1, "flag": 1, "mode": "fast", "seeds": [1, 1], "name": ""}
 

@@ -12,12 +12,13 @@ import matplotlib.pyplot
 import pytest
 
 from hamner.commands.tournament import main
+from hamner.errors import TournamentError
 from hamner.tournament import rounds as rounds_module
 from hamner.tournament import runs
 from hamner.tournament.report import draw_round, plot_round, seed_spread, write_report
 from hamner.tournament.rounds import RoundOutcome, is_tie, mean_and_spread, run_tournament, size_entrants
 from hamner.tournament.sizing import match_size, model_size
-from hamner.tournament.spec import TournamentError, load_spec
+from hamner.tournament.spec import load_spec
 
 SPEC = """\
 name = "tiny"
@@ -87,7 +88,7 @@ def test_resizing_lands_within_tolerance_and_refuses_a_coarse_knob(tmp_path):
     # Whole layers of a wide model cannot land within 1% of a target that sits between two layer counts.
     wide = dataclasses.replace(spec.base, hidden_size=48, intermediate_size=64)
     one, two = (model_size(dataclasses.replace(wide, n_layers=n), 16).non_embedding for n in (1, 2))
-    with pytest.raises(ValueError, match="outside the tolerance"):
+    with pytest.raises(TournamentError, match="outside the tolerance"):
         match_size(wide, (one + two) / 2, "non_embedding", "n_layers", 16, 0.01)
     by_flops = match_size(spec.entrant("deep").config, model_size(spec.base, 16).flops_per_token,
                           "flops_per_token", "intermediate_size", 16, 0.02)

@@ -53,6 +53,7 @@ lr = 1e-3
     (["--curriculum", "nope"], "unknown curriculum 'nope'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--lr", "-1"], "--lr must be a positive number"),
+    (["--preset", "demo", "--time-budget", "3x"], "--time-budget: a time budget is a positive duration"),
     (["--dtype", "fp8"], "invalid choice: 'fp8'"),
     (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
     (["--max-steps", "ten"], "invalid int value: 'ten'"),

@@ -6,6 +6,7 @@ import torch
 from kernel_checks import rel_error
 
 from hamner import kernels
+from hamner.errors import ConfigError
 from hamner.kernels import reference
 from hamner.kernels.ttt import layer_norm_l2_grad, ttt_linear
 from hamner.model.config import HamnerConfig
@@ -113,7 +114,7 @@ def test_fp32_island_under_bf16_autocast_and_gradients_reach_every_parameter(mon
 
 
 def test_config_checks():
-    with pytest.raises(ValueError, match="ttt_mini_batch must be a positive integer"):
+    with pytest.raises(ConfigError, match="ttt_mini_batch must be a positive integer"):
         tiny_config(mixer="ttt_linear", ttt_mini_batch=0)
-    with pytest.raises(ValueError, match="ttt_base_lr must be positive"):
+    with pytest.raises(ConfigError, match="ttt_base_lr must be positive"):
         tiny_config(mixer="swa+ttt_linear", window=4, ttt_base_lr=-1.0)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, Command] = {
     "plot": Command("hamner.commands.plot", "draw a run's loss, LR, throughput and accuracy curves to PNG files"),
     "tournament": Command("hamner.commands.tournament", "architecture tournament: entrants resized to one size, "
                           "elimination rounds, report"),
+    "study": Command("hamner.commands.study", "length study: train each arm on one curriculum, compare their "
+                     "length generalisation"),
 }
 
 

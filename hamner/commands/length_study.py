@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hamner.commands.parsing import ArgumentParser
 from hamner.device import pick_device
-from hamner.errors import DataError, InferenceError
+from hamner.errors import HamnerError
 from hamner.eval.length_study import MODES, ChunkGrid, format_comparison, format_study, run_labels, run_study
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None, prog: str = "hamner eval RUN --length-ge
         report, written = run_study(args.run, args.other, grid, out, all_checkpoints=args.all_checkpoints,
                                     mode=args.mode, context=args.context, sequences=args.sequences,
                                     source=args.source, device=pick_device(args.device))
-    except (InferenceError, DataError, ValueError, OSError) as exc:
+    except (HamnerError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_study(report["study"]))

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
             report = write_report(outcome, out)
         finally:
             os.close(lock)
-    except (HamnerError, ValueError, OSError) as exc:
+    except (HamnerError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt):

@@ -23,10 +23,12 @@ EPILOG = """examples:
   python train.py --preset agiformer-31m --curriculum agiformer-3stage --data DATA
   python train.py --data DATA                        # Hamner V3.1 on one GPU (shards under DATA/)
   python train.py --curriculum hamner-4phase --init-from runs/v3-50m-.../ --data DATA
+  python train.py --preset tinygpt-50m --data DATA  # tiny_gpt's plan (gpt2 tokenizer), stops at 3 hours
   python train.py --resume runs/v3-50m-20260101-120000
   torchrun --nproc_per_node=8 train.py --data DATA   # DistributedDataParallel
 
-Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits; continue with --resume."""
+Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits; continue with --resume.
+So does reaching --time-budget; continue with --resume RUN_DIR --time-budget LONGER."""
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

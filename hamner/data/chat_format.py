@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from hamner.data.tokenizer import EOT
+from hamner.errors import DataError
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 MARKERS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
@@ -32,9 +33,9 @@ def escape_content(content: str) -> str:
 def format_turn(role: str, content: str) -> str:
     """One turn: the role marker, a newline, the content (markers in it escaped), a newline."""
     if role not in MARKERS:
-        raise ValueError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
+        raise DataError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
     if not isinstance(content, str):
-        raise ValueError(f"{role} content must be text, got {type(content).__name__}")
+        raise DataError(f"{role} content must be text, got {type(content).__name__}")
     return f"{MARKERS[role]}\n{escape_content(content.strip())}\n"
 
 

@@ -87,7 +87,7 @@ class MixtureSampler:
                 raise DataError(f"source {name!r} has no loss masks; loss = \"assistant\" needs chat shards "
                                 "(prepared from chat records) or the built-in chat source")
         if seed < 0:
-            raise ValueError(f"the data seed must be non-negative, got {seed}")
+            raise DataError(f"the data seed must be non-negative, got {seed}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.sources = sources

@@ -82,14 +82,14 @@ def _task_id(task: str | None) -> int:
     if task is None:
         return -1
     if task not in TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
+        raise DataError(f"unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
     return TASKS.index(task)
 
 
 def _check_difficulty(difficulty: float) -> float:
     d = float(difficulty)
     if not 1.0 <= d <= 5.0 or math.isnan(d):
-        raise ValueError(f"synthetic difficulty must be in [1, 5], got {difficulty}")
+        raise DataError(f"synthetic difficulty must be in [1, 5], got {difficulty}")
     return d
 
 
@@ -112,7 +112,7 @@ def split_answer(text: str) -> tuple[str, str]:
             break
     cut = text.rfind(marker)
     if cut < 0:
-        raise ValueError(f"not a synthetic sample: {text!r}")
+        raise DataError(f"not a synthetic sample: {text!r}")
     cut += len(marker)
     return text[:cut], text[cut:]
 

@@ -126,7 +126,7 @@ def _record_text_unchecked(record: dict, field: str, where: str) -> str:
     if field not in record and isinstance(record.get("messages"), list):
         try:
             return format_conversation(record["messages"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, DataError) as e:
             raise DataError(f"{where}: bad chat messages ({e})") from None
     if field in record:
         raise DataError(f"{where}: field {field!r} is {type(record[field]).__name__}, not text")

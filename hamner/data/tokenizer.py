@@ -1,4 +1,4 @@
-"""Tokenizers: the built-in byte tokenizer, a Hugging Face tokenizer.json, or a cached hub name.
+"""Tokenizers: the built-in byte tokenizer, a Hugging Face tokenizer.json, or a hub name (cache, then download).
 
 Every tokenizer exposes the same small surface (`encode`, `encode_batch`, `decode`, `eos_id`,
 `vocab_size`) and a `fingerprint` that identifies its vocabulary, so shards made with one
@@ -17,6 +17,9 @@ from hamner.errors import DataError
 
 EOT = "<|endoftext|>"
 MAX_VOCAB = 65_536
+# Short specs -> the hub repositories that hold them, newest name first: GPT-2's 50,257-token BPE moved from
+# "gpt2" to "openai-community/gpt2", and a local cache may hold it under either.
+HUB_ALIASES: dict[str, tuple[str, ...]] = {"gpt2": ("openai-community/gpt2", "gpt2")}
 
 
 class Tokenizer(ABC):
@@ -153,7 +156,9 @@ class HFTokenizer(Tokenizer):
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """"bytes", a path to a tokenizer.json (or a folder holding one), or a hub name found in the local HF cache."""
+    """"bytes", a path to a tokenizer.json (or a folder holding one), or a Hugging Face hub name (the
+    local cache first, then a download, as `transformers` finds tokenizers; "gpt2" is GPT-2's tokenizer,
+    see HUB_ALIASES)."""
     if spec == "bytes":
         return ByteTokenizer()
     path = Path(spec).expanduser()
@@ -163,20 +168,33 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return HFTokenizer(spec, path)
     if path.suffix == ".json" or spec.startswith((".", "/", "~")):
         raise DataError(f"tokenizer file not found: {path}")
-    return HFTokenizer(spec, _cached_hub_file(spec))
+    return HFTokenizer(spec, hub_tokenizer_file(spec))
 
 
-def _cached_hub_file(repo_id: str) -> Path:
-    """tokenizer.json of a hub repository, looked up only in the local cache (never downloaded)."""
-    from huggingface_hub import try_to_load_from_cache
+def hub_tokenizer_file(spec: str) -> Path:
+    """tokenizer.json of the hub repository `spec` (or of the repositories an alias names): from the local
+    Hugging Face cache, else downloaded into it (not with HF_HUB_OFFLINE=1); one-line DataError naming the
+    tokenizer when neither works."""
+    import huggingface_hub as hub
+    from huggingface_hub.errors import EntryNotFoundError
 
-    try:
-        found = try_to_load_from_cache(repo_id, "tokenizer.json")
-    except Exception:  # an invalid repo id raises a validation error
-        found = None
-    if not isinstance(found, str):
-        raise DataError(
-            f"tokenizer {repo_id!r} is not in the local Hugging Face cache; "
-            "pass the path to its tokenizer.json instead (--tokenizer path/to/tokenizer.json) or use --tokenizer bytes"
-        )
-    return Path(found)
+    repo_ids = HUB_ALIASES.get(spec, (spec,))
+    for repo_id in repo_ids:
+        try:
+            found = hub.try_to_load_from_cache(repo_id, "tokenizer.json")
+        except ValueError:  # not a valid repository name
+            raise DataError(f"tokenizer {repo_id!r} is neither a tokenizer.json path nor a hub repository name"
+                            ) from None
+        if isinstance(found, str):
+            return Path(found)
+    reasons = []
+    for repo_id in repo_ids:
+        try:
+            return Path(hub.hf_hub_download(repo_id, "tokenizer.json"))
+        except (OSError, ValueError, EntryNotFoundError) as exc:  # offline, no such repository or file
+            reasons.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    raise DataError(
+        f"tokenizer {' or '.join(map(repr, repo_ids))} is not in the local Hugging Face cache and could not be "
+        f"downloaded ({reasons[0]}); pass the path to its tokenizer.json instead "
+        "(--tokenizer path/to/tokenizer.json) or use --tokenizer bytes"
+    )

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from hamner.data.tokenizer import Tokenizer
-from hamner.errors import InferenceError
+from hamner.errors import EvalError, InferenceError
 from hamner.eval.length import extended_model
 from hamner.eval.tasks import held_out_seed
 from hamner.model.transformer import HamnerModel
@@ -56,11 +56,11 @@ class ChunkGrid:
     def __post_init__(self) -> None:
         for name in ("window", "chunk", "stride"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise EvalError(f"{name} must be positive, got {getattr(self, name)}")
         if self.chunk > self.window:
-            raise ValueError(f"chunk K ({self.chunk}) must not exceed the window W ({self.window})")
+            raise EvalError(f"chunk K ({self.chunk}) must not exceed the window W ({self.window})")
         if not self.multiples or any(m < 1 for m in self.multiples):
-            raise ValueError(f"multiples must be whole numbers >= 1, got {self.multiples}")
+            raise EvalError(f"multiples must be whole numbers >= 1, got {self.multiples}")
 
     @property
     def length(self) -> int:
@@ -98,13 +98,13 @@ def chunk_perplexity(model: HamnerModel, tokens: np.ndarray, grid: ChunkGrid, *,
                      context: int | None = None, sequences: int = 8) -> list[dict[str, float]]:
     """Per position m x W: chunk loss and perplexity averaged over up to `sequences` stretches of `tokens`."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise EvalError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     available = (len(tokens) - 1) // grid.length
     if available < 1:
-        raise ValueError(f"the study needs {grid.length + 1} tokens per sequence, the stream has {len(tokens)}")
+        raise EvalError(f"the study needs {grid.length + 1} tokens per sequence, the stream has {len(tokens)}")
     sequences = min(sequences, available)
     if context is not None and context < grid.chunk:
-        raise ValueError(f"the sliding context ({context}) must hold at least one chunk ({grid.chunk})")
+        raise EvalError(f"the sliding context ({context}) must hold at least one chunk ({grid.chunk})")
     reader = extended_model(model, grid.length) if mode == "single" else model
     if mode == "sliding" and (context or model.config.max_seq_len) > model.config.max_seq_len:
         reader = extended_model(model, context)

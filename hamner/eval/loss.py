@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hamner.data.tokenizer import Tokenizer
+from hamner.data.tokenizer import ByteTokenizer, Tokenizer
 from hamner.data.windows import ShardSource
 from hamner.errors import EvalError
 from hamner.model.transformer import HamnerModel
@@ -41,6 +41,17 @@ def utf8_bytes(tokenizer: Tokenizer, ids: np.ndarray) -> int:
     """UTF-8 size of the text of `ids` (any shape, read in order), end-of-text tokens left out."""
     kept = ids[ids != tokenizer.eos_id]
     return len(tokenizer.decode(kept.tolist()).encode("utf-8"))
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each token id's text (end-of-text: 0), so counting a batch's bytes is a lookup. Exact for
+    the byte tokenizer; a token holding part of a character counts the bytes its own decoding gives."""
+    if isinstance(tokenizer, ByteTokenizer):
+        lengths = np.ones(tokenizer.vocab_size, dtype=np.int64)
+    else:
+        lengths = np.array([len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocab_size)])
+    lengths[tokenizer.eos_id] = 0
+    return lengths
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 
 from hamner.data.synthetic import TASKS, sample_texts, split_answer
 from hamner.data.tokenizer import Tokenizer
+from hamner.errors import EvalError
 from hamner.use.generate import generate
 
 HELD_OUT_SEED_BASE = 1 << 32
@@ -29,7 +30,7 @@ def task_accuracy(model: torch.nn.Module, tokenizer: Tokenizer, difficulty: floa
                   tasks: Sequence[str] = TASKS) -> dict[str, float]:
     """Task -> fraction of `n` held-out samples (at `difficulty`) answered exactly, greedy decoding."""
     if n < 1:
-        raise ValueError(f"task accuracy needs at least one sample per task, got n={n}")
+        raise EvalError(f"task accuracy needs at least one sample per task, got n={n}")
     scores: dict[str, float] = {}
     for task in tasks:
         pairs = [split_answer(text) for text in sample_texts(task, difficulty, n, held_out_seed(seed))]

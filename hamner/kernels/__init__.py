@@ -3,13 +3,15 @@ and the recurrences under the Hebbian memory (decayed linear attention) and TTT-
 
 Every op has a plain PyTorch twin in `kernels.reference` with the same signature. CUDA tensors
 run the Triton kernels; CPU tensors run the reference unless TRITON_INTERPRET=1 is set, in
-which case they run the Triton kernels in the interpreter (see `kernels.dispatch`).
+which case they run the Triton kernels in the interpreter (see `kernels.dispatch`). `gelu` is torch's
+own fused op on every path (see `reference.gelu`).
 """
 from hamner.kernels import reference
 from hamner.kernels.attention_dispatch import attention, attention_backend, differential_attention
 from hamner.kernels.dispatch import TRITON_INSTALLED
 from hamner.kernels.linear_attention import decayed_linear_attention, linear_attention_backend
 from hamner.kernels.moe import moe_experts
+from hamner.kernels.reference import gelu
 from hamner.kernels.ttt import ttt_linear
 
 if TRITON_INSTALLED:
@@ -35,6 +37,7 @@ __all__ = [
     "decayed_linear_attention",
     "differential_attention",
     "fused_linear_cross_entropy",
+    "gelu",
     "linear_attention_backend",
     "moe_experts",
     "reference",

@@ -106,6 +106,14 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     return _SwiGLU.apply(gate_up)
 
 
+def gelu(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
+    """GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ("tanh", GPT-2's) or x Phi(x) ("none").
+
+    torch's own op is already one elementwise kernel on every device, computing half types in float32, so
+    `kernels.gelu` is this on every path (no Triton twin to check against)."""
+    return F.gelu(x, approximate=approximate)
+
+
 def rope_cache(
     seq_len: int, head_dim: int, theta: float = 10000.0, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

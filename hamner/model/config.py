@@ -30,7 +30,7 @@ class HamnerConfig:
     `mixer` names the token mixer of every block ("attention", "swa", "diff_attention", ... see
     `hamner.model.mixers.MIXERS`); several joined by "+" (e.g. "swa+hebbian") run side by side on the
     same normed input and their outputs are summed. `layer_mixers` (one such name per layer)
-    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu" or "moe", `hamner.model.mlps.MLPS`).
+    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu", "moe" or "gelu", `hamner.model.mlps.MLPS`).
     The remaining fields are settings of particular mixers and MLPs, checked by their `check_config`
     (`hamner.model.mixers.settings`, `hamner.model.mlps.settings`) and ignored by the others.
     """
@@ -60,9 +60,15 @@ class HamnerConfig:
     moe_intermediate_size: int | None = None
     moe_balance_weight: float = 0.01
     moe_z_weight: float = 0.001
+    # GPT-2's MLP ("gelu"): the GELU's form, "tanh" (GPT-2's approximation) or "none" (exact).
+    gelu_approximate: str = "tanh"
     # Hebbian fast-weight memory ("hebbian"): the plasticity alpha of its decay
     # alpha * (0.99 + 0.01 sigmoid(theta)) until a curriculum stage sets the `plasticity` knob.
     hebbian_plasticity: float = 0.99
+    # AGIFORMER's memory block around that recurrence: a LayerNorm on the memory's output (after its
+    # output projection), and biases on its q/k/v and output projections. Off: the bare memory.
+    hebbian_out_norm: bool = False
+    hebbian_bias: bool = False
     # TTT-Linear ("ttt_linear"): tokens per inner gradient step, and the inner learning rate's
     # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
     ttt_mini_batch: int = 16
@@ -73,16 +79,16 @@ class HamnerConfig:
                      "intermediate_size", "max_seq_len"):
             value = getattr(self, name)
             if not positive_int(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.n_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
+            raise ConfigError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+            raise ConfigError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
+            raise ConfigError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
         for name in ("rope_theta", "norm_eps", "init_std"):
             if not number(getattr(self, name)) or not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)!r}")
         self._check_blocks()
 
     def _check_blocks(self) -> None:
@@ -92,7 +98,7 @@ class HamnerConfig:
         """
         used = self._used_mixers()
         if not isinstance(self.mlp, str) or self.mlp not in MLPS:
-            raise ValueError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
+            raise ConfigError(f"mlp: unknown MLP {self.mlp!r}; choose from {', '.join(MLPS)}")
         for name in MIXERS:
             if name in used:
                 MIXERS.settings(name).check_config(self)
@@ -102,21 +108,21 @@ class HamnerConfig:
         """The names of the mixers the layers use, each name known and named once per layer."""
         if self.layer_mixers is not None:
             if not isinstance(self.layer_mixers, list) or len(self.layer_mixers) != self.n_layers:
-                raise ValueError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
+                raise ConfigError(f"layer_mixers must be a list of {self.n_layers} mixer names (one per layer), "
                                  f"got {self.layer_mixers!r}")
         names = [self.mixer] if self.layer_mixers is None else self.layer_mixers
         field = "mixer" if self.layer_mixers is None else "layer_mixers"
         used: set[str] = set()
         for spec in names:
             if not isinstance(spec, str):
-                raise ValueError(f"{field}: expected a mixer name (several joined by '+'), got {spec!r}")
+                raise ConfigError(f"{field}: expected a mixer name (several joined by '+'), got {spec!r}")
             parts = spec.split("+")
             for part in parts:
                 if part not in MIXERS:
-                    raise ValueError(f"{field}: unknown mixer {part!r}; choose from {', '.join(MIXERS)} "
+                    raise ConfigError(f"{field}: unknown mixer {part!r}; choose from {', '.join(MIXERS)} "
                                      "(several joined by '+')")
             if len(set(parts)) != len(parts):
-                raise ValueError(f"{field}: {spec!r} names a mixer twice")
+                raise ConfigError(f"{field}: {spec!r} names a mixer twice")
             used.update(parts)
         return used
 
@@ -157,11 +163,12 @@ class HamnerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown HamnerConfig keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown HamnerConfig keys: {', '.join(unknown)}")
         return cls(**d)
 
 
 COSMO2_TOKENIZER = "HuggingFaceTB/cosmo2-tokenizer"
+GPT2_TOKENIZER = "gpt2"  # GPT-2's 50,257-token BPE, from the local Hugging Face cache (hamner.data.tokenizer)
 
 PRESETS: dict[str, HamnerConfig] = {
     # 47,190,528 parameters.
@@ -189,14 +196,24 @@ PRESETS: dict[str, HamnerConfig] = {
                             intermediate_size=1365, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
                             mlp="moe", n_experts=8, moe_top_k=2, moe_intermediate_size=688),
     # AGIFORMER, byte-level: every layer runs sliding-window attention and the Hebbian memory side by
-    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. 31,005,744 parameters.
+    # side; the agiformer-3stage curriculum sets the memory's plasticity per stage. Its memory block is
+    # AGIFORMER's: biased projections and a LayerNorm on its output. 31,024,176 parameters.
     "agiformer-31m": HamnerConfig(vocab_size=257, hidden_size=512, n_layers=6, n_heads=8, n_kv_heads=8,
                                   intermediate_size=1984, max_seq_len=1024, tokenizer="bytes",
-                                  mixer="swa+hebbian", window=128),
+                                  mixer="swa+hebbian", window=128, hebbian_out_norm=True, hebbian_bias=True),
     # TTT-Linear in every layer (mini-batches of 16 tokens), the shape of swa-125m. 123,449,424 parameters.
+    # Each layer matches the TTT authors' 125M TTT-Linear layer (ttt-lm-pytorch: tied head, no gate, no
+    # conv) parameter for parameter (7,141,660); the total differs from their 110,276,688 by the vocabulary
+    # only: cosmo2's 49,152 tokens against Llama-2's 32,000, (49,152 - 32,000) x 768 = 13,172,736 more in
+    # the tied embedding. The study's quoted 152.6M is no combination of that code's switches (README, The model).
     "ttt-125m": HamnerConfig(vocab_size=49152, hidden_size=768, n_layers=12, n_heads=12, n_kv_heads=12,
                              intermediate_size=2048, max_seq_len=1024, tokenizer=COSMO2_TOKENIZER,
                              mixer="ttt_linear"),
+    # tiny_gpt's plan: 8 layers of 8 heads at width 512, GPT-2's 4x GELU MLP (d_ff 2048, biases), context 512,
+    # GPT-2's vocabulary, output head tied to the embedding as in GPT-2. Hamner's block keeps its RMSNorm and
+    # RoPE (no learned positions): 50,926,592 parameters.
+    "tinygpt-50m": HamnerConfig(vocab_size=50257, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=8,
+                                intermediate_size=2048, max_seq_len=512, tokenizer=GPT2_TOKENIZER, mlp="gelu"),
 }
 
 
@@ -223,12 +240,12 @@ def with_fields(base: HamnerConfig, fields: Any, where: str, error: type[HamnerE
         table.typed(name, tuple(t for part in types[name].split(" | ") for t in _FIELD_TYPES[part]), types[name])
     try:
         return dataclasses.replace(base, **fields)
-    except ValueError as exc:
+    except ConfigError as exc:  # the config's own checks; `where` names the file or spec entry
         raise error(f"{where}: {exc}") from None
 
 
 def model_config(name: str) -> HamnerConfig:
     """A fresh copy of the preset called `name`."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name])

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from hamner import kernels
-from hamner.errors import ConfigError
+from hamner.errors import ConfigError, CurriculumError
 from hamner.model.config import HamnerConfig
 from hamner.model.decoding_cache import DecodingCache
 from hamner.model.mixers import MIXERS, DecodingState
@@ -99,7 +99,7 @@ class Block(nn.Module):
         document of every position of a packed training row (None: one document), refused (ValueError)
         when a mixer of the block cannot keep the documents apart."""
         if segment_ids is not None and self.documents_refusal is not None:
-            raise ValueError(self.documents_refusal)
+            raise ConfigError(self.documents_refusal)
         h, x = self.attn_norm(x, delta)
         h, x = self.mlp_norm(x, self.attn(h, cos, sin, state, segment_ids=segment_ids))
         return x, self.mlp(h)
@@ -242,7 +242,7 @@ class HamnerModel(nn.Module):
         holders = [m for m in self.modules() if name in getattr(m, "KNOBS", ())]
         if not holders:
             known = ", ".join(self.knob_names()) or "none"
-            raise ValueError(f"the model has no knob {name!r} (its knobs: {known})")
+            raise CurriculumError(f"the model has no knob {name!r} (its knobs: {known})")
         holders[0].check_knob(name, value)
         return holders
 

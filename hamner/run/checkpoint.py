@@ -49,6 +49,7 @@ _SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtyp
 WEIGHTS = "model.safetensors"
 TRAINER = "trainer.pt"
 BEST = "best"
+INITIAL = "initial"  # the untrained model at step 0 (save_initial_checkpoint); never pruned
 
 
 def step_name(step: int) -> str:

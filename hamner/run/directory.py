@@ -1,6 +1,6 @@
 """The run directory: its layout (the one place its file names are spelled), its text outputs
-(config.json, metrics.csv, task_accuracy.csv, samples.jsonl, train.log, and probe.csv for runs whose
-curriculum names a probe) and the lock that lets one process at a time use it.
+(config.json, metrics.csv, task_accuracy.csv, evals.csv, samples.jsonl, train.log, and probe.csv for runs
+whose curriculum names a probe) and the lock that lets one process at a time use it.
 
 Only rank 0 writes (a RunDir built with `enabled=False` does nothing). Nothing is created on disk
 before `open()`, which the trainer calls once a run really starts, so a failed start leaves no
@@ -40,11 +40,16 @@ SAMPLES = "samples.jsonl"
 LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"  # checkpoints/latest: a text file naming the newest complete checkpoint
+EVALS = "evals"  # evals/step-N.json per evaluation step, evals/all_summaries.json, evals/metadata.json
+EVALS_CSV = "evals.csv"  # every scalar an evaluation reports, one row per step and metric
 
 METRICS_COLUMNS: tuple[str, ...] = (
-    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s",
+    "step", "stage", "loss", "val_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s", "bpc",
 )
+# Columns a run written before they existed lacks (bpc: training bits per byte, when the curriculum reports it).
+LATER_METRICS_COLUMNS: tuple[str, ...] = ("bpc",)
 TASK_COLUMNS: tuple[str, ...] = ("step", "stage", "task", "difficulty", "accuracy")
+EVAL_COLUMNS: tuple[str, ...] = ("step", "stage", "metric", "value")
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
 PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
@@ -62,7 +67,7 @@ def check_name(name: object, what: str, error: type[HamnerError] = RunDirError) 
     return name
 
 
-def inside(root: Path, relative: str, what: str, error: type[Exception] = RunDirError) -> Path:
+def inside(root: Path, relative: str, what: str, error: type[HamnerError] = RunDirError) -> Path:
     """root/relative, refused with a one-line `error` naming `what` when it leads out of `root`
     (an absolute path, `..`, or a symbolic link pointing elsewhere)."""
     root = Path(root)
@@ -111,6 +116,7 @@ class CsvLog:
         self.path = Path(path)
         self.columns = columns
         self.enabled = enabled
+        self._header_checked = False
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -118,11 +124,34 @@ class CsvLog:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"{self.path.name} has no column(s) {sorted(unknown)}")
+        if not self._header_checked:
+            self._adopt_columns()
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if f.tell() == 0:
                 writer.writerow(self.columns)
             writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in self.columns])
+
+    def _adopt_columns(self) -> None:
+        """A file written by an older Hamner with other columns (a resumed run) is rewritten, durably, under
+        today's header, each old value under its own column name, so appended rows line up with the header."""
+        self._header_checked = True
+        try:
+            with open(self.path, newline="") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows or tuple(rows[0]) == self.columns:
+            return
+        old = rows[0]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(self.columns)
+        for values in rows[1:]:
+            record = dict(zip(old, values))
+            writer.writerow([record.get(c, "") for c in self.columns])
+        replace_bytes(self.path, out.getvalue().encode())
 
     def truncate_after(self, step: int) -> None:
         """Drop rows whose step is greater than `step` (used when resuming from that step)."""
@@ -139,6 +168,7 @@ class RunDir:
         self.metrics = CsvLog(self.path / METRICS, METRICS_COLUMNS, enabled)
         self.task_accuracy = CsvLog(self.path / TASK_ACCURACY, TASK_COLUMNS, enabled)
         self.probe = CsvLog(self.path / PROBE, PROBE_COLUMNS, enabled and probe)
+        self.evals = CsvLog(self.path / EVALS_CSV, EVAL_COLUMNS, enabled)
         self.samples = self.path / SAMPLES
         self._lock_fd: int | None = None
 
@@ -188,6 +218,7 @@ class RunDir:
         self.metrics.truncate_after(step)
         self.task_accuracy.truncate_after(step)
         self.probe.truncate_after(step)
+        self.evals.truncate_after(step)
         trim_lines(self.samples, lambda line: _json_step(line) <= step, header_lines=0)
 
 

@@ -19,7 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hamner.errors import PlotError  # noqa: E402
-from hamner.run.directory import METRICS, METRICS_COLUMNS, TASK_ACCURACY, TASK_COLUMNS  # noqa: E402
+from hamner.run.directory import (  # noqa: E402
+    LATER_METRICS_COLUMNS,
+    METRICS,
+    METRICS_COLUMNS,
+    TASK_ACCURACY,
+    TASK_COLUMNS,
+)
 from hamner.run.durable import replace_atomically  # noqa: E402
 
 _NUMERIC = set(METRICS_COLUMNS) - {"stage"}
@@ -51,7 +57,7 @@ def read_metrics(run_dir: Path) -> dict[str, list]:
     path = run_dir / METRICS
     if not path.is_file():
         raise PlotError(f"{run_dir}: no {METRICS} (is this a run directory?)")
-    rows = read_csv(path, METRICS_COLUMNS)
+    rows = read_csv(path, tuple(c for c in METRICS_COLUMNS if c not in LATER_METRICS_COLUMNS))
     if not rows:
         raise PlotError(f"{path}: no rows yet")
     columns: dict[str, list] = {c: [_number(r, c, path) for r in rows] for c in _NUMERIC}
@@ -95,6 +101,19 @@ def plot_loss(m: dict[str, list], out: Path) -> Path:
     ax.set(xlabel="tokens", ylabel="loss", title="Loss by tokens seen (bands: curriculum stages)")
     ax.legend(loc="upper right")
     return save_figure(fig, out / "loss.png")
+
+
+def plot_bpc(m: dict[str, list], out: Path) -> Path | None:
+    """Training bits per byte by tokens seen; None when the run has none (its curriculum does not report it)."""
+    x, y = _present(m["tokens"], m["bpc"])
+    if not x:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 5))
+    _shade_stages(ax, m, m["tokens"])
+    ax.plot(x, y, lw=1, label="train bits per byte")
+    ax.set(xlabel="tokens", ylabel="bits per byte", title="Bits per byte by tokens seen (bands: curriculum stages)")
+    ax.legend(loc="upper right")
+    return save_figure(fig, out / "bpc.png")
 
 
 def plot_lr(m: dict[str, list], out: Path) -> Path:
@@ -163,6 +182,6 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     metrics = read_metrics(run_dir)
     out = out or run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_loss(metrics, out), plot_lr(metrics, out), plot_throughput(metrics, out)]
-    accuracy = plot_task_accuracy(run_dir, out)
-    return written + ([accuracy] if accuracy else [])
+    written = [plot_loss(metrics, out), plot_bpc(metrics, out), plot_lr(metrics, out),
+               plot_throughput(metrics, out), plot_task_accuracy(run_dir, out)]
+    return [path for path in written if path is not None]

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hamner.errors import TournamentError
 from hamner.tournament.runs import RunPlan, RunResult, check_plan, ensure_run, write_if_changed, write_model_file
 from hamner.tournament.sizing import Resized, match_size, model_size
-from hamner.tournament.spec import Entrant, TournamentError, TournamentSpec
+from hamner.tournament.spec import Entrant, TournamentSpec
 
 Say = Callable[[str], None]
 
@@ -72,7 +73,7 @@ def size_entrants(spec: TournamentSpec) -> dict[str, SizedEntrant]:
         if e.resize:
             try:
                 resized = match_size(e.config, target, spec.measure, e.knob, spec.seq_len, spec.tolerance)
-            except ValueError as exc:
+            except TournamentError as exc:  # the entrant's name completes the sizing's message
                 raise TournamentError(f"entrant {e.name}: {exc}") from None
         else:
             size = model_size(e.config, spec.seq_len)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hamner.errors import HamnerError
+from hamner.errors import TournamentError
 from hamner.model.config import HamnerConfig, model_config
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import METRICS, TASK_ACCURACY, checkpoints_dir
@@ -45,7 +45,7 @@ class Interrupted(Exception):
     """A signal stopped a run; its checkpoint is saved and a rerun resumes it."""
 
 
-class StaleRun(HamnerError):
+class StaleRun(TournamentError):
     """A run trained from another version of the spec than the one a rerun gives."""
 
 
@@ -98,7 +98,8 @@ def write_model_file(path: Path, config: HamnerConfig, preset: str) -> Path:
         if value == default:
             continue
         if value is None:
-            raise ValueError(f"{path.stem}: {f.name} cannot be unset from the preset's {default!r} in a model file")
+            raise TournamentError(f"{path.stem}: {f.name} cannot be unset from the preset's {default!r} "
+                                  "in a model file")
         lines.append(f"{f.name} = {json.dumps(value)}")
     return write_if_changed(path, "\n".join(lines) + "\n")
 

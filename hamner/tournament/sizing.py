@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from hamner.errors import TournamentError
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
 
@@ -110,7 +111,7 @@ def match_size(config: HamnerConfig, target: float, measure: str, knob: str, seq
     while value_of(hi) < target:
         lo, hi = hi, hi * 2
         if hi > 1 << 24:
-            raise ValueError(f"{knob} would have to exceed {1 << 24} to reach {measure} {target:,.0f}")
+            raise TournamentError(f"{knob} would have to exceed {1 << 24} to reach {measure} {target:,.0f}")
     # Regula falsi on whole numbers, keeping value_of(lo) < target <= value_of(hi) (unless lo == 1):
     # the measures are close to linear in the knob, so this takes a handful of model builds.
     while hi - lo > 1 and value_of(lo) < target:
@@ -125,7 +126,7 @@ def match_size(config: HamnerConfig, target: float, measure: str, knob: str, seq
     size = model_size(resized, seq_len)
     error = size.measure(measure) / target - 1
     if abs(error) > tolerance:
-        raise ValueError(f"{measure} {size.measure(measure):,.0f} at {knob} = {best} is {100 * error:+.1f}% "
+        raise TournamentError(f"{measure} {size.measure(measure):,.0f} at {knob} = {best} is {100 * error:+.1f}% "
                          f"from the base's {target:,.0f}, outside the tolerance of {100 * tolerance:g}%; "
                          "pick a finer knob (intermediate_size) or a larger tolerance")
     return Resized(config=resized, size=size, knob=knob, value=best, target=target, error=error)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hamner.errors import HamnerError
+from hamner.errors import HamnerError, TournamentError
 from hamner.model.config import PRESETS, HamnerConfig, model_config, with_fields
 from hamner.run.directory import check_name
 from hamner.toml_table import TomlTable, read_toml
@@ -30,10 +30,6 @@ _DATA_KEYS = {"weights", "difficulty"}
 _ROUND_KEYS = {"tokens", "entrants", "seeds"}
 _SWEEP_KEYS = {"factors", "tokens"}
 _ENTRANT_KEYS = {"name", "preset", "model", "knob", "resize"}
-
-
-class TournamentError(HamnerError):
-    """A bad spec or a tournament that cannot go on; the message is one line for the user."""
 
 
 @dataclass(frozen=True)

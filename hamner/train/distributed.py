@@ -81,6 +81,16 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(value.item())
 
 
+def min_over_ranks(value: int | None, info: DistInfo) -> int | None:
+    """The smallest `value` (>= 0) over all ranks, None when any rank has None (a host-side all-reduce; free
+    when single)."""
+    if not info.enabled:
+        return value
+    reduced = torch.tensor([-1 if value is None else value], dtype=torch.int64)  # None travels as -1
+    dist.all_reduce(reduced, op=dist.ReduceOp.MIN, group=_flag_group)
+    return None if reduced.item() < 0 else int(reduced.item())
+
+
 def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """The mean of `value` over all ranks (the value itself when single)."""
     if not info.enabled:

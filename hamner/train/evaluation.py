@@ -1,5 +1,6 @@
-"""Evaluation during training: validation loss at eval intervals; samples, task accuracy and the
-curriculum's probe at stage ends.
+"""Evaluation during training: the curriculum's evaluations by name (validation loss, length
+generalisation, task accuracy, probe) at their intervals and at step 0, each step's figures written
+into the run; samples, task accuracy and the curriculum's probe at stage ends.
 
 Validation rows of a synthetic source are drawn at one fixed difficulty per source for the whole
 run (the highest its curriculum trains it at, recorded in config.json), from held-out seeds, so
@@ -8,12 +9,25 @@ generated sources ignore difficulty, and shard sources read their val split. The
 is averaged over ranks, so every rank takes the same best-checkpoint and early-stop decisions.
 Validation counts what training counts: an assistant-only source's loss covers the replies only, and
 document packing keeps attention inside each document. Samples, task accuracy and the probe run on
-rank 0 only.
+rank 0 only (their accuracies are shared with every rank, which take the same decisions on them);
+length generalisation runs on every rank over the same tokens.
+
+Length generalisation is the TTT study's chunk perplexity (hamner.eval.length_study): sequences of
+max(multiples) x W validation tokens read in one pass, perplexity of the chunk of K predictions
+ending by m x W, reported as `length_ppl@{m}W`. Its tokens are the val split of the curriculum's first
+prepared source, or built-in stories on a held-out seed when it has none.
+
+An evaluation step's figures go to RUN/evals/step-N.json (its summary), RUN/evals/all_summaries.json
+(every step so far) and RUN/evals.csv plus the loggers (the scalars); RUN/evals/metadata.json
+describes the set-up (evaluations, recipe, model, what the best checkpoint and early stop follow).
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +37,15 @@ from hamner.data.batch import Batch
 from hamner.data.mixture import is_synthetic_source
 from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer
+from hamner.errors import DataError, TrainError
+from hamner.eval.length_study import ChunkGrid, chunk_perplexity, validation_stream
 from hamner.eval.loss import utf8_bytes
 from hamner.eval.probe import ProbeItem, score_probe
 from hamner.eval.tasks import held_out_seed, task_accuracy
-from hamner.run.directory import RunDir
+from hamner.run.directory import EVALS, RunDir
+from hamner.run.durable import write_text
 from hamner.train import distributed as dist
-from hamner.train.curriculum.spec import Curriculum
+from hamner.train.curriculum.spec import Curriculum, Evaluation
 from hamner.train.loggers import Loggers
 from hamner.train.settings import RunSettings
 from hamner.train.step import autocast
@@ -79,6 +96,26 @@ class Validation:
         return f"{self.loss:.4f} ({detail})"
 
 
+@dataclass
+class EvalSummary:
+    """The evaluations of one step: scalar metrics by name, each kind's details, and the validation pass."""
+
+    step: int
+    stage: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    validation: Validation | None = None
+    task_results: dict[str, dict[float, float]] = field(default_factory=dict)  # task -> difficulty -> accuracy
+
+    def to_json(self) -> dict[str, Any]:
+        """What evals/step-N.json holds."""
+        return {"step": self.step, "stage": self.stage, "metrics": self.metrics, **self.details}
+
+    def describe(self) -> str:
+        """One line of the scalar metrics, for train.log and the console."""
+        return ", ".join(f"{name} {value:.4f}" for name, value in self.metrics.items())
+
+
 class TrainEvaluator:
     """Validation, samples, task accuracy and probe of the model being trained.
 
@@ -95,6 +132,75 @@ class TrainEvaluator:
         self.document_end = document_end
         self.difficulty = validation_difficulties(curriculum, sorted(sources))
         self.assistant_only = set(curriculum.assistant_only_sources())
+        self._length_tokens: np.ndarray | None = None
+
+    def evaluate(self, due: list[Evaluation], step: int, stage: str) -> EvalSummary:
+        """Run the evaluations `due` at `step` (validation loss only when the run has validation sources)."""
+        summary = EvalSummary(step, stage)
+        for evaluation in due:
+            if evaluation.kind == "val_loss" and self.sources:
+                result = summary.validation = self.validate()
+                summary.metrics["val_loss"] = result.loss
+                if result.bits_per_byte is not None:
+                    summary.metrics["val_bpc"] = result.bits_per_byte
+                summary.details["val_loss"] = asdict(result)
+            elif evaluation.kind == "length_gen":
+                rows = self.length_gen(evaluation)
+                summary.metrics.update({f"length_ppl@{r['multiple']}W": r["perplexity"] for r in rows})
+                summary.details["length_gen"] = {
+                    "window": evaluation.window, "chunk": evaluation.chunk, "stride": evaluation.stride,
+                    "multiples": list(evaluation.multiples), "rows": rows}
+            elif evaluation.kind == "tasks":
+                results = summary.task_results = self.tasks()
+                scores = [a for by in results.values() for a in by.values()]
+                accuracy = self._shared(sum(scores) / len(scores) if scores else None)
+                if accuracy is not None:
+                    summary.metrics["task_accuracy"] = accuracy
+                summary.details["tasks"] = {task: {f"{d:g}": a for d, a in by.items()} for task, by in results.items()}
+            elif evaluation.kind == "probe":
+                rows = self.probe()
+                overall = [r for r in rows if r["kind"] == "all"]
+                total = sum(r["total"] for r in overall)
+                accuracy = self._shared(sum(r["correct"] for r in overall) / total if total else None)
+                if accuracy is not None:
+                    summary.metrics["probe_accuracy"] = accuracy
+                summary.details["probe"] = rows
+        return summary
+
+    def _shared(self, accuracy: float | None) -> float | None:
+        """Rank 0's accuracy (in [0, 1], or None) on every rank, so all ranks decide alike."""
+        if not self.dist.enabled:
+            return accuracy
+        value = accuracy if self.dist.is_main and accuracy is not None else -1.0
+        shared = float(dist.max_over_ranks(torch.tensor(value, device=self.device), self.dist))
+        return None if shared < 0 else shared
+
+    def length_stream(self, tokens: int) -> np.ndarray:
+        """`tokens` validation tokens for length generalisation: the val split of the curriculum's first
+        prepared source, else built-in stories on a held-out seed (read once, then reused)."""
+        if self._length_tokens is None or len(self._length_tokens) < tokens:
+            names = self.curriculum.data_sources()
+            source = str(Path(self.s.data) / names[0]) if names and self.s.data else None
+            try:
+                self._length_tokens = validation_stream(self.tokenizer, tokens, source)
+            except DataError as exc:
+                raise TrainError(f"length_gen evaluation: {exc}") from None
+        return self._length_tokens[:tokens]
+
+    @torch.no_grad()
+    def length_gen(self, evaluation: Evaluation) -> list[dict[str, float]]:
+        """Chunk perplexity at each multiple of the window, one pass per sequence (the TTT study's reading)."""
+        grid = ChunkGrid(evaluation.window, evaluation.chunk, evaluation.stride, evaluation.multiples)
+        tokens = self.length_stream(evaluation.sequences * grid.length + 1)
+        self.model.eval()
+        try:
+            with autocast(self.device, self.dtype):
+                rows = chunk_perplexity(self.model, tokens, grid, mode="single", sequences=evaluation.sequences)
+        except ValueError as exc:
+            raise TrainError(f"length_gen evaluation: {exc}") from None
+        finally:
+            self.model.train()
+        return rows
 
     @torch.no_grad()
     def validate(self) -> Validation:
@@ -169,3 +275,44 @@ class TrainEvaluator:
         for row in probe:
             rundir.probe.write({"step": step, "stage": stage, **row})
         return results, probe
+
+
+class EvalRecord:
+    """RUN/evals/: step-N.json per evaluation step, all_summaries.json with every step so far, and
+    metadata.json describing the study's set-up. Written on rank 0 only, each file replaced atomically."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.folder = Path(run_dir) / EVALS
+        self.enabled = enabled
+        self.summaries: list[dict[str, Any]] = []
+
+    def resume_at(self, step: int) -> None:
+        """Keep what an earlier process wrote up to `step` and drop the rest (a fresh run passes -1: all)."""
+        if not self.enabled:
+            return
+        path = self.folder / "all_summaries.json"
+        known = json.loads(path.read_text()) if path.is_file() else []
+        self.summaries = [s for s in known if s["step"] <= step]
+        for stale in self.folder.glob("step-*.json"):
+            if int(stale.stem.removeprefix("step-")) > step:
+                stale.unlink()
+        if path.is_file():
+            self._write(path, self.summaries)
+
+    def write_metadata(self, metadata: dict[str, Any]) -> None:
+        """metadata.json: the set-up of the run's evaluations."""
+        if self.enabled:
+            self._write(self.folder / "metadata.json", metadata)
+
+    def add(self, summary: EvalSummary) -> None:
+        """Write step-N.json and the updated all_summaries.json (a step evaluated again replaces its entry)."""
+        if not self.enabled:
+            return
+        entry = summary.to_json()
+        self.summaries = [s for s in self.summaries if s["step"] != summary.step] + [entry]
+        self._write(self.folder / f"step-{summary.step}.json", entry)
+        self._write(self.folder / "all_summaries.json", self.summaries)
+
+    def _write(self, path: Path, value: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(value, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Where a run reports: the CSV files of its run directory, and TensorBoard or Weights & Biases on request.
 
 Every logger gets the same calls: each metrics.csv row, each validation (mean and per source),
-each stage end and each table of task accuracies. `--report-to tensorboard wandb` adds loggers
+each stage end, each table of task accuracies and the scalar metrics of each evaluation step (the CSV
+logger writes those to evals.csv). `--report-to tensorboard wandb` adds loggers
 beside the CSV one; their packages are optional extras (`pip install -e ".[tensorboard,wandb]"`).
 TensorBoard event files go to RUN/tensorboard/; W&B keeps its files under RUN/wandb/ and resumes the
 same W&B run when the training run is resumed (its id is the run id recorded in config.json).
@@ -48,6 +49,9 @@ class Logger:
     def task_accuracy(self, step: int, stage: str, results: dict[str, dict[float, float]]) -> None:
         """Exact-match accuracy: task -> difficulty -> fraction correct."""
 
+    def evaluation(self, step: int, stage: str, metrics: dict[str, float]) -> None:
+        """The scalar metrics of one evaluation step (val_loss, val_bpc, length_ppl@1W, task_accuracy, ...)."""
+
     def close(self) -> None:
         """Flush and let go."""
 
@@ -66,6 +70,10 @@ class CsvLogger(Logger):
             for difficulty, accuracy in by_difficulty.items():
                 self.rundir.task_accuracy.write({"step": step, "stage": stage, "task": task,
                                                  "difficulty": difficulty, "accuracy": accuracy})
+
+    def evaluation(self, step: int, stage: str, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.rundir.evals.write({"step": step, "stage": stage, "metric": name, "value": value})
 
 
 def _numbers(prefix: str, row: dict[str, Any]) -> dict[str, float]:
@@ -104,6 +112,9 @@ class TensorBoardLogger(Logger):
     def task_accuracy(self, step: int, stage: str, results: dict[str, dict[float, float]]) -> None:
         self._scalars(_accuracies(results), step)
 
+    def evaluation(self, step: int, stage: str, metrics: dict[str, float]) -> None:
+        self._scalars({f"eval/{name}": value for name, value in metrics.items()}, step)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -134,6 +145,9 @@ class WandbLogger(Logger):
     def task_accuracy(self, step: int, stage: str, results: dict[str, dict[float, float]]) -> None:
         self.run.log(_accuracies(results), step=step)
 
+    def evaluation(self, step: int, stage: str, metrics: dict[str, float]) -> None:
+        self.run.log({f"eval/{name}": value for name, value in metrics.items()}, step=step)
+
     def close(self) -> None:
         self.run.finish()
 
@@ -159,6 +173,10 @@ class Loggers(Logger):
     def task_accuracy(self, step: int, stage: str, results: dict[str, dict[float, float]]) -> None:
         for logger in self.loggers:
             logger.task_accuracy(step, stage, results)
+
+    def evaluation(self, step: int, stage: str, metrics: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.evaluation(step, stage, metrics)
 
     def close(self) -> None:
         for logger in self.loggers:

@@ -26,6 +26,7 @@ class WindowRead:
     grad_norms: list[float]
     max_streak: int  # longest run of non-finite steps seen in the window (any rank)
     bad: int  # non-finite steps in the window (the most of any rank)
+    bytes_per_token: float | None = None  # UTF-8 bytes per target token of this rank's batches, when counted
 
 
 class DeviceWindow:
@@ -40,6 +41,11 @@ class DeviceWindow:
         self._norms: list[torch.Tensor] = []
         self._max_streak = self._streak.clone()
         self._bad = torch.zeros_like(self._streak)
+        self._text: list[torch.Tensor] = []  # [bytes, tokens] of each counted step's targets
+
+    def add_text(self, n_bytes: torch.Tensor, n_tokens: torch.Tensor) -> None:
+        """The UTF-8 bytes and the counted target tokens of one step (for bits per byte), left on the device."""
+        self._text.append(torch.stack([n_bytes.float(), n_tokens.float()]))
 
     def add(self, result: StepResult) -> None:
         bad = ~result.finite
@@ -55,10 +61,12 @@ class DeviceWindow:
             return None
         losses = dist.mean_over_ranks(torch.stack(self._losses), info)
         counters = dist.max_over_ranks(torch.stack([self._max_streak, self._bad]), info)
-        packed = torch.cat([losses, torch.stack(self._norms), counters.float()]).tolist()
-        n = len(self._losses)
+        text = torch.stack(self._text).sum(0) if self._text else torch.zeros(2, device=self._streak.device)
+        packed = torch.cat([losses, torch.stack(self._norms), counters.float(), text]).tolist()
+        n, counted = len(self._losses), bool(self._text)
         self._clear()
-        return WindowRead(packed[:n], packed[n:2 * n], int(packed[-2]), int(packed[-1]))
+        bytes_per_token = packed[-2] / packed[-1] if counted and packed[-1] > 0 else None
+        return WindowRead(packed[:n], packed[n:2 * n], int(packed[-4]), int(packed[-3]), bytes_per_token)
 
 
 class MetricsWindow:
@@ -70,12 +78,15 @@ class MetricsWindow:
         self.bad_total = 0
         self.worst_streak = 0  # longest run of non-finite losses since this process started
         self.logged: list[float] = []  # the loss of every row written by this process
+        self.bytes_per_token: float | None = None  # of the newest window read that counted bytes
 
     def add(self, read: WindowRead) -> None:
         self.losses += read.losses
         self.grad_norms += read.grad_norms
         self.bad_total += read.bad
         self.worst_streak = max(self.worst_streak, read.max_streak)
+        if read.bytes_per_token is not None:
+            self.bytes_per_token = read.bytes_per_token
 
     @property
     def pending(self) -> bool:
@@ -84,14 +95,18 @@ class MetricsWindow:
 
     def take_row(self, step: int, stage: str, **columns: Any) -> dict[str, Any]:
         """The metrics row for the values read since the last row (non-finite ones left out of the
-        means); `columns` are the other cells (lr, tokens, val_loss, ...)."""
+        means), with the training bits per byte (bpc: loss / ln 2 / UTF-8 bytes per token) when the bytes
+        were counted; `columns` are the other cells (lr, tokens, val_loss, ...)."""
         losses = [v for v in self.losses if math.isfinite(v)]
         norms = [v for v in self.grad_norms if math.isfinite(v)]
         loss = sum(losses) / len(losses) if losses else None
         if loss is not None:
             self.logged.append(loss)
         self.losses, self.grad_norms = [], []
-        return {"step": step, "stage": stage, "loss": loss,
+        bpc = None
+        if loss is not None and self.bytes_per_token:
+            bpc = loss / math.log(2) / self.bytes_per_token
+        return {"step": step, "stage": stage, "loss": loss, "bpc": bpc,
                 "grad_norm": sum(norms) / len(norms) if norms else None, **columns}
 
     def state_dict(self) -> dict[str, Any]:
@@ -106,6 +121,8 @@ def format_row(row: dict[str, Any], bad_total: int, expert_load: torch.Tensor | 
     """The train.log / console line of a metrics row; `expert_load` is the model's (MoE models only)."""
     loss, val_loss, mfu = row["loss"], row.get("val_loss"), row.get("mfu")
     parts = [f"step {row['step']}", f"stage {row['stage']}", f"loss {loss:.4f}" if loss is not None else "loss nan"]
+    if row.get("bpc") is not None:
+        parts.append(f"bpc {row['bpc']:.4f}")
     if val_loss is not None:
         parts.append(f"val {val_loss:.4f}")
     parts += [f"lr {row['lr']:.2e}", f"{row['tokens_per_s']:,.0f} tok/s"]

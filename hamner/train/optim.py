@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from hamner.errors import TrainError
 from hamner.train.curriculum.spec import DEFAULT_MUON_LR, OPTIMIZERS, Stage
 
 BETAS: tuple[float, float] = (0.9, 0.95)
@@ -89,7 +90,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
     kind "muon" the list [that AdamW (everything else), Muon (hidden matrices)]. Every group carries
     an `optimizer` key ("adamw" / "muon") so `apply_lr` gives each its rate."""
     if kind not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise TrainError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
     fused = device.type == "cuda"
     if kind == "adamw":
         return LayeredAdamW(layer_param_groups(model, weight_decay), lr=lr, betas=BETAS,

@@ -24,7 +24,8 @@ from hamner.device import pick_device
 from hamner.errors import TrainError
 from hamner.model.config import PRESETS
 from hamner.run.directory import CONFIG, RUNS_DIR, RunDir
-from hamner.train.curriculum.spec import OPTIMIZERS, Curriculum, load_curriculum
+from hamner.train.curriculum.budget import parse_duration
+from hamner.train.curriculum.spec import OPTIMIZERS, RECIPE_KEYS, Curriculum, Stage, load_curriculum
 from hamner.train.loggers import REPORTERS, missing_packages
 from hamner.train.run_record import recorded_curriculum
 
@@ -59,8 +60,9 @@ class TrainSettings:
     data: str | None = setting(None, "directory holding the prepared shard sources the curriculum names (made "
                                "by hamner prepare); built-in sources need none", WHAT, metavar="DIR")
     stage: int | None = setting(None, "start at stage N (0-based) of the curriculum (default 0)", WHAT, metavar="N")
-    init_from: str | None = setting(None, "start from these weights: a run directory, a checkpoint directory or "
-                                    "a Hugging Face Llama directory", WHAT, metavar="CKPT")
+    init_from: str | None = setting(None, "start from these weights: a run directory, a checkpoint directory, "
+                                    "a Hugging Face Llama directory or a Llama-style state-dict file (.pt, .pth, "
+                                    ".safetensors; read without running code)", WHAT, metavar="CKPT")
     out: str | None = setting(None, "run directory (default runs/<preset>-<timestamp>)", WHERE, metavar="RUN_DIR")
     resume: str | None = setting(None, "continue an interrupted run in RUN_DIR from its latest checkpoint (model, "
                                  "optimizer, curriculum as recorded in the run, data and RNG state); not with --out",
@@ -68,9 +70,17 @@ class TrainSettings:
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", WHERE)
     max_steps: int | None = setting(None, "stop after N optimizer steps in all (default: when the curriculum "
                                     "ends)", HOW, metavar="N")
-    batch_size: int | None = setting(None, "rows per micro-batch per process", HOW, metavar="B")
-    grad_accum: int = setting(1, "micro-batches per optimizer step", HOW, metavar="K")
-    seq_len: int | None = setting(None, "tokens per row", HOW, metavar="T")
+    batch_size: int | None = setting(None, "rows per micro-batch per process, in every stage (default: the "
+                                     "curriculum's, else the preset's)", HOW, metavar="B")
+    grad_accum: int | None = setting(None, "micro-batches per optimizer step, in every stage (default: the "
+                                     "curriculum's, else 1)", HOW, metavar="K")
+    seq_len: int | None = setting(None, "tokens per row, in every stage (default: the curriculum's, else the "
+                                  "preset's)", HOW, metavar="T")
+    time_budget: str | None = setting(None, "stop at this wall-clock time (e.g. 90m, 3h, 2h30m or seconds), "
+                                      "saving a checkpoint as on SIGTERM; a resumed run counts the time it already "
+                                      "used; with fit_schedule = true in the curriculum the last stage's decay ends "
+                                      "there (default: the curriculum's time_budget, else none)", HOW,
+                                      metavar="DURATION")
     lr: float | None = setting(None, "peak learning rate of the first stage; later stages keep their ratio to it "
                                "(default: the curriculum's)", HOW)
     optimizer: str | None = setting(None, "adamw, or muon for the hidden matrices (AdamW for embeddings, norms, "
@@ -103,10 +113,11 @@ class TrainSettings:
 # The fields `resolve` fills in, with their concrete types in RunSettings; every other field of
 # RunSettings keeps its TrainSettings type (None there means really absent, e.g. --resume).
 RESOLVED_TYPES: dict[str, Any] = {
-    "curriculum": str, "stage": int, "out": str, "batch_size": int, "seq_len": int,
+    "curriculum": str, "stage": int, "out": str, "batch_size": int, "grad_accum": int, "seq_len": int,
     "lr": float,  # the first stage's peak rate (--lr is folded into the curriculum, see resolve_run)
     "dtype": str, "log_interval": int, "eval_interval": int, "eval_batches": int, "task_samples": int,
     "report_to": tuple[str, ...],
+    "time_budget": float | None,  # seconds
 }
 RunSettings = make_dataclass(
     "RunSettings",
@@ -116,6 +127,21 @@ RunSettings = make_dataclass(
                "__doc__": "TrainSettings of one run with every default resolved (see `resolve`): one field per "
                           "TrainSettings field, in its order, typed as TrainSettings or RESOLVED_TYPES says."},
 )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The shape of one stage's optimizer steps: rows per micro-batch, micro-batches per step, tokens per row."""
+
+    batch_size: int
+    grad_accum: int
+    seq_len: int
+
+
+def stage_recipe(s: RunSettings, stage: Stage) -> Recipe:
+    """A stage's recipe: its own batch_size / grad_accum / seq_len, else the run's (the command line's, else the
+    curriculum's top level, else the preset's; a value given on the command line has cleared the stages')."""
+    return Recipe(*(getattr(stage, name) or getattr(s, name) for name in RECIPE_KEYS))
 
 
 @dataclass(frozen=True)
@@ -139,11 +165,13 @@ PRESET_DEFAULTS: dict[str, PresetDefaults] = {
                            eval_batches=2, task_samples=100),
     **{name: replace(GPU_DEFAULTS, curriculum="builtin")
        for name in ("swa-125m", "diffattn-50m", "moe-50m", "agiformer-31m", "ttt-125m")},
+    # tiny_gpt's plan: TinyStories (prepared with --tokenizer gpt2), batch 192 x 512 tokens.
+    "tinygpt-50m": replace(GPU_DEFAULTS, curriculum="tinygpt-cosine"),  # batch 192 x 512: in the curriculum
 }
 # Flags that may differ from the original run when resuming it.
 RESUMABLE_OVERRIDES = {"max_steps", "device", "compile", "log_interval", "eval_interval", "eval_batches",
                        "save_interval", "keep_checkpoints", "max_bad_steps", "task_samples", "sample_tokens",
-                       "threads", "report_to"}
+                       "threads", "report_to", "time_budget"}
 
 
 def flag(name: str) -> str:
@@ -208,19 +236,24 @@ def resolve_run(settings: TrainSettings) -> tuple[RunSettings, Curriculum, torch
     resolve every default."""
     validate(settings)
     device = pick_device(settings.device)
-    try:
-        curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    curriculum = load_curriculum(settings.curriculum or preset_curriculum(settings.preset))
     if settings.lr is not None:
         curriculum = curriculum.with_first_lr(settings.lr)
+    given = {name: getattr(settings, name) for name in RECIPE_KEYS if getattr(settings, name) is not None}
+    if given:
+        curriculum = curriculum.with_recipe(**given)
     return resolve(settings, device, curriculum), curriculum, device
 
 
 def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculum) -> RunSettings:
-    """Every default filled in: from the preset, the device (dtype) and the curriculum (LR, eval interval)."""
+    """Every default filled in: from the preset, the device (dtype) and the curriculum (LR, eval interval,
+    batch size, gradient accumulation, sequence length)."""
     base = PRESET_DEFAULTS.get(settings.preset, GPU_DEFAULTS)
     given = asdict(settings)
+    for name in RECIPE_KEYS:
+        if given[name] is None:
+            given[name] = getattr(curriculum, name)
+    given["grad_accum"] = given["grad_accum"] or 1
     filled = {name: getattr(base, name) if given[name] is None else given[name]
               for name in ("curriculum", "batch_size", "seq_len", "log_interval", "eval_batches", "task_samples")}
     return RunSettings(**{
@@ -231,7 +264,22 @@ def resolve(settings: TrainSettings, device: torch.device, curriculum: Curriculu
         "dtype": settings.dtype or ("bf16" if device.type == "cuda" else "fp32"),
         "eval_interval": settings.eval_interval or curriculum.eval_interval,
         "report_to": tuple(dict.fromkeys(settings.report_to)),
+        "time_budget": time_budget_seconds(settings.time_budget, curriculum),
     })
+
+
+def time_budget_seconds(given: str | None, curriculum: Curriculum) -> float | None:
+    """The run's time budget in seconds: --time-budget, else the curriculum's, else None. A curriculum that
+    fits its schedule to the budget needs one."""
+    if given is not None:
+        try:
+            return parse_duration(given)
+        except ValueError as exc:
+            raise TrainError(f"--time-budget: {exc}") from None
+    if curriculum.time_budget is None and curriculum.fit_schedule:
+        raise TrainError(f"curriculum {curriculum.name} sets fit_schedule = true, which needs a time budget: "
+                         "give --time-budget (e.g. --time-budget 3h) or time_budget in the curriculum")
+    return curriculum.time_budget
 
 
 def resume_settings(run_dir: Path, given: dict[str, Any]) -> TrainSettings:

@@ -23,7 +23,7 @@ from hamner.train import distributed as dist
 from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import Curriculum
 from hamner.train.host_memory import keep_freed_memory
-from hamner.train.settings import DTYPES, RunSettings
+from hamner.train.settings import DTYPES, Recipe, RunSettings
 from hamner.use.load import load_model
 
 
@@ -44,12 +44,9 @@ def configure_torch(s: RunSettings, device: torch.device) -> torch.dtype:
 
 def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig:
     """The preset's model config (with --model and --tokenizer), checked against the curriculum and settings."""
-    try:
-        config = model_config(s.preset)
-        if s.model is not None:
-            config = load_model_file(s.model, base=config)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    config = model_config(s.preset)
+    if s.model is not None:
+        config = load_model_file(s.model, base=config)
     if s.tokenizer is not None:  # a file is recorded by absolute path, so checkpoints find it anywhere
         config.tokenizer = str(Path(s.tokenizer).resolve()) if Path(s.tokenizer).exists() else s.tokenizer
     if curriculum.tokenizer is not None and curriculum.tokenizer != config.tokenizer:
@@ -59,6 +56,10 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
         model = f"model file {s.model} on preset {s.preset!r}" if s.model is not None else f"preset {s.preset!r}"
         raise TrainError(f"--seq-len {s.seq_len} exceeds the context of {model} (max_seq_len "
                          f"{config.max_seq_len} tokens)")
+    try:
+        curriculum.check_seq_len(config.max_seq_len)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     if s.init_from and not Path(s.init_from).exists():
         raise TrainError(f"--init-from {s.init_from}: no checkpoint at {s.init_from}")
     if curriculum.requires_init and not (s.init_from or s.resume):
@@ -73,10 +74,7 @@ def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.de
     """A fresh model of `config` on `device`, refused when a curriculum stage sets a model knob it lacks
     (or a value the knob does not accept), or asks for document packing its mixers cannot keep apart."""
     model = build_model(config).to(device)
-    try:
-        curriculum.check_model_knobs(model.check_knob)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    curriculum.check_model_knobs(model.check_knob)
     refusal = next((layer.documents_refusal for layer in model.layers if layer.documents_refusal), None)
     if curriculum.packing == "document" and refusal:  # the block's own words: the mixer that refuses, and why
         raise TrainError(f"curriculum {curriculum.name!r} packs documents, but {refusal}; use "
@@ -121,8 +119,9 @@ def check_same_model(saved: dict, config: HamnerConfig, run_dir: Path, preset: s
 
 def load_init_weights(model: torch.nn.Module, path: str, config: HamnerConfig, tokenizer: Tokenizer,
                       preset: str) -> None:
-    """--init-from: weights of the same shape and vocabulary into `model`."""
-    source, saved = load_model(path)
+    """--init-from: weights of the same shape and vocabulary into `model` (a bare state-dict file is read
+    into a model of `config`)."""
+    source, saved = load_model(path, config=config)
     if saved.to_dict() | {"tokenizer": None} != config.to_dict() | {"tokenizer": None}:
         raise TrainError(f"--init-from {path}: its model shape differs from preset {preset!r}")
     if saved.tokenizer != config.tokenizer and load_tokenizer(saved.tokenizer).fingerprint != tokenizer.fingerprint:
@@ -154,17 +153,21 @@ def open_run_dir(rundir: RunDir, info: dist.DistInfo, resume: bool, notes: list[
         rundir.log(note)
 
 
-def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, s: RunSettings, step: int,
-                       device: torch.device) -> Prefetcher:
-    """A prefetcher of the micro-batches from optimizer step `step` on, mixed as `controller` says.
+def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, recipe: Recipe, stride: int,
+                       step: int, device: torch.device) -> Prefetcher:
+    """A prefetcher of the current stage's micro-batches (shaped as `recipe` says) from optimizer step `step`
+    on, mixed as `controller` says.
 
     The mixture of step t is read off a frozen copy of the controller (plain fields, no losses
-    needed), so it depends on t only and resumed runs draw the same rows."""
+    needed), so it depends on t only and resumed runs draw the same rows. Micro-batch j of step t is
+    drawn as number t * stride + j, `stride` being the largest grad_accum of any stage, so stages with
+    different accumulation never draw the same rows (with one grad_accum throughout, the numbers run on)."""
     plan = copy.copy(controller)
+    accum = recipe.grad_accum
 
-    def make_batch(micro: int) -> Batch:
-        ahead = micro // s.grad_accum - plan.global_step
-        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
-        return sampler.batch(micro, mixture, s.batch_size, s.seq_len)
+    def make_batch(index: int) -> Batch:
+        step_of, micro = divmod(index, accum)
+        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=step_of - plan.global_step))
+        return sampler.batch(step_of * stride + micro, mixture, recipe.batch_size, recipe.seq_len)
 
-    return Prefetcher(make_batch, start_step=step * s.grad_accum, device=device)
+    return Prefetcher(make_batch, start_step=step * accum, device=device)

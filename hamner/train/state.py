@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from hamner.errors import CheckpointError
 from hamner.train.optim import Optimizers
 
 
@@ -48,7 +49,7 @@ class TrainState:
         """Restore every part; a part missing from `state` is a ValueError naming it."""
         missing = [name for name in self._parts if name not in state]
         if missing:
-            raise ValueError(f"the saved trainer state lacks {', '.join(missing)}")
+            raise CheckpointError(f"the saved trainer state lacks {', '.join(missing)}")
         for name, part in self._parts.items():
             part.load_state_dict(state[name])
 
@@ -122,7 +123,7 @@ class OptimizerSlot:
         building_list = isinstance(self.optimizer, Sequence)
         if isinstance(state, list) != building_list or (building_list and len(state) != len(self.optimizers)):
             saved = len(state) if isinstance(state, list) else 1
-            raise ValueError(f"saved state holds {saved} optimizer(s), the run builds {len(self.optimizers)}")
+            raise CheckpointError(f"saved state holds {saved} optimizer(s), the run builds {len(self.optimizers)}")
         for opt, saved in zip(self.optimizers, state if building_list else [state]):
             options = {k: opt.defaults[k] for k in _DEVICE_OPTIONS if k in opt.defaults}
             opt.load_state_dict(saved)

@@ -6,12 +6,19 @@ run is built from (startup), the step (step), resumable state (state), metrics b
 run's record (run_record), checkpoints (hamner.run.checkpoint), run outputs (hamner.run.directory),
 ranks (distributed), document packing (hamner.model.packing).
 
+- each stage trains with its own recipe (batch size, gradient accumulation, sequence length: the
+  stage's, else the curriculum's, else the preset's; the command line overrides all);
+- the curriculum's evaluations run at their intervals (and at step 0 when they ask), feed the
+  controller's keep_best / early-stop metrics and are written to RUN/evals/; with
+  save_initial_checkpoint the untrained model is saved as checkpoints/initial;
+
 - bf16 autocast (fp16 with a gradient scaler, or plain fp32), gradient accumulation, clipping at 1.0;
 - no host synchronisation per step: losses, gradient norms and the non-finite counters stay on the
   device and are read at log intervals (and before checkpoints and stage ends);
 - a non-finite loss skips the update (without a host sync off the CPU; see hamner.train.optim.step_if_finite)
   and is counted; `max_bad_steps` in a row stop the run, keeping the last good checkpoint;
-- SIGINT / SIGTERM finish the step, save a checkpoint and return normally;
+- SIGINT / SIGTERM finish the step, save a checkpoint and return normally, and so does reaching the
+  time budget (hamner.train.curriculum.budget), whose time used carries over a resume;
 - batches are prefetched in a background thread; the mixture for step t is a function of t, so a
   resumed run sees exactly the batches the uninterrupted run would have.
 """
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,19 +39,21 @@ from tqdm import tqdm
 from hamner.data.loader import Prefetcher
 from hamner.data.mixture import MixtureSampler, open_sources
 from hamner.errors import CheckpointError, TrainError
+from hamner.eval.loss import token_byte_lengths
 from hamner.eval.probe import format_probe, load_probe
 from hamner.eval.tasks import format_table
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RunDir, checkpoints_dir
 from hamner.train import distributed as dist
+from hamner.train.curriculum.budget import TimeBudget, format_duration
 from hamner.train.curriculum.controller import CurriculumController
-from hamner.train.curriculum.spec import Curriculum, Stage
-from hamner.train.evaluation import TrainEvaluator
+from hamner.train.curriculum.spec import Curriculum, Evaluation, Stage
+from hamner.train.evaluation import EvalRecord, EvalSummary, TrainEvaluator
 from hamner.train.loggers import ReportError, open_loggers
 from hamner.train.metrics import DeviceWindow, MetricsWindow, format_row
-from hamner.train.optim import apply_lr, stage_optimizer
+from hamner.train.optim import BETAS, WEIGHT_DECAY, apply_lr, stage_optimizer
 from hamner.train.run_record import fresh_record, new_run_id
-from hamner.train.settings import RunSettings, TrainSettings, resolve_run
+from hamner.train.settings import RunSettings, TrainSettings, resolve_run, stage_recipe
 from hamner.train.signals import StopSignals, deferred_interrupts
 from hamner.train.startup import (
     check_same_model,
@@ -56,7 +67,7 @@ from hamner.train.startup import (
     validation_sources,
 )
 from hamner.train.state import OptimizerSlot, Progress, RngState, TrainState
-from hamner.train.step import train_step
+from hamner.train.step import MAX_GRAD_NORM, train_step
 from hamner.train.throughput import IntervalMeter, peak_flops
 
 
@@ -66,19 +77,20 @@ class TrainResult:
 
     run_dir: Path
     step: int
-    reason: str  # "finished", "max_steps", "signal", "non_finite"
+    reason: str  # "finished", "max_steps", "signal", "time_budget", "non_finite"
     losses: list[float] = field(default_factory=list)  # every logged-window mean, for callers and tests
     task_accuracy: dict[str, dict[float, float]] = field(default_factory=dict)
     skipped_steps: int = 0  # updates skipped for a non-finite loss, over the whole run
 
 
-def train(settings: TrainSettings) -> TrainResult:
-    """Run (or resume) one training run to its end; see the module docstring."""
+def train(settings: TrainSettings, clock: Callable[[], float] = time.perf_counter) -> TrainResult:
+    """Run (or resume) one training run to its end; see the module docstring. `clock` (seconds) measures the
+    run's elapsed time and its time budget."""
     resolved, curriculum, device = resolve_run(settings)
     info = dist.init_distributed(device.type)
     trainer = None
     try:
-        trainer = Trainer(resolved, curriculum, info, dist.device_for(info, device), given=settings)
+        trainer = Trainer(resolved, curriculum, info, dist.device_for(info, device), given=settings, clock=clock)
         result = trainer.run()
         dist.barrier(info)  # no rank leaves the process group while another still has work in flight
         return result
@@ -97,8 +109,10 @@ class Trainer:
     """One training run: built from resolved settings, then `run()` once."""
 
     def __init__(self, s: RunSettings, curriculum: Curriculum, info: dist.DistInfo, device: torch.device,
-                 given: TrainSettings) -> None:
+                 given: TrainSettings, clock: Callable[[], float] = time.perf_counter) -> None:
         self.s, self.curriculum, self.dist, self.device = s, curriculum, info, device
+        self.clock = clock
+        self.budget = TimeBudget(s.time_budget, clock) if s.time_budget is not None else None
         self.dtype = configure_torch(s, device)
         self.config, self.tokenizer = checked_tokenizer(checked_model_config(s, curriculum), s)
         # Data first: a missing source stops the run before anything is built or written.
@@ -120,6 +134,9 @@ class Trainer:
         self.progress = Progress()
         self.window = DeviceWindow(device)
         self.metrics = MetricsWindow()
+        # UTF-8 bytes per token id, when the curriculum reports bits per byte (the bpc column)
+        self._token_bytes = (torch.from_numpy(token_byte_lengths(self.tokenizer)).to(device)
+                             if curriculum.bits_per_byte else None)
         self.state = TrainState()  # everything a resumed run needs besides the weights
         for name, part in (("progress", self.progress), ("controller", self.controller), ("optimizer", self.optim),
                            ("scaler", self.scaler), ("sampler", self.sampler), ("metrics", self.metrics),
@@ -127,8 +144,13 @@ class Trainer:
             self.state.register(name, part)
         self.evaluator = TrainEvaluator(self.model, self.tokenizer, curriculum, validation, s, self.dtype, info,
                                         device, probe=probe, document_end=document_end)
+        self.evaluations = curriculum.scheduled_evaluations()
+        self.records = EvalRecord(Path(s.out), enabled=info.is_main)
+        # Micro-batch j of step t is drawn as number t * stride + j (see curriculum_batches).
+        self.micro_stride = max(stage_recipe(s, stage).grad_accum for stage in curriculum.stages)
         self.last_lr = 0.0
         self._last_tasks: tuple[int, dict[str, dict[float, float]]] | None = None  # (step, results)
+        self._last_stage_end: dict[str, Any] | None = None  # the latest stage end, for evals/metadata.json
         self._bar = tqdm(disable=True)  # the real bar exists inside run()
         self._batches: Prefetcher | None = None
 
@@ -145,8 +167,14 @@ class Trainer:
         self.train_model = dist.wrap_model(self.model, info, device)
         if s.compile:
             self.train_model = torch.compile(self.train_model)
-        self.tokens_per_step = s.batch_size * s.seq_len * s.grad_accum * info.world_size
-        self.meter = IntervalMeter(self.model.flops_per_token(s.seq_len), peak_flops(device))
+        self.recipe = stage_recipe(s, self._stage())
+        self.meter = IntervalMeter(self.model.flops_per_token(self.recipe.seq_len), peak_flops(device))
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step of the current stage trains on, over all ranks."""
+        r = self.recipe
+        return r.batch_size * r.seq_len * r.grad_accum * self.dist.world_size
 
     # ----- setup -----
 
@@ -162,12 +190,14 @@ class Trainer:
         for _ in range(s.stage):
             self.controller.advance()
         self.optim.rebuild()  # of the starting stage's kind
+        self.records.resume_at(-1)
         if not self.rundir.enabled:
             return {}
         record = fresh_record(self.rundir.path, asdict(given), asdict(s), self.curriculum, self.model,
                               self.evaluator.difficulty, self.dist.world_size, str(self.device),
                               str(self.dtype).removeprefix("torch."))
         self.rundir.write_config(record)
+        self.records.write_metadata(self._metadata(record))
         optimizer = s.optimizer or self._stage().optimizer
         self.rundir.log(f"start: preset {s.preset}, {self.model.describe_parameters()}, curriculum "
                         f"{record['curriculum']}, optimizer {optimizer}, device {record['device']}, "
@@ -191,7 +221,7 @@ class Trainer:
         ckpt.load_weights(self.model, target, device=self.device)
         try:
             self.state.load_state_dict(state)
-        except (ValueError, KeyError) as exc:
+        except (CheckpointError, ValueError, KeyError) as exc:  # ValueError: torch's optimizer state checks
             raise TrainError(f"cannot resume {run_dir}: {exc}") from None
         ckpt.upgrade_optimizer_state(self.model, self.optim.optimizers, meta.get("version", 1))
         if meta.get("version", 1) < ckpt.VERSION:
@@ -202,7 +232,11 @@ class Trainer:
         if self.s.max_steps is not None and self.progress.step >= self.s.max_steps:
             raise TrainError(f"{run_dir} already reached step {self.progress.step} (--max-steps {self.s.max_steps}); "
                              "give a larger --max-steps to continue it")
+        if self.budget is not None and self.progress.elapsed >= self.budget.seconds:
+            raise TrainError(f"{run_dir} already used {self.progress.elapsed:.0f}s of its time budget "
+                             f"{format_duration(self.budget.seconds)}; give a larger --time-budget to continue it")
         self.rundir.resume_at(self.progress.step)
+        self.records.resume_at(self.progress.step)
         self.rundir.log(f"resumed from {target} at step {self.progress.step}")
         return self.rundir.read_config() if self.rundir.enabled else {}
 
@@ -215,7 +249,11 @@ class Trainer:
                          dynamic_ncols=True, leave=False)
         self.model.train()
         self._enter_stage()
-        started = time.perf_counter() - self.progress.elapsed
+        if self.progress.step == 0:
+            self._at_start()
+        started = self.clock() - self.progress.elapsed
+        if self.budget is not None:
+            self.budget.start(self.progress.elapsed)
         reason = "finished"
         with StopSignals() as stop, self._bar:
             while not self.controller.finished:
@@ -223,10 +261,21 @@ class Trainer:
                     reason = "max_steps"
                     break
                 self._train_step()
-                self.progress.elapsed = time.perf_counter() - started
+                self.progress.elapsed = self.clock() - started
                 self._bar.update(1)
+                out_of_time = self._budget_step()
                 if self._after_step() == "non_finite":
                     reason = "non_finite"
+                    break
+                if out_of_time and not self.controller.finished:
+                    self._drain()
+                    if self.metrics.pending:  # the last row, with the rate the schedule ended at
+                        self._write_metrics(None)
+                    self._save([ckpt.step_name(self.progress.step)])
+                    self._say(f"time budget {format_duration(self.budget.seconds)} reached at step "
+                              f"{self.progress.step}; checkpoint saved, resume with --resume {self.rundir.path} "
+                              "--time-budget LONGER")
+                    reason = "time_budget"
                     break
                 if dist.any_rank(stop.received is not None, self.dist):
                     self._drain()
@@ -236,8 +285,18 @@ class Trainer:
                     reason = "signal"
                     break
         final_tasks = self._finish() if reason in ("finished", "max_steps") else {}
+        self._record_results(reason)
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
                            task_accuracy=final_tasks, skipped_steps=self.metrics.bad_total)
+
+    def _budget_step(self) -> bool:
+        """After a step: tell the controller how many steps the time budget leaves (the same number on
+        every rank, so they all apply the same learning rate); whether the budget is spent (on any rank)."""
+        if self.budget is None:
+            return False
+        self.budget.step_done()
+        self.controller.fit_to(dist.min_over_ranks(self.budget.steps_left(), self.dist))
+        return dist.any_rank(self.budget.expired(), self.dist)
 
     def _enter_stage(self) -> None:
         """Begin training the current stage, at the start of `run()` (also after a resume) and after each
@@ -245,7 +304,10 @@ class Trainer:
         controller) and its model knobs."""
         if self._batches is not None:
             self._batches.close()
-        self._batches = curriculum_batches(self.controller, self.sampler, self.s, self.progress.step, self.device)
+        self.recipe = stage_recipe(self.s, self._stage())
+        self.meter.flops_per_token = self.model.flops_per_token(self.recipe.seq_len)
+        self._batches = curriculum_batches(self.controller, self.sampler, self.recipe, self.micro_stride,
+                                           self.progress.step, self.device)
         for name, value in self.controller.model_knobs().items():
             self.model.set_knob(name, value)
 
@@ -253,11 +315,15 @@ class Trainer:
         rates = self.controller.rates()
         apply_lr(self.optim.optimizers, rates.adamw, rates.layer_scales, rates.muon)
         self.last_lr = rates.adamw
-        batches = [self._batches.next() for _ in range(self.s.grad_accum)]
+        batches = [self._batches.next() for _ in range(self.recipe.grad_accum)]
         no_sync = self.train_model.no_sync if self.dist.enabled else None
         result = train_step(self._loss, [(b.idx, b.targets, b.segment_ids) for b in batches], self.optim.optimizers,
                             scaler=self.scaler, autocast_dtype=self.dtype, no_sync=no_sync)
         self.window.add(result)
+        if self._token_bytes is not None:
+            targets = torch.stack([b.targets for b in batches])
+            counted = targets >= 0  # masked-out targets are IGNORE_INDEX
+            self.window.add_text(torch.where(counted, self._token_bytes[targets.clamp(min=0)], 0).sum(), counted.sum())
         self.controller.step_done()
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
@@ -277,15 +343,15 @@ class Trainer:
 
     def _after_step(self) -> str | None:
         s, step = self.s, self.progress.step
-        eval_now = step % s.eval_interval == 0
-        if eval_now or step % s.log_interval == 0:
+        due = [e for e in self.evaluations if e.due(step, s.eval_interval)]
+        if due or step % s.log_interval == 0:
             self._drain()
             if self.metrics.worst_streak >= s.max_bad_steps:
                 self._say(f"error: {s.max_bad_steps} non-finite losses in a row (at step {step}, "
                           f"{self.metrics.bad_total} in all); stopping. The last good checkpoint is kept in "
                           f"{checkpoints_dir(self.rundir.path)}; lower --lr or check the data")
                 return "non_finite"
-            self._write_metrics(self._validate() if eval_now and self.evaluator.sources else None)
+            self._write_metrics(self._evaluate(due).metrics.get("val_loss") if due else None)
         if self.controller.should_advance():
             self._end_stage()
         elif step % s.save_interval == 0 and step != s.max_steps:  # the last step: _finish saves
@@ -309,16 +375,70 @@ class Trainer:
 
     # ----- evaluation -----
 
-    def _validate(self) -> float:
-        """Validation loss, fed to the controller; a new best is saved when the curriculum keeps it."""
+    def _at_start(self) -> None:
+        """Step 0 of a run: the initial checkpoint when the curriculum asks, and the evaluations marked at_start."""
+        if self.curriculum.save_initial_checkpoint:
+            self._save([ckpt.INITIAL])
+        due = [e for e in self.evaluations if e.due(0, self.s.eval_interval)]
+        if due:
+            self._evaluate(due)
+
+    def _evaluate(self, due: list[Evaluation]) -> EvalSummary:
+        """The evaluations `due` now: logged, written to RUN/evals/, fed to the controller (a new best of the
+        keep_best metric is saved as the best checkpoint)."""
         t0 = time.perf_counter()
-        result = self.evaluator.validate()
-        self.rundir.log(f"validation at step {self.progress.step}: {result.describe()}")
-        self.loggers.validation(self.progress.step, result.loss, result.per_source)
-        if self.controller.record_val_loss(result.loss) and self.curriculum.keep_best:
+        step, stage = self.progress.step, self._stage().name
+        summary = self.evaluator.evaluate(due, step, stage)
+        if summary.validation is not None:
+            self.rundir.log(f"validation at step {step}: {summary.validation.describe()}")
+            self.loggers.validation(step, summary.validation.loss, summary.validation.per_source)
+        if set(summary.metrics) - {"val_loss", "val_bpc"}:
+            self._say(f"evaluation at step {step}: {summary.describe()}")
+        if summary.task_results:
+            self.loggers.task_accuracy(step, stage, summary.task_results)
+        for row in summary.details.get("probe", []):
+            self.rundir.probe.write({"step": step, "stage": stage, **row})
+        self.loggers.evaluation(step, stage, summary.metrics)
+        self.records.add(summary)
+        if self.controller.record_metrics(summary.metrics) and self.curriculum.keep_best:
             self._save([ckpt.BEST], trainer_state=False)
         self.meter.exclude(time.perf_counter() - t0)
-        return result.loss
+        return summary
+
+    def _metadata(self, record: dict[str, Any]) -> dict[str, Any]:
+        """evals/metadata.json: the set-up a study needs to be read and repeated (results are added at the end)."""
+        c, s = self.curriculum, self.s
+        return {
+            "curriculum": c.name, "description": c.description, "preset": s.preset, "model": record["model"],
+            "parameters": record["parameters"], "seed": s.seed, "dtype": record["dtype"],
+            "world_size": self.dist.world_size, "eval_interval": s.eval_interval,
+            "evaluations": [asdict(e) for e in self.evaluations],
+            "keep_best": asdict(c.keep_best) if c.keep_best else None,
+            "save_initial_checkpoint": c.save_initial_checkpoint,
+            "optimizer": {"name": s.optimizer or self._stage().optimizer, "betas": list(BETAS),
+                          "weight_decay": WEIGHT_DECAY, "grad_clip": MAX_GRAD_NORM},
+            "stages": [{"name": st.name, "lr": st.lr, "schedule": st.schedule, "warmup_steps": st.warmup_steps,
+                        "min_lr_ratio": st.min_lr_ratio, "steps": st.steps or st.until_step or st.max_steps,
+                        "early_stop": asdict(st.early_stop) if st.early_stop else None,
+                        **asdict(stage_recipe(s, st))} for st in c.stages],
+        }
+
+    def _record_results(self, reason: str) -> None:
+        """Add how the run ended and its best evaluation to evals/metadata.json."""
+        path = self.records.folder / "metadata.json"
+        if not self.dist.is_main or not path.is_file():
+            return
+        rule = self.controller.best_rule
+        best = next((e for e in self.records.summaries if e["metrics"].get(rule.metric) == self.controller.best_value),
+                    None)
+        metadata = json.loads(path.read_text())
+        metadata["results"] = {
+            "reason": reason, "step": self.progress.step, "tokens": self.progress.tokens,
+            "last_stage_end": self._last_stage_end,
+            "best": {"metric": rule.metric, "mode": rule.mode, "value": self.controller.best_value,
+                     "step": best["step"] if best else None, "metrics": best["metrics"] if best else None},
+            "evaluations": len(self.records.summaries)}
+        self.records.write_metadata(metadata)
 
     def _end_stage(self) -> None:
         """Samples, task accuracy and probe at a stage end, then its checkpoint, then the next stage."""
@@ -332,6 +452,7 @@ class Trainer:
         if self.controller.fresh_optimizer_needed:
             self.optim.rebuild()
         self._say(f"stage {finished} ({name}) ended at step {self.progress.step} ({reason})")
+        self._last_stage_end = {"stage": name, "step": self.progress.step, "reason": reason}
         self.loggers.stage_end(self.progress.step, name, reason)
         # The outputs before the checkpoint: a kill between the two resumes from the checkpoint before and
         # redoes them (their rows past that step are trimmed), so a stage end never lacks its outputs.

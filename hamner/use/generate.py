@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hamner.errors import InferenceError
 from hamner.model.decoding_cache import DecodingCache
 from hamner.model.transformer import HamnerModel
 
@@ -33,13 +34,13 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise InferenceError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise InferenceError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InferenceError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise InferenceError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -160,13 +161,13 @@ def _decode_group(
 def _check_prompts(model: HamnerModel, prompts: list[list[int]]) -> None:
     vocab = model.config.vocab_size
     if not prompts:
-        raise ValueError("no prompt given")
+        raise InferenceError("no prompt given")
     for prompt in prompts:
         if not prompt:
-            raise ValueError("prompt is empty: give at least one token id")
+            raise InferenceError("prompt is empty: give at least one token id")
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+            raise InferenceError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
 
 
 def _start(
@@ -180,12 +181,12 @@ def _start(
     """Validate the common arguments; return the stop strings as a tuple and the seeded generator, if any."""
     _check_prompts(model, prompts)
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise InferenceError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     stops = (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings)
     if "" in stops:
-        raise ValueError("stop_strings must not contain an empty string")
+        raise InferenceError("stop_strings must not contain an empty string")
     if stops and decode is None:
-        raise ValueError("stop_strings need a decode function (ids -> text)")
+        raise InferenceError("stop_strings need a decode function (ids -> text)")
     generator = None if seed is None else torch.Generator(device=model.embed.weight.device).manual_seed(seed)
     return stops, generator
 

@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from hamner.errors import ExportError, one_line
+from hamner.data.tokenizer import hub_tokenizer_file
+from hamner.errors import CheckpointError, ExportError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel, build_model
 from hamner.run.directory import inside
@@ -99,10 +100,10 @@ def _refuse_unsupported(fields: dict, path: Path) -> None:
     }
     for name, (value, wanted) in checks.items():
         if value != wanted:
-            raise ValueError(f"{path}: {name} is {value!r}; Hamner models need {wanted!r}")
+            raise CheckpointError(f"{path}: {name} is {value!r}; Hamner models need {wanted!r}")
     head_dim = fields.get("head_dim") or fields["hidden_size"] // fields["num_attention_heads"]
     if head_dim * fields["num_attention_heads"] != fields["hidden_size"]:
-        raise ValueError(f"{path}: head_dim {head_dim} x heads must equal hidden_size {fields['hidden_size']}")
+        raise CheckpointError(f"{path}: head_dim {head_dim} x heads must equal hidden_size {fields['hidden_size']}")
 
 
 def hf_tokenizer_spec(path: str | Path, fields: dict) -> str:
@@ -114,7 +115,7 @@ def hf_tokenizer_spec(path: str | Path, fields: dict) -> str:
         return str(local.resolve())
     if fields.get(TOKENIZER_KEY):
         return str(fields[TOKENIZER_KEY])
-    raise ValueError(f"{path}: no tokenizer.json and no {TOKENIZER_KEY} entry in {CONFIG_FILE}")
+    raise CheckpointError(f"{path}: no tokenizer.json and no {TOKENIZER_KEY} entry in {CONFIG_FILE}")
 
 
 def hf_to_hamner_config(path: str | Path) -> HamnerConfig:
@@ -151,18 +152,23 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: HamnerConfig) -> di
     return {name: t.detach().contiguous() for name, t in out.items()}
 
 
+def hf_sources(n_layers: int) -> dict[str, tuple[str, ...]]:
+    """Each Hamner parameter name -> the Hugging Face Llama tensors it is made of (several: stacked along rows)."""
+    sources = {ours: (theirs,) for ours, theirs in GLOBAL_NAMES.items()}
+    for i in range(n_layers):
+        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
+        sources.update({ours + name: (theirs + hf,) for name, hf in LAYER_NAMES.items()})
+        sources.update({ours + name: tuple(theirs + hf for hf in parts) for name, parts in FUSED_NAMES.items()})
+    return sources
+
+
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: HamnerConfig) -> dict[str, torch.Tensor]:
     """Hugging Face Llama tensors -> Hamner parameter names with q/k/v and gate/up fused (a missing one: KeyError)."""
     head = tensors.get("lm_head.weight")
     if head is not None and not torch.equal(head, tensors[GLOBAL_NAMES["embed.weight"]]):
-        raise ValueError("lm_head.weight differs from the input embedding; Hamner ties the two")
-    state = {ours: tensors[theirs] for ours, theirs in GLOBAL_NAMES.items()}
-    for i in range(config.n_layers):
-        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
-        state.update({ours + name: tensors[theirs + hf] for name, hf in LAYER_NAMES.items()})
-        state.update({ours + name: torch.cat([tensors[theirs + hf] for hf in parts])
-                      for name, parts in FUSED_NAMES.items()})
-    return state
+        raise CheckpointError("lm_head.weight differs from the input embedding; Hamner ties the two")
+    return {ours: torch.cat([tensors[name] for name in parts])
+            for ours, parts in hf_sources(config.n_layers).items()}
 
 
 # ----- reading a directory -----
@@ -186,11 +192,11 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         for name in files:  # a shard named outside the directory is not this model's
-            inside(path, name, f"{SHARD_INDEX_FILE} names weight file", ValueError)
+            inside(path, name, f"{SHARD_INDEX_FILE} names weight file", CheckpointError)
     elif (path / WEIGHTS_FILE).is_file():
         files = [WEIGHTS_FILE]
     else:
-        raise ValueError(f"{path}: no {WEIGHTS_FILE} (only safetensors weights are read)")
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} (only safetensors weights are read)")
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
         with safe_open(str(path / name), framework="pt") as handle:
@@ -206,24 +212,24 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """
     path = Path(path)
     if not is_hf_dir(path):
-        raise ValueError(f"{path} is not a Hugging Face Llama directory (no llama {CONFIG_FILE})")
+        raise CheckpointError(f"{path} is not a Hugging Face Llama directory (no llama {CONFIG_FILE})")
     try:
         config = hf_to_hamner_config(path)
     except KeyError as exc:
-        raise ValueError(f"{path}/{CONFIG_FILE} lacks {exc.args[0]!r}") from None
+        raise CheckpointError(f"{path}/{CONFIG_FILE} lacks {exc.args[0]!r}") from None
     try:
         tensors = _read_tensors(path)
     except (OSError, SafetensorError) as exc:
-        raise ValueError(f"{path}: unreadable weights: {one_line(exc)}") from None
+        raise CheckpointError(f"{path}: unreadable weights: {one_line(exc)}") from None
     try:
         state = from_hf_state_dict(tensors, config)
     except KeyError as exc:
-        raise ValueError(f"{path}: weight {exc.args[0]} is missing") from None
+        raise CheckpointError(f"{path}: weight {exc.args[0]} is missing") from None
     model = build_model(config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit {CONFIG_FILE}: {one_line(exc)}") from None
+        raise CheckpointError(f"{path}: weights do not fit {CONFIG_FILE}: {one_line(exc)}") from None
     return model.to(device).eval(), config
 
 
@@ -260,25 +266,18 @@ def byte_tokenizer_json() -> dict:
 
 
 def tokenizer_file(spec: str) -> Path:
-    """The tokenizer.json a spec names: a file, a folder holding one, or a hub name in the local HF cache."""
+    """The tokenizer.json a spec names: a file, a folder holding one, or a hub name (cache, then download;
+    a one-line DataError when neither has it)."""
     source = Path(spec).expanduser()
     if source.is_dir():
         source = source / "tokenizer.json"
     if source.is_file():
         return source
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(spec, "tokenizer.json")
-    except ValueError:  # not a valid hub repository name
-        cached = None
-    if not isinstance(cached, str):
-        raise FileNotFoundError(f"tokenizer {spec!r} is neither a local tokenizer.json nor in the Hugging Face cache")
-    return Path(cached)
+    return hub_tokenizer_file(spec)
 
 
 def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
-    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a cached hub name),
+    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a hub name),
     each written durably."""
     if spec == BYTES_SPEC:
         write_text(out_dir / "tokenizer.json", json.dumps(byte_tokenizer_json(), ensure_ascii=False))

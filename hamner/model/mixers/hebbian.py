@@ -15,6 +15,10 @@ precision overflowed in the original project). It runs as `kernels.decayed_linea
 its chunked form, which never inverts a decay, so it cannot overflow at any plasticity; the
 normaliser z is the same op's last output column, its value being a column of ones. Decoding
 keeps (M, z) as the state: a few kilobytes per head whatever the length.
+
+Around the recurrence, AGIFORMER's memory block (its src/models/memory.py) gives the q/k/v and output
+projections biases and ends in a LayerNorm of the projected output, norm(out(y)); `hebbian_bias` and
+`hebbian_out_norm` turn these on (the agiformer-31m preset does), off by default.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hamner import kernels
+from hamner.errors import CurriculumError
 from hamner.model.mixers.settings import HebbianSettings
 from hamner.model.mixers.shared import island_dtype
 
@@ -59,23 +64,30 @@ class HebbianMemory(HebbianSettings, nn.Module):
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         inner = self.n_heads * self.head_dim
         self.initial_plasticity = config.hebbian_plasticity
-        self.qkv = nn.Linear(config.hidden_size, 3 * inner, bias=False)  # rows: q, k, v
-        self.out = nn.Linear(inner, config.hidden_size, bias=False)
+        self.qkv = nn.Linear(config.hidden_size, 3 * inner, bias=config.hebbian_bias)  # rows: q, k, v
+        self.out = nn.Linear(inner, config.hidden_size, bias=config.hebbian_bias)
+        self.out_norm = nn.LayerNorm(config.hidden_size) if config.hebbian_out_norm else None
         self.decay_logit = nn.Parameter(torch.zeros(self.n_heads))  # theta
         self.register_buffer("plasticity", torch.tensor(float(config.hebbian_plasticity)))
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """theta = 0 (decay alpha * 0.995) and the configured plasticity; the Linears are the model's."""
+        """theta = 0 (decay alpha * 0.995), the configured plasticity, zero biases and a unit output norm;
+        the Linears' weights are the model's."""
         self.decay_logit.zero_()
         self.plasticity.fill_(self.initial_plasticity)
+        for bias in (self.qkv.bias, self.out.bias):
+            if bias is not None:
+                bias.zero_()
+        if self.out_norm is not None:
+            self.out_norm.reset_parameters()
 
     def check_knob(self, name: str, value: float) -> None:
         """ValueError unless `name` is "plasticity" and `value` lies in (0, 1]."""
         if name not in self.KNOBS:
-            raise ValueError(f"unknown knob {name!r} for the Hebbian memory (knobs: {', '.join(self.KNOBS)})")
+            raise CurriculumError(f"unknown knob {name!r} for the Hebbian memory (knobs: {', '.join(self.KNOBS)})")
         if not 0 < value <= 1:
-            raise ValueError(f"plasticity must be in (0, 1], got {value!r}")
+            raise CurriculumError(f"plasticity must be in (0, 1], got {value!r}")
 
     def set_knob(self, name: str, value: float) -> None:
         """Set the knob `name` ("plasticity": alpha in (0, 1])."""
@@ -102,7 +114,8 @@ class HebbianMemory(HebbianSettings, nn.Module):
             y = o[..., :D] / (o[..., D:] + NORMALISER_EPS)
         if state is not None:
             state.memory = final
-        return self.out(y.to(x.dtype).reshape(B, T, H * D))
+        out = self.out(y.to(x.dtype).reshape(B, T, H * D))
+        return out if self.out_norm is None else self.out_norm(out)
 
     def new_state(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> HebbianState:
         """Empty memory and normaliser, at least float32 whatever `dtype` (the memory is an fp32 island)."""

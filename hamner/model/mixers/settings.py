@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hamner.errors import ConfigError
 from hamner.model.checks import number, positive_int
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ class SlidingWindowSettings:
     def check_config(cls, config: HamnerConfig) -> None:
         """`window` is a positive integer."""
         if not positive_int(config.window):
-            raise ValueError(f"window must be a positive integer for the swa mixer, got {config.window!r}")
+            raise ConfigError(f"window must be a positive integer for the swa mixer, got {config.window!r}")
 
 
 class DifferentialAttentionSettings:
@@ -31,18 +32,21 @@ class DifferentialAttentionSettings:
     def check_config(cls, config: HamnerConfig) -> None:
         """`n_heads` and `n_kv_heads` are even."""
         if config.n_heads % 2 or config.n_kv_heads % 2:
-            raise ValueError(f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) must be even for "
+            raise ConfigError(f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) must be even for "
                              "diff_attention (it pairs heads)")
 
 
 class HebbianSettings:
-    """The Hebbian memory reads `hebbian_plasticity`."""
+    """The Hebbian memory reads `hebbian_plasticity`, `hebbian_out_norm` and `hebbian_bias`."""
 
     @classmethod
     def check_config(cls, config: HamnerConfig) -> None:
-        """`hebbian_plasticity` lies in (0, 1]."""
+        """`hebbian_plasticity` lies in (0, 1]; `hebbian_out_norm` and `hebbian_bias` are true or false."""
         if not (number(config.hebbian_plasticity) and 0 < config.hebbian_plasticity <= 1):
-            raise ValueError(f"hebbian_plasticity must be in (0, 1], got {config.hebbian_plasticity!r}")
+            raise ConfigError(f"hebbian_plasticity must be in (0, 1], got {config.hebbian_plasticity!r}")
+        for name in ("hebbian_out_norm", "hebbian_bias"):
+            if not isinstance(getattr(config, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(config, name)!r}")
 
 
 class TTTLinearSettings:
@@ -52,6 +56,6 @@ class TTTLinearSettings:
     def check_config(cls, config: HamnerConfig) -> None:
         """`ttt_mini_batch` is a positive integer, `ttt_base_lr` a positive number."""
         if not positive_int(config.ttt_mini_batch):
-            raise ValueError(f"ttt_mini_batch must be a positive integer, got {config.ttt_mini_batch!r}")
+            raise ConfigError(f"ttt_mini_batch must be a positive integer, got {config.ttt_mini_batch!r}")
         if not (number(config.ttt_base_lr) and config.ttt_base_lr > 0):
-            raise ValueError(f"ttt_base_lr must be positive, got {config.ttt_base_lr!r}")
+            raise ConfigError(f"ttt_base_lr must be positive, got {config.ttt_base_lr!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hamner.model.checks import ConfigCheck, NoSettings
-from hamner.model.mlps.settings import MoESettings
+from hamner.model.mlps.settings import GELUSettings, MoESettings
 from hamner.model.registry import LazyRegistry
 
 if TYPE_CHECKING:
@@ -36,4 +36,5 @@ class MLP(ConfigCheck, Protocol):
 MLPS = LazyRegistry({
     "swiglu": ("hamner.model.mlps.swiglu:SwiGLU", NoSettings),
     "moe": ("hamner.model.mlps.moe:MoE", MoESettings),
+    "gelu": ("hamner.model.mlps.gelu:GELUMLP", GELUSettings),
 })

@@ -9,7 +9,8 @@ curves. The training loop drives it:
         mix ctrl.weights(),
         synthetic tasks at ctrl.difficulty(); run one optimizer step; ctrl.step_done()
         at log intervals: ctrl.record_losses(losses of the steps since the last call)
-        at eval intervals: ctrl.record_val_loss(v)  (True -> new best: save the best checkpoint)
+        at evaluations: ctrl.record_metrics({"val_loss": v, "length_ppl@1W": p, ...})
+                        (True -> a new best of the keep_best metric: save the best checkpoint)
         if ctrl.should_advance(): save the stage-end checkpoint; ctrl.advance()
         if ctrl.fresh_optimizer_needed: rebuild the optimizer
         at the start of every stage and after a resume: model.set_knob(name, value) for ctrl.model_knobs()
@@ -22,6 +23,14 @@ then ends at the next should_advance() call.
 Stage length (used by ramps, cosine and wsd): `steps`, or `until_step` minus the global step the
 stage started at, or `max_steps` for stages that end on a plateau or early stop (their
 difficulty ramp, cosine and wsd decay run over the cap).
+
+Time budget (`fit_schedule`): the loop tells the controller after every step how many more steps fit in the
+run's time budget at the measured throughput (`fit_to(steps_left)`, see hamner.train.curriculum.budget).
+In the last stage the schedule then runs over the steps the stage will really get, the fewer of its planned
+length and the steps the budget leaves, so the decay ends at the deadline: a cosine spans them after its
+warm-up; a wsd stage starts decaying when the steps left are its `decay_fraction` of them, and from then on
+its decay start stays put, so the learning rate only falls. Until the throughput is known (and without a
+budget) the planned length is used.
 """
 from __future__ import annotations
 
@@ -32,7 +41,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from hamner.train.curriculum.spec import Curriculum, Stage
+from hamner.errors import CheckpointError
+from hamner.train.curriculum.spec import Curriculum, MetricRule, Stage
 
 
 @dataclass(frozen=True)
@@ -46,10 +56,11 @@ class StepRates:
 
 
 class CurriculumController:
-    """Tracks stage, steps, plateau strikes and validation history; answers LR, mix and ends."""
+    """Tracks stage, steps, plateau strikes and evaluation history; answers LR, mix and ends."""
 
     def __init__(self, curriculum: Curriculum, n_layers: int | None = None):
         self.curriculum = curriculum
+        self.steps_left: int | None = None  # steps the time budget still allows (see fit_to), None: unknown
         self.n_layers = n_layers
         if n_layers is not None:
             for stage in curriculum.stages:
@@ -57,7 +68,9 @@ class CurriculumController:
                     stage.layer_lr_scale.resolve(n_layers)  # fail now, not stages later
         self.stage_index = 0
         self.global_step = 0
-        self.best_val_loss: float | None = None
+        # The metric the best checkpoint follows (keep_best's, else val_loss, lower is better) and its best value.
+        self.best_rule = curriculum.keep_best or MetricRule()
+        self.best_value: float | None = None
         self._owed = 0  # losses still to come for steps of stages already left
         self._start_stage()
 
@@ -71,6 +84,7 @@ class CurriculumController:
         self._window: deque[float] = deque(maxlen=rule.window + rule.recent if rule else 0)
         self._stage_best_val: float | None = None
         self._bad_evals = 0
+        self._fit_decay_start: int | None = None  # the stage step a fitted wsd decay began at
 
     # ----- what the current stage wants -----
 
@@ -102,10 +116,10 @@ class CurriculumController:
         return (not self.finished and self.stage_index > 0 and self.stage_step == 0
                 and self.stage.fresh_optimizer)
 
-    def _progress(self, start: int, steps_ahead: int = 0) -> float:
+    def _progress(self, start: int, steps_ahead: int = 0, length: int | None = None) -> float:
         """Where the step about to run (or one `steps_ahead` later) lies between stage step `start`
-        and the stage's last step, in [0, 1]."""
-        span = self.stage_length - 1 - start
+        and the stage's last step (of a stage `length` steps long; default its planned length), in [0, 1]."""
+        span = (self.stage_length if length is None else length) - 1 - start
         return min(1.0, max(0.0, (self.stage_step + steps_ahead - start) / span)) if span > 0 else 1.0
 
     def rates(self) -> StepRates:
@@ -124,22 +138,58 @@ class CurriculumController:
         """The schedule's share of the peak for the step about to run: linear warmup, then
         constant, cosine to `min_lr_ratio`, or wsd (warmup-stable-decay: the peak until the last
         `decay_fraction` of the stage, then down to `min_lr_ratio` along `decay_shape`, where
-        "linear" is 1 - p and "1-sqrt" is 1 - sqrt(p) for p going 0 -> 1 over the decay)."""
+        "linear" is 1 - p and "1-sqrt" is 1 - sqrt(p) for p going 0 -> 1 over the decay). A cosine
+        with `decay_steps` reaches its floor at that stage step and stays there. With `fit_schedule`
+        the last stage's length is the one the time budget leaves (see the module docstring)."""
         stage = self.stage
         if self.stage_step < stage.warmup_steps:
             return (self.stage_step + 1) / stage.warmup_steps
         if stage.schedule == "constant":
             return 1.0
+        length = self.fitted_length()
         if stage.schedule == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps)))
+            shape = 0.5 * (1.0 + math.cos(math.pi * self._progress(stage.warmup_steps,
+                                                                  length=stage.decay_steps or length)))
         else:
-            decay_steps = math.ceil(stage.decay_fraction * self.stage_length)
-            decay_start = max(stage.warmup_steps, self.stage_length - decay_steps)
+            decay_start = self._wsd_decay_start(length)
             if self.stage_step < decay_start:
                 return 1.0
-            p = self._progress(decay_start)
+            p = self._progress(decay_start, length=length)
             shape = 1.0 - (p if stage.decay_shape == "linear" else math.sqrt(p))
         return stage.min_lr_ratio + (1.0 - stage.min_lr_ratio) * shape
+
+    def _wsd_decay_start(self, length: int) -> int:
+        """The stage step a wsd stage of `length` steps starts decaying at (once a fitted decay began, that step)."""
+        if self._fit_decay_start is not None:
+            return self._fit_decay_start
+        return max(self.stage.warmup_steps, length - math.ceil(self.stage.decay_fraction * length))
+
+    # ----- the time budget -----
+
+    @property
+    def fitting(self) -> bool:
+        """Whether the current stage's schedule is fitted to the time budget (fit_schedule, last stage)."""
+        return (self.curriculum.fit_schedule and not self.finished
+                and self.stage_index == len(self.curriculum.stages) - 1)
+
+    def fitted_length(self) -> int:
+        """The current stage's length for its schedule: the planned one, or, when fitting and the throughput
+        is known, the fewer steps the time budget leaves (at least the steps already done and the next)."""
+        if not self.fitting or self.steps_left is None:
+            return self.stage_length
+        return min(self.stage_length, self.stage_step + max(1, self.steps_left))
+
+    def fit_to(self, steps_left: int | None) -> None:
+        """After a step: how many more steps fit in the time budget. None (the throughput of a resumed session
+        is not measured yet) counts the last estimate down by the step just done. A fitted wsd stage whose
+        next step falls in the decay fixes its decay start there."""
+        if steps_left is not None:
+            self.steps_left = steps_left
+        elif self.steps_left is not None:
+            self.steps_left = max(0, self.steps_left - 1)
+        if (self.fitting and self.stage.schedule == "wsd" and self._fit_decay_start is None
+                and self.stage_step >= self._wsd_decay_start(self.fitted_length())):
+            self._fit_decay_start = self.stage_step
 
     def layer_lr_scales(self) -> dict[int, float]:
         """Layer index -> LR multiplier for the current stage; layers not listed use 1.0."""
@@ -217,20 +267,34 @@ class CurriculumController:
         if self.strikes >= rule.strikes:
             self.plateau_step = n
 
-    def record_val_loss(self, val_loss: float) -> bool:
-        """Record one validation evaluation; True when it is the best of the run so far.
+    @property
+    def best_val_loss(self) -> float | None:
+        """The best value so far of the metric the best checkpoint follows (validation loss by default)."""
+        return self.best_value
 
-        Also counts, for the stage's early-stop rule, evaluations that did not beat the stage's
-        best by min_delta.
+    def record_val_loss(self, val_loss: float) -> bool:
+        """Record one validation loss; see record_metrics."""
+        return self.record_metrics({"val_loss": val_loss})
+
+    def record_metrics(self, metrics: dict[str, float]) -> bool:
+        """Record the metrics of one evaluation step; True when the best checkpoint's metric (keep_best's,
+        else val_loss) is among them and is the best of the run so far.
+
+        When the stage's early-stop metric is among them, an evaluation that does not beat the stage's best
+        by min_delta (or is not finite) is a strike; an evaluation without it changes nothing.
         """
-        improved = math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss)
-        if improved:
-            self.best_val_loss = val_loss
+        improved = False
+        value = metrics.get(self.best_rule.metric)
+        if value is not None and math.isfinite(value) and (
+                self.best_value is None or self.best_rule.better(value, self.best_value)):
+            self.best_value = value
+            improved = True
         rule = self.stage.early_stop
-        if rule is not None:
-            if math.isfinite(val_loss) and (self._stage_best_val is None
-                                            or val_loss < self._stage_best_val - rule.min_delta):
-                self._stage_best_val = val_loss
+        if rule is not None and rule.metric in metrics:
+            value = metrics[rule.metric]
+            if math.isfinite(value) and (self._stage_best_val is None
+                                         or rule.better(value, self._stage_best_val, rule.min_delta)):
+                self._stage_best_val = value
                 self._bad_evals = 0
             else:
                 self._bad_evals += 1
@@ -281,18 +345,20 @@ class CurriculumController:
             "losses_seen": self._losses_seen,
             "owed": self._owed,
             "window": list(self._window),
-            "best_val_loss": self.best_val_loss,
+            "best_value": self.best_value,
             "stage_best_val": self._stage_best_val,
             "bad_evals": self._bad_evals,
+            "fit_decay_start": self._fit_decay_start,
+            "steps_left": self.steps_left,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state_dict() taken from a controller of the same curriculum."""
         if state["curriculum"] != self.curriculum.name:
-            raise ValueError(f"controller state is for curriculum {state['curriculum']!r}, "
+            raise CheckpointError(f"controller state is for curriculum {state['curriculum']!r}, "
                              f"not {self.curriculum.name!r}")
         if not 0 <= state["stage_index"] <= len(self.curriculum.stages):
-            raise ValueError(f"controller state names stage {state['stage_index']} but "
+            raise CheckpointError(f"controller state names stage {state['stage_index']} but "
                              f"{self.curriculum.name!r} has {len(self.curriculum.stages)} stages")
         self.stage_index = state["stage_index"]
         self.global_step = state["global_step"]
@@ -304,6 +370,9 @@ class CurriculumController:
         self._losses_seen = state["losses_seen"]
         self._owed = state["owed"]
         self._window.extend(state["window"])
-        self.best_val_loss = state["best_val_loss"]
+        self.best_value = state["best_value"] if "best_value" in state else state["best_val_loss"]  # older runs
         self._stage_best_val = state["stage_best_val"]
         self._bad_evals = state["bad_evals"]
+        # Both absent in states saved before time budgets.
+        self._fit_decay_start = state.get("fit_decay_start")
+        self.steps_left = state.get("steps_left")

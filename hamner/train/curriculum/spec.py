@@ -11,6 +11,16 @@ the default, or `"assistant"`: only the assistant's replies, from the data's los
 `packing = "document"` keeps attention inside each document of a packed row and restarts
 positions per document (default `"stream"`: rows are plain token windows); `probe` names a probe
 (a JSONL file or a built-in set, see hamner.eval.probe) scored at every stage end.
+
+The recipe: `batch_size`, `grad_accum` and `seq_len` at the top level or per stage (the command line
+overrides them). `[[evaluations]]` tables name what runs during training (`val_loss`, `length_gen`,
+`tasks`, `probe`), each at its `interval` and, with `at_start`, at step 0; without any, validation loss
+runs every `eval_interval` steps as it always did. `keep_best` and a stage's `early_stop` follow a
+metric those evaluations produce (`val_loss`, `val_bpc`, `length_ppl@{m}W`, `task_accuracy`,
+`probe_accuracy`) in the direction `mode` says; `save_initial_checkpoint` keeps the untrained step 0.
+Time: `time_budget` ("3h", "90m", "2h30m" or seconds) stops the run at that wall-clock time with a
+checkpoint; `fit_schedule = true` fits the last stage's cosine or wsd decay to it (see
+hamner.train.curriculum.budget and the controller).
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ from typing import Any
 from hamner.data.mixture import CONCEPTS_PREFIX, SYNTHETIC_TASK_PREFIX, is_builtin_source, is_synthetic_source
 from hamner.errors import CurriculumError
 from hamner.toml_table import TomlTable, read_toml
+from hamner.train.curriculum.budget import parse_duration
 
 CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
 
@@ -42,18 +53,33 @@ _SOURCE_NAME = re.compile(rf"^({re.escape(SYNTHETIC_TASK_PREFIX)}|{re.escape(CON
                           r"[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
+RECIPE_KEYS = ("batch_size", "grad_accum", "seq_len")  # top level or per stage; the command line overrides
+EVALUATION_KINDS = ("val_loss", "length_gen", "tasks", "probe")
+MODES = ("min", "max")
+DEFAULT_METRIC = "val_loss"
+
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
     "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
+    "evaluations", "save_initial_checkpoint", *RECIPE_KEYS, "time_budget", "fit_schedule",
 }
 _SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape",
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape", "decay_steps",
+    *RECIPE_KEYS,
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
-_EARLY_STOP_KEYS = ("patience", "min_delta")
+_EARLY_STOP_KEYS = ("patience", "min_delta", "metric", "mode")
+_KEEP_BEST_KEYS = ("metric", "mode")
+_EVALUATION_KEYS = {
+    "val_loss": {"kind", "interval", "at_start"},
+    "tasks": {"kind", "interval", "at_start"},
+    "probe": {"kind", "interval", "at_start"},
+    "length_gen": {"kind", "interval", "at_start", "window", "multiples", "chunk", "stride", "tokens"},
+}
+DEFAULT_LENGTH_SEQUENCES = 8  # length_gen without `tokens`: this many sequences of max(multiples) x window
 _LAYER_SCALE_KEYS = ("layers", "scale")
 
 
@@ -76,11 +102,61 @@ class PlateauRule:
 
 
 @dataclass(frozen=True)
-class EarlyStop:
-    """End the stage when validation loss has not improved by `min_delta` for `patience` evals."""
+class MetricRule:
+    """A metric to follow and which way is better: `mode` "min" (a loss, a perplexity) or "max" (an accuracy)."""
 
-    patience: int
-    min_delta: float
+    metric: str = DEFAULT_METRIC
+    mode: str = "min"
+
+    def better(self, value: float, than: float, margin: float = 0.0) -> bool:
+        """Whether `value` beats `than` by more than `margin` (in the metric's units) in this rule's direction."""
+        return value < than - margin if self.mode == "min" else value > than + margin
+
+
+@dataclass(frozen=True)
+class EarlyStop(MetricRule):
+    """End the stage when `metric` has not improved on the stage's best by `min_delta` for `patience`
+    evaluations in a row (evaluations that do not report the metric do not count)."""
+
+    patience: int = 1
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation run during training: `kind`, every `interval` steps (None: the run's eval interval)
+    and at step 0 when `at_start`. length_gen reads sequences of max(multiples) x `window` tokens and
+    reports chunk perplexity (`chunk` predictions, grid `stride`) at each multiple of the window, over
+    `tokens` validation tokens."""
+
+    kind: str
+    interval: int | None = None
+    at_start: bool = False
+    window: int = 64
+    multiples: tuple[int, ...] = (1, 2, 5, 10, 20)
+    chunk: int = 16
+    stride: int = 16
+    tokens: int | None = None
+
+    def due(self, step: int, default_interval: int) -> bool:
+        """Whether this evaluation runs after `step` optimizer steps (step 0: before the first)."""
+        if step == 0:
+            return self.at_start
+        return step % (self.interval or default_interval) == 0
+
+    @property
+    def sequences(self) -> int:
+        """length_gen: how many sequences of max(multiples) x window its `tokens` hold."""
+        length = max(self.multiples) * self.window
+        return DEFAULT_LENGTH_SEQUENCES if self.tokens is None else max(1, self.tokens // length)
+
+    def metrics(self, bits_per_byte: bool) -> list[str]:
+        """The names of the metrics this evaluation reports."""
+        if self.kind == "val_loss":
+            return ["val_loss", "val_bpc"] if bits_per_byte else ["val_loss"]
+        if self.kind == "length_gen":
+            return [f"length_ppl@{m}W" for m in self.multiples]
+        return ["task_accuracy" if self.kind == "tasks" else "probe_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +206,11 @@ class Stage:
     muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
     decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
     decay_shape: str = "1-sqrt"  # wsd: "linear" or "1-sqrt"
+    decay_steps: int | None = None  # cosine: the stage step by which it reaches its floor (None: the stage's end)
+    # The recipe of this stage; None: the curriculum's (or the command line's, which overrides both).
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    seq_len: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +222,7 @@ class Curriculum:
     tokenizer: str | None  # required tokenizer spec (e.g. "bytes"), None when any will do
     base_lr: float | None
     bits_per_byte: bool  # report validation bits per byte
-    keep_best: bool  # keep the checkpoint with the best validation loss
+    keep_best: MetricRule | None  # keep the checkpoint with the best value of this metric
     requires_init: bool  # a warm start: the trainer refuses to run without --init-from
     eval_interval: int  # optimizer steps between validation evaluations
     stages: tuple[Stage, ...]
@@ -149,6 +230,32 @@ class Curriculum:
     source_loss: dict[str, str]  # source -> "all" | "assistant", for sources with a [sources.NAME] table
     packing: str  # "stream" or "document"
     probe: str | None  # probe file or built-in probe name, scored at every stage end
+    time_budget: float | None = None  # seconds of wall-clock time the run may take, None: no limit
+    fit_schedule: bool = False  # fit the last stage's decay to the time budget
+    # The run's recipe (None: the preset's default); the command line overrides it.
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    seq_len: int | None = None
+    # What runs during training; empty: validation loss every eval_interval steps.
+    evaluations: tuple[Evaluation, ...] = ()
+    save_initial_checkpoint: bool = False  # a checkpoint of the untrained model at step 0
+
+    def scheduled_evaluations(self) -> tuple[Evaluation, ...]:
+        """The evaluations a run performs: the [[evaluations]] tables, else validation loss at eval_interval."""
+        return self.evaluations or (Evaluation("val_loss"),)
+
+    def metric_names(self) -> list[str]:
+        """Every metric the scheduled evaluations report (what keep_best and early_stop may follow)."""
+        return list(dict.fromkeys(m for e in self.scheduled_evaluations() for m in e.metrics(self.bits_per_byte)))
+
+    def check_seq_len(self, max_seq_len: int) -> None:
+        """Refuse a curriculum whose seq_len (top level or a stage's) exceeds the model's context."""
+        places = [("seq_len", self.seq_len)] + [(f"stages[{i}].seq_len", stage.seq_len)
+                                                for i, stage in enumerate(self.stages)]
+        for where, value in places:
+            if value is not None and value > max_seq_len:
+                raise CurriculumError(f"{self.path.name}: {where}: {value} exceeds the model's context "
+                                      f"(max_seq_len {max_seq_len})")
 
     def with_first_lr(self, lr: float) -> Curriculum:
         """This curriculum with `lr` as the first stage's peak rate (--lr): every stage's AdamW and Muon
@@ -157,6 +264,12 @@ class Curriculum:
         stages = tuple(replace(stage, lr=lr if i == 0 else stage.lr * ratio, muon_lr=stage.muon_lr * ratio)
                        for i, stage in enumerate(self.stages))
         return replace(self, stages=stages, base_lr=None if self.base_lr is None else self.base_lr * ratio)
+
+    def with_recipe(self, **values: int) -> Curriculum:
+        """This curriculum with `values` (batch_size, grad_accum, seq_len from the command line) for the whole
+        run: set at the top level and cleared from every stage, so the command line overrides both."""
+        stages = tuple(replace(stage, **{name: None for name in values}) for stage in self.stages)
+        return replace(self, stages=stages, **values)
 
     def assistant_only_sources(self) -> list[str]:
         """Sources whose loss counts the assistant's replies only."""
@@ -172,12 +285,12 @@ class Curriculum:
 
     def check_model_knobs(self, check: Callable[[str, float], None]) -> None:
         """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
-        ValueError comes back as one line naming the field."""
+        CurriculumError comes back naming the field."""
         for i, stage in enumerate(self.stages):
             for name, value in stage.model_knobs.items():
                 try:
                     check(name, value)
-                except ValueError as exc:
+                except CurriculumError as exc:
                     raise CurriculumError(f"{self.path.name}: stages[{i}].model.{name}: {exc}") from None
 
     def uses_synthetic(self) -> bool:
@@ -242,13 +355,14 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         raise CurriculumError(f"{path.name}: stage name {duplicate!r} is used twice")
     packing = top.text("packing", "stream", PACKINGS)
     used = {name for stage in stages for name in stage.weights}
-    return Curriculum(
+    time_budget, fit_schedule = _parse_time(top, stages[-1])
+    curriculum = Curriculum(
         name=top.text("name", path.stem),
         description=top.text("description") or "",
         tokenizer=top.text("tokenizer"),
         base_lr=base_lr,
         bits_per_byte=top.flag("bits_per_byte", False),
-        keep_best=top.flag("keep_best", False),
+        keep_best=_parse_keep_best(raw.get("keep_best", False), path.name),
         requires_init=top.flag("requires_init", False),
         eval_interval=top.integer("eval_interval", 500, minimum=1),
         stages=stages,
@@ -256,7 +370,90 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
         source_loss=_parse_sources(raw.get("sources", {}), f"{path.name}: sources", used),
         packing=packing,
         probe=top.text("probe"),
+        batch_size=top.integer("batch_size", minimum=1),
+        grad_accum=top.integer("grad_accum", minimum=1),
+        seq_len=top.integer("seq_len", minimum=1),
+        evaluations=_parse_evaluations(raw.get("evaluations", []), f"{path.name}: evaluations"),
+        save_initial_checkpoint=top.flag("save_initial_checkpoint", False),
+        time_budget=time_budget,
+        fit_schedule=fit_schedule,
     )
+    _check_metrics(curriculum)
+    return curriculum
+
+
+def _parse_keep_best(value: Any, where: str) -> MetricRule | None:
+    """`keep_best = true` (val_loss, min), `false`, or `{ metric = ..., mode = ... }`."""
+    if isinstance(value, bool):
+        return MetricRule() if value else None
+    f = TomlTable(value, f"{where}: keep_best", _KEEP_BEST_KEYS, CurriculumError)
+    return MetricRule(metric=f.text("metric", DEFAULT_METRIC), mode=f.text("mode", "min", MODES))
+
+
+def _parse_evaluations(tables: Any, where: str) -> tuple[Evaluation, ...]:
+    """The [[evaluations]] tables, each checked against the keys its kind takes."""
+    if not isinstance(tables, list):
+        raise CurriculumError(f"{where}: must be an array of [[evaluations]] tables")
+    found = []
+    for i, table in enumerate(tables):
+        here = f"{where}[{i}]"
+        kind = TomlTable(table, here, None, CurriculumError).text("kind", None, EVALUATION_KINDS)
+        if kind is None:
+            raise CurriculumError(f"{here}: missing required key 'kind' ({', '.join(EVALUATION_KINDS)})")
+        f = TomlTable(table, here, _EVALUATION_KEYS[kind], CurriculumError)
+        common = dict(kind=kind, interval=f.integer("interval", minimum=1), at_start=f.flag("at_start", False))
+        if kind != "length_gen":
+            found.append(Evaluation(**common))
+            continue
+        window, chunk = f.integer("window", 64, minimum=1), f.integer("chunk", 16, minimum=1)
+        if chunk > window:
+            raise f.fail("chunk", f"must not exceed the window ({window}), got {chunk}")
+        multiples = f.int_list("multiples", (1, 2, 5, 10, 20))
+        if 0 in multiples:
+            raise f.fail("multiples", f"must be whole numbers >= 1, got {list(multiples)}")
+        evaluation = Evaluation(**common, window=window, multiples=tuple(sorted(multiples)), chunk=chunk,
+                                stride=f.integer("stride", 16, minimum=1), tokens=f.integer("tokens", minimum=1))
+        length = max(multiples) * window
+        if evaluation.tokens is not None and evaluation.tokens < length:
+            raise f.fail("tokens", f"must hold at least one sequence of max(multiples) x window = {length} tokens, "
+                                   f"got {evaluation.tokens}")
+        found.append(evaluation)
+    kinds = [e.kind for e in found]
+    repeated = next((k for k in kinds if kinds.count(k) > 1), None)
+    if repeated:
+        raise CurriculumError(f"{where}: kind {repeated!r} is listed twice; give one table per kind")
+    return tuple(found)
+
+
+def _check_metrics(curriculum: Curriculum) -> None:
+    """keep_best and every early_stop must follow a metric the scheduled evaluations report."""
+    available = curriculum.metric_names()
+    rules = [("keep_best.metric", curriculum.keep_best)] + [
+        (f"stages[{i}].early_stop.metric", stage.early_stop) for i, stage in enumerate(curriculum.stages)]
+    for where, rule in rules:
+        if rule is not None and rule.metric not in available:
+            raise CurriculumError(f"{curriculum.path.name}: {where}: {rule.metric!r} is not reported by the "
+                                  f"curriculum's evaluations (available: {', '.join(available)})")
+
+
+def _parse_time(top: TomlTable, last: Stage) -> tuple[float | None, bool]:
+    """`time_budget` in seconds (None when unset) and `fit_schedule`, which fits the last stage's decay to it:
+    that stage must decay (cosine or wsd) over its whole length (no decay_steps). The budget may also come
+    from --time-budget, so fit_schedule does not need one here."""
+    time_budget = None
+    if top.has("time_budget"):
+        try:
+            time_budget = parse_duration(top.table["time_budget"])
+        except ValueError as exc:
+            raise top.fail("time_budget", str(exc)) from None
+    fit = top.flag("fit_schedule", False)
+    if fit and last.schedule not in ("cosine", "wsd"):
+        raise top.fail("fit_schedule", f"fits the last stage's decay to the time budget, but stage {last.name!r} "
+                                       f"has schedule {last.schedule!r}; use \"cosine\" or \"wsd\"")
+    if fit and last.decay_steps is not None:
+        raise top.fail("fit_schedule", f"fits the last stage's whole cosine to the time budget; stage "
+                                       f"{last.name!r} must not set decay_steps")
+    return time_budget, fit
 
 
 def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
@@ -303,6 +500,9 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
     for key in ("decay_fraction", "decay_shape"):
         if schedule != "wsd" and f.has(key):
             raise f.fail(key, "only applies to schedule = \"wsd\"")
+    warmup_steps = f.integer("warmup_steps", 0)
+    steps = f.integer("steps", minimum=1)
+    decay_steps = _parse_decay_steps(f, schedule, warmup_steps, steps)
     decay_shape = f.text("decay_shape", "1-sqrt", DECAY_SHAPES)
 
     bounds = [k for k in ("steps", "until_step", "max_steps") if f.has(k)]
@@ -321,10 +521,10 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         weights=weights,
         difficulty=difficulty,
         lr=lr,
-        warmup_steps=f.integer("warmup_steps", 0),
+        warmup_steps=warmup_steps,
         schedule=schedule,
         min_lr_ratio=f.number("min_lr_ratio", 0.0, low=0.0, high=1.0),
-        steps=f.integer("steps", minimum=1),
+        steps=steps,
         until_step=f.integer("until_step", minimum=1),
         max_steps=f.integer("max_steps", minimum=1),
         plateau=plateau,
@@ -337,7 +537,27 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
         decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
         decay_shape=decay_shape,
+        batch_size=f.integer("batch_size", minimum=1),
+        grad_accum=f.integer("grad_accum", minimum=1),
+        seq_len=f.integer("seq_len", minimum=1),
+        decay_steps=decay_steps,
     )
+
+
+def _parse_decay_steps(f: TomlTable, schedule: str, warmup_steps: int, steps: int | None) -> int | None:
+    """A cosine stage's `decay_steps`: the stage step by which the cosine reaches its floor, after the warm-up
+    and within a fixed-length stage; the stage then stays at the floor."""
+    if not f.has("decay_steps"):
+        return None
+    if schedule != "cosine":
+        raise f.fail("decay_steps", "only applies to schedule = \"cosine\"")
+    decay_steps = f.integer("decay_steps", minimum=1)
+    if decay_steps <= warmup_steps:
+        raise f.fail("decay_steps", f"is the stage step the cosine ends at, so it must exceed warmup_steps "
+                                    f"({warmup_steps}), got {decay_steps}")
+    if steps is not None and decay_steps > steps:
+        raise f.fail("decay_steps", f"must not exceed the stage's steps ({steps}), got {decay_steps}")
+    return decay_steps
 
 
 def _parse_weights(table: Any, where: str) -> dict[str, float]:
@@ -396,8 +616,9 @@ def _parse_plateau(table: Any, where: str) -> PlateauRule:
 
 def _parse_early_stop(table: Any, where: str) -> EarlyStop:
     f = TomlTable(table, where, _EARLY_STOP_KEYS, CurriculumError)
-    f.required(*_EARLY_STOP_KEYS)
-    return EarlyStop(patience=f.integer("patience", minimum=1), min_delta=f.number("min_delta", low=0.0))
+    f.required("patience", "min_delta")
+    return EarlyStop(metric=f.text("metric", DEFAULT_METRIC), mode=f.text("mode", "min", MODES),
+                     patience=f.integer("patience", minimum=1), min_delta=f.number("min_delta", low=0.0))
 
 
 def _parse_layer_scale(table: Any, where: str) -> LayerLrScale:

@@ -1,0 +1,39 @@
+"""`hamner study SPEC`: train every arm of a length study on one curriculum and write the comparison."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from hamner.commands.parsing import ArgumentParser
+from hamner.errors import HamnerError
+from hamner.run.directory import RUNS_DIR
+from hamner.tournament.study import available_studies, load_study, run_study
+
+
+def main(argv: list[str] | None = None, prog: str = "hamner study") -> int:
+    """Run the study the spec names and print its table; 2 on bad input, 130 when interrupted."""
+    parser = ArgumentParser(
+        prog=prog,
+        description="Length study: train each arm (a preset, with model overrides) on the spec's curriculum, "
+        "whose evaluations measure chunk perplexity at multiples of a window W during training, then write "
+        "report.md, report.json and plots comparing the arms at their best checkpoints. Rerunning the same "
+        "command skips finished arms and resumes an interrupted one.")
+    parser.add_argument("spec", help=f"spec file or shipped name ({', '.join(available_studies())})")
+    parser.add_argument("--data", help="directory holding the prepared sources the curriculum names")
+    parser.add_argument("--out", help="study directory (default: runs/study-NAME)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        spec = load_study(args.spec)
+        out = Path(args.out) if args.out else RUNS_DIR / f"study-{spec.name}"
+        table, written = run_study(spec, out, data=args.data)
+    except HamnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; rerun the same command to continue {spec.name}", file=sys.stderr)
+        return 130
+    print(table)
+    print(f"\nwritten: {', '.join(str(p) for p in written)} ({time.perf_counter() - started:.0f}s)")
+    return 0
