@@ -13,6 +13,7 @@ write, each fsync, each rename, each log trim).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,10 @@ import pytest
 from train_helpers import metrics, tiny_settings, write_curriculum
 
 from hamner.run import checkpoint as ckpt
+from hamner.tournament.report import write_report
+from hamner.tournament.rounds import run_tournament
+from hamner.tournament.spec import load_spec
+from hamner.train.evaluation import TrainEvaluator
 from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
 from hamner.use.load import load_model
@@ -123,13 +128,14 @@ def rows(run_dir: Path) -> list[tuple[str, ...]]:
 
 
 def assert_consistent(run_dir: Path, reference: list[tuple[str, ...]]) -> bool:
-    """`latest` resolves to a complete, loadable checkpoint and the logs hold every row up to its step.
+    """The checkpoint a resume starts from (the one `latest` names, or the newest complete one when a kill
+    came before `latest` named it) is complete and loadable, and the logs hold every row up to its step.
     Returns whether there is a checkpoint to resume."""
     if not ckpt.has_complete_checkpoint(run_dir):
         return False
-    target = ckpt.resolve_checkpoint(run_dir)
+    target = ckpt.resume_target(run_dir)[0]
     step = ckpt.load_trainer_state(target)["progress"]["step"]
-    load_model(run_dir)
+    load_model(target)
     assert [r for r in rows(run_dir) if int(r[0]) <= step] == reference[:step]
     return True
 
@@ -235,4 +241,123 @@ def test_kill_at_every_step_of_opening_a_run_for_resume(setup):
         except Exception as exc:
             failures.append(f"kill at {what}: {type(exc).__name__}: {exc}")
         shutil.rmtree(run_dir, ignore_errors=True)
+    assert not failures, "\n".join(failures)
+
+
+def stage_outputs(run_dir: Path) -> tuple[list[str], list[str]]:
+    """The samples (step and prompt) and task-accuracy rows a run wrote."""
+    samples = [json.dumps([r["step"], r["prompt"], r["completion"]])
+               for r in map(json.loads, (run_dir / "samples.jsonl").read_text().splitlines())]
+    return samples, (run_dir / "task_accuracy.csv").read_text().splitlines()
+
+
+def test_kill_between_a_stage_end_checkpoint_and_its_outputs_loses_nothing(setup):
+    """Samples and task accuracy at a stage end survive a kill anywhere around the stage-end checkpoint,
+    including the moment the outputs begin: the resumed run holds the same rows as an uninterrupted one."""
+    root, _, _ = setup
+    curriculum = write_curriculum(root, first=3, second=3, eval_interval=3)
+
+    def staged(out: Path, max_steps: int = TOTAL, resume: bool = False):
+        if resume:
+            return train(resume_settings(out, {"max_steps": max_steps}))
+        return train(tiny_settings(out, curriculum, max_steps=max_steps, save_interval=2, keep_checkpoints=0,
+                                   task_samples=1, sample_tokens=4))
+
+    reference = root / "staged-reference"
+    staged(reference)
+    expected = stage_outputs(reference)
+    assert {json.loads(s)[0] for s in expected[0]} == {3, 6} and len(expected[1]) > 2
+    clean = root / "staged-clean"
+    events = record(clean, lambda: staged(clean))
+    # The stage-end checkpoint coming into place, `latest` moving to it, and the first call after that.
+    renamed = next(i for i, (c, p, _) in enumerate(events, start=1) if c == "rename" and p.endswith("stage-0-end"))
+    moved = next(i for i, (c, p, _) in enumerate(events, start=1) if i > renamed and p.endswith("latest"))
+    points = [(i, False, f"{events[i - 1][0]} {events[i - 1][1]}") for i in (renamed, moved, moved + 1)]
+    points.append((None, False, "the start of the stage's outputs"))
+    failures = []
+    for kill_at, torn, what in points:
+        run_dir = root / f"stage-{kill_at}"
+        try:
+            if kill_at is None:
+                run_killed_at_outputs(run_dir, lambda out=run_dir: staged(out))
+            else:
+                run_killed(run_dir, lambda out=run_dir: staged(out), kill_at, torn)
+            staged(run_dir, resume=ckpt.has_complete_checkpoint(run_dir))
+            assert stage_outputs(run_dir) == expected
+        except Exception as exc:
+            failures.append(f"kill at {what}: {type(exc).__name__}: {exc}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert not failures, "\n".join(failures)
+
+
+def run_killed_at_outputs(root: Path, run) -> None:
+    """`run()` in a forked child that dies (like SIGKILL) when the first stage's outputs begin."""
+    pid = os.fork()
+    if pid == 0:
+        TrainEvaluator.write_stage_outputs = lambda *args, **kwargs: os._exit(137)
+        try:
+            run()
+        finally:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 137
+
+
+TOURNAMENT = """\
+name = "faults"
+base = "demo"
+model = { hidden_size = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, intermediate_size = 64, max_seq_len = 64 }
+seeds = [3]
+batch_size = 2
+seq_len = 16
+evals = 1
+eval_batches = 1
+task_samples = 0
+threads = 1
+device = "cpu"
+
+[data]
+weights = { synthetic = 1.0 }
+
+[[rounds]]
+tokens = 64
+
+[[entrants]]
+name = "dense"
+resize = false
+
+[[entrants]]
+name = "deep"
+resize = false
+model = { n_layers = 2 }
+"""
+
+
+def test_kill_a_tournament_while_it_records_a_run_then_rerun(setup):
+    """A tournament killed while it writes a run's plan.json or its finished marker reruns to the same report."""
+    root, _, _ = setup
+    spec_path = root / "faults.toml"
+    spec_path.write_text(TOURNAMENT)
+
+    def tournament(out: Path) -> dict:
+        report = write_report(run_tournament(load_spec(spec_path), out, say=lambda _: None), out)
+        return {e["name"]: (e["tokens"], e["val_loss"], e["skipped_steps"]) for e in report["entrants"]}
+
+    clean = root / "tournament-clean"
+    events = record(clean, lambda: tournament(clean))
+    expected = tournament(clean)  # a rerun of a finished tournament reads the same
+    writes = [i for i, (_, p, _) in enumerate(events, start=1)
+              if p.startswith("round-1/dense/seed-3/") and ("plan.json" in p or "tournament.json" in p)]
+    first = sorted(set(writes) | {i + 1 for i in writes if events[i - 1][0] == "replace"})  # and the folder's fsync
+    assert len(first) == 6, describe(events)
+    failures = []
+    for kill_at, torn, what in kill_points(events[: first[-1]]):
+        if kill_at not in first:
+            continue
+        out = root / f"tournament-{kill_at}-{int(torn)}"
+        try:
+            run_killed(out, lambda out=out: tournament(out), kill_at, torn)
+            assert tournament(out) == expected
+        except Exception as exc:
+            failures.append(f"kill at {what}: {type(exc).__name__}: {exc}")
+        shutil.rmtree(out, ignore_errors=True)
     assert not failures, "\n".join(failures)

@@ -79,6 +79,7 @@ def test_a_run_without_a_complete_checkpoint_starts_afresh(tmp_path):
     run = tmp_path / "run"
     train(tiny_settings(run, curriculum, max_steps=1))
     (run / "checkpoints" / "latest").unlink()
+    (run / "checkpoints" / "step-00000001" / "trainer.pt").unlink()  # the first save never completed
     leftover = run / "checkpoints" / ".tmp-step-00000002-999"
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"partial")

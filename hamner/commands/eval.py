@@ -23,6 +23,7 @@ from hamner.errors import DataError
 from hamner.eval.multiple_choice import load_items, multiple_choice_accuracy
 from hamner.eval.probe import format_probe, load_probe, score_probe
 from hamner.eval.report import evaluate, format_report
+from hamner.run.durable import write_text
 from hamner.use.load import load_for_inference, model_dir
 
 REPORT_NAME = "eval.json"
@@ -120,6 +121,8 @@ def report_main(argv: list[str], prog: str) -> int:
     difficulties = _difficulties(parser, args.difficulties)
     start = time.perf_counter()
     sources = _sources(args.data, args.sources)
+    # read before the model and the evaluation: a bad file fails in a second, not after the whole run
+    choices = load_items(args.hellaswag, args.hellaswag_limit) if args.hellaswag else None
     device = pick_device(args.device)
     model, config, tokenizer = load_for_inference(args.checkpoint, device)
     report = {"checkpoint": str(model_dir(args.checkpoint)), "model": config.to_dict(),
@@ -131,12 +134,11 @@ def report_main(argv: list[str], prog: str) -> int:
         report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
                                samples=args.samples, difficulties=difficulties, seed=args.seed))
     if args.hellaswag:
-        report["multiple_choice"] = {"file": args.hellaswag, **multiple_choice_accuracy(
-            model, tokenizer, load_items(args.hellaswag, args.hellaswag_limit))}
+        report["multiple_choice"] = {"file": args.hellaswag, **multiple_choice_accuracy(model, tokenizer, choices)}
     report["elapsed_s"] = time.perf_counter() - start
     out = Path(args.out) if args.out else Path(report["checkpoint"]) / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    write_text(out, json.dumps(_finite(report), indent=2) + "\n")  # durable: a full disk keeps the old report
     print(format_probe(report["probe"]["rows"]) if args.probe else format_report(report))
     print(f"\nreport written to {out}")
     return 0

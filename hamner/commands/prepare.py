@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 from hamner.commands.parsing import ArgumentParser, command
@@ -97,10 +98,19 @@ def main(argv: list[str] | None = None, prog: str = "hamner prepare") -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     opts = ReadOptions(separator=args.split_docs, whole=args.whole, text_field=args.text_field,
                        hf_config=args.hf_config, hf_split=args.hf_split)
-    meta = prepare(args.sources, out, tokenizer, opts, args.val_fraction, args.max_tokens, args.shard_tokens,
-                   progress=not args.quiet)
+    previous = signal.signal(signal.SIGTERM, _stop)  # a SIGTERM cleans up as Ctrl-C does, then one line
+    try:
+        meta = prepare(args.sources, out, tokenizer, opts, args.val_fraction, args.max_tokens, args.shard_tokens,
+                       progress=not args.quiet)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     docs, toks = meta["documents"], meta["tokens"]
     shards = len(meta["shards"]["train"])
     print(f"wrote {toks['train']:,} train tokens ({docs['train']:,} documents, {shards} shard(s)) "
           f"and {toks['val']:,} val tokens ({docs['val']:,} documents) to {out}")
     return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM as KeyboardInterrupt: the temporaries and the INCOMPLETE mark are handled, and one line says so."""
+    raise KeyboardInterrupt

@@ -1,13 +1,14 @@
 """`hamner tournament SPEC.toml` (or `python -m hamner.tournament SPEC.toml`): run a tournament, write its report."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 from hamner.commands.parsing import ArgumentParser
 from hamner.errors import HamnerError
-from hamner.run.directory import RUNS_DIR
+from hamner.run.directory import RUNS_DIR, lock_directory
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.runs import Interrupted
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
     parser.add_argument("spec", help=f"spec file or shipped name ({', '.join(available_tournaments())})")
     parser.add_argument("--out", help="tournament directory (default: runs/tournament-NAME)")
     parser.add_argument("--sizes", action="store_true", help="only print each entrant's size after resizing")
+    parser.add_argument("--restart-changed", action="store_true",
+                        help="retrain the runs whose part of the spec (model, data, budget, LR, seed) changed since "
+                        "they were trained (without it such runs are refused)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
@@ -35,9 +39,12 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
                       f"{spec.measure} {r.size.measure(spec.measure):>15,.0f} ({100 * r.error:+.2f}% from base)")
             return 0
         out = Path(args.out) if args.out else RUNS_DIR / f"tournament-{spec.name}"
-        out.mkdir(parents=True, exist_ok=True)
-        outcome = run_tournament(spec, out)
-        report = write_report(outcome, out)
+        lock = lock_directory(out, "tournament directory")  # one process at a time trains in OUT
+        try:
+            outcome = run_tournament(spec, out, restart_changed=args.restart_changed)
+            report = write_report(outcome, out)
+        finally:
+            os.close(lock)
     except (HamnerError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -46,7 +53,9 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
               "rerun the same command to continue", file=sys.stderr)
         return 130
     final = report["final"]
-    if final:
+    if final and final["winner"] is None:
+        print(f"no winner: {final['no_result']}; report in {out / 'report.md'}")
+    elif final:
         verdict = (f"tie between {final['winner']} and {final['runner_up']}" if final["tie"]
                    else f"winner {final['winner']}")
         print(f"{verdict}; report in {out / 'report.md'} ({time.perf_counter() - started:.0f}s)")

@@ -3,11 +3,16 @@
 A conversation is written as turns `<|role|>\\n{content}\\n` (roles: system, user, assistant) and a
 training document ends with the tokenizer's end-of-text token. A reply ends where the model
 starts a new turn marker or emits end-of-text, so inference stops on exactly what training showed.
+
+Content is data, never structure: a turn marker or `<|endoftext|>` inside a message is escaped
+(`<|user|>` becomes `<\\|user|>`), so a user message cannot open an assistant turn that would be
+trained as a reply, nor end a document, in training text and at chat time alike.
 """
 from __future__ import annotations
 
 import re
 
+from hamner.data.tokenizer import EOT
 from hamner.errors import DataError
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -16,13 +21,22 @@ MARKERS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
 STOP_STRINGS: tuple[str, ...] = (MARKERS["user"], MARKERS["system"], MARKERS["assistant"])
 # A turn marker at the start of the text or of a line, followed by its newline.
 _TURN = re.compile(r"(?:^|(?<=\n))<\|(" + "|".join(ROLES) + r")\|>\n")
+# Any marker the format gives meaning to, wherever it stands in content.
+_SPECIAL = re.compile("|".join(re.escape(m) for m in (*MARKERS.values(), EOT)))
+
+
+def escape_content(content: str) -> str:
+    """`content` with every turn marker and end-of-text marker escaped (`<|` -> `<\\|`), so it stays text."""
+    return _SPECIAL.sub(lambda m: "<\\|" + m.group(0)[2:], content)
 
 
 def format_turn(role: str, content: str) -> str:
-    """One turn: the role marker, a newline, the content, a newline."""
+    """One turn: the role marker, a newline, the content (markers in it escaped), a newline."""
     if role not in MARKERS:
         raise DataError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
-    return f"{MARKERS[role]}\n{content.strip()}\n"
+    if not isinstance(content, str):
+        raise DataError(f"{role} content must be text, got {type(content).__name__}")
+    return f"{MARKERS[role]}\n{escape_content(content.strip())}\n"
 
 
 def format_conversation(messages: list[dict[str, str]]) -> str:

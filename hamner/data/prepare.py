@@ -126,8 +126,10 @@ def _tokenize_into(sources: list[str], out: Path, tokenizer, opts: ReadOptions, 
     from tqdm import tqdm
 
     shards = shard_paths(out, "train") + shard_paths(out, "val")
-    for old in [out / META] + shards + sorted(out.glob(f"*{MASK_SUFFIX}")):  # meta.json first
+    leftovers = sorted(out.glob(".*.tmp"))  # durable writes a killed prepare left half done
+    for old in [out / META] + shards + sorted(out.glob(f"*{MASK_SUFFIX}")) + leftovers:  # meta.json first
         old.unlink(missing_ok=True)
+    uncounted = 0  # chat documents with no assistant reply: nothing in them is trained on
     writers = {s: ShardWriter(out, s, shard_tokens) for s in ("train", "val")}
     index, total = 0, 0
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"tokenizing -> {out}", mininterval=0.5,
@@ -139,6 +141,7 @@ def _tokenize_into(sources: list[str], out: Path, tokenizer, opts: ReadOptions, 
                     tokens, mask = tokens[: max_tokens - total], mask[: max_tokens - total]
                 writer = writers["val" if is_val(index, val_fraction) else "train"]
                 writer.add(tokens, mask)
+                uncounted += bool(mask is not None and mask.size and not mask.any())
                 writer.documents += 1
                 index += 1
                 total += tokens.size
@@ -154,6 +157,9 @@ def _tokenize_into(sources: list[str], out: Path, tokenizer, opts: ReadOptions, 
         bar.close()
     if total == 0:
         raise DataError("the sources produced no tokens")
+    if uncounted:
+        print(f"warning: {uncounted} chat document(s) have no assistant reply, so no token in them counts in "
+              "the loss (assistant-only training skips them)", file=sys.stderr)
     for w in writers.values():
         w.flush()
     meta = {

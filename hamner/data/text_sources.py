@@ -109,13 +109,24 @@ def _text_documents(path: Path, opts: ReadOptions) -> Iterator[str]:
 
 
 def _record_text(record: dict, field: str, where: str) -> str:
-    """The text of one JSON/Parquet/dataset record: its text field, or its chat messages formatted."""
+    """The text of one JSON/Parquet/dataset record (its text field, or its chat messages formatted), refused
+    when it is not valid Unicode (JSON can spell a lone surrogate, `\\ud800`, that no encoder accepts)."""
+    text = _record_text_unchecked(record, field, where)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{where}: the text holds a lone surrogate {text[exc.start]!r} at character {exc.start}, "
+                        "which is not valid Unicode; fix or drop the record") from None
+    return text
+
+
+def _record_text_unchecked(record: dict, field: str, where: str) -> str:
     if field in record and isinstance(record[field], str):
         return record[field]
     if field not in record and isinstance(record.get("messages"), list):
         try:
             return format_conversation(record["messages"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, DataError) as e:
             raise DataError(f"{where}: bad chat messages ({e})") from None
     if field in record:
         raise DataError(f"{where}: field {field!r} is {type(record[field]).__name__}, not text")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hamner.data.shards import check_source_dir, largest_token_id, read_mask, read_shard, shard_paths
+from hamner.data.shards import check_source_dir, largest_token_id, mask_path, read_mask, read_shard, shard_paths
 from hamner.errors import DataError
 
 
@@ -40,9 +40,25 @@ class ShardSource:
                                     f"{tokenizer.name!r} ({tokenizer.vocab_size} ids): it was made with another "
                                     "tokenizer or is corrupt")
         self.masks = [read_mask(p, s.size) for p, s in zip(paths, self.shards)]  # None: every token counts
+        self._check_masks(directory, paths)
         self.starts = np.cumsum([0] + [s.size for s in self.shards])
         self.tokens = int(self.starts[-1])
         self._perms: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def _check_masks(self, directory: Path, paths: list[Path]) -> None:
+        """Refuse loss masks that cannot be what prepare wrote: a sidecar meta.json lists but that is missing,
+        values other than 0 and 1, or masks that leave no token of the split counted (chats with no reply)."""
+        listed = set(((self.meta or {}).get("loss_masks") or {}).get(self.split) or [])
+        for path, mask in zip(paths, self.masks):
+            if mask is None and mask_path(path).name in listed:
+                raise DataError(f"{directory}/meta.json lists loss mask {mask_path(path).name}, which is missing; "
+                                "prepare the source again")
+            if mask is not None and mask.size and int(mask.max()) > 1:
+                raise DataError(f"loss mask {mask_path(path)} holds the value {int(mask.max())}; masks hold only 0 "
+                                "and 1 (prepare the source again)")
+        if all(mask is not None and not mask.any() for mask in self.masks):
+            raise DataError(f"{self.name} {self.split} split has no counted tokens: its loss masks are all 0 (chats "
+                            "without an assistant reply?), so it cannot be trained or validated on")
 
     def num_windows(self, row_len: int) -> int:
         """How many non-overlapping windows of `row_len` tokens the split holds."""

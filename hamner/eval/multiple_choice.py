@@ -40,11 +40,15 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
     if not path.is_file():
         raise EvalError(f"no multiple-choice file at {path}")
     items = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise EvalError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -52,8 +56,8 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
             if not isinstance(row, dict):
                 raise EvalError(f"{where}: expected an object with ctx, endings and label")
             ctx, endings, label = row.get("ctx"), row.get("endings"), row.get("label")
-            if not isinstance(ctx, str):
-                raise EvalError(f"{where}: ctx must be a string, got {ctx!r}")
+            if not isinstance(ctx, str) or not ctx.strip():
+                raise EvalError(f"{where}: ctx must be a non-empty string, got {ctx!r}")
             if (not isinstance(endings, list) or len(endings) != CHOICES
                     or not all(isinstance(e, str) and e.strip() for e in endings)):
                 raise EvalError(f"{where}: endings must be a list of {CHOICES} non-empty strings")
@@ -78,6 +82,9 @@ def ending_log_probs(model: HamnerModel, tokenizer: Tokenizer, item: Item) -> li
     scores = []
     for ending in item.endings:
         tail = tokenizer.encode(" " + ending)
+        if len(tail) > model.config.max_seq_len:
+            raise EvalError(f"an ending of {len(tail)} tokens does not fit the model's context of "
+                            f"{model.config.max_seq_len} beside its ctx: {ending[:40]!r}...")
         ids = (context + tail)[-model.config.max_seq_len - 1:]
         x = torch.tensor(ids, device=device)
         logits = model(x[None, :-1])[0, -len(tail):]

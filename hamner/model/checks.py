@@ -4,6 +4,7 @@ Torch-free, so that `HamnerConfig` (presets included) is checked without importi
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -16,8 +17,9 @@ def positive_int(value: object) -> bool:
 
 
 def number(value: object) -> bool:
-    """Whether `value` is an int or a float (a bool is not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether `value` is a finite int or float (a bool, inf and nan are not): a setting of inf or nan
+    only shows up later as a model that trains to nan."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ConfigCheck(Protocol):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hamner.errors import ConfigError, HamnerError
-from hamner.model.checks import positive_int
+from hamner.model.checks import number, positive_int
 from hamner.model.mixers import MIXERS
 from hamner.model.mlps import MLPS
 from hamner.toml_table import TomlTable, read_toml
@@ -90,8 +90,8 @@ class HamnerConfig:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim (hidden_size / n_heads = {self.head_dim}) must be even for RoPE")
         for name in ("rope_theta", "norm_eps", "init_std"):
-            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+            if not number(getattr(self, name)) or not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)!r}")
         self._check_blocks()
 
     def _check_blocks(self) -> None:

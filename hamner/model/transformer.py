@@ -303,3 +303,16 @@ class HamnerModel(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+
+def build_model(config: HamnerConfig) -> HamnerModel:
+    """`HamnerModel(config)`, with a model too large for this machine's memory refused as a one-line
+    ConfigError naming its sizes (rather than the allocator's dump of the bytes it tried to get)."""
+    try:
+        return HamnerModel(config)
+    except (RuntimeError, MemoryError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise ConfigError(f"the model does not fit in memory (vocab_size {config.vocab_size}, hidden_size "
+                          f"{config.hidden_size}, intermediate_size {config.intermediate_size}, n_layers "
+                          f"{config.n_layers}); choose smaller sizes") from None

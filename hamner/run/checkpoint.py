@@ -7,6 +7,10 @@ Layout of a run directory:
     RUN/checkpoints/<name>/trainer.pt          optimizer, scaler, controller, sampler, step, every RNG state
     RUN/checkpoints/latest                     text file naming the newest complete checkpoint
 
+trainer.pt is read with `torch.load(weights_only=True)`: tensors, numbers, strings and containers, plus
+the NumPy array that checkpoints before format 3 held for NumPy's generator, and nothing that runs code,
+so a crafted or foreign checkpoint is refused rather than executed when a run is resumed.
+
 Each checkpoint is written to a temporary directory `.tmp-NAME-PID`, every file fsync'ed, then
 renamed to its name and the parent fsync'ed; only then is `latest` rewritten (temp file + fsync +
 rename), so at every instant it names a complete checkpoint. The checkpoint `latest` names is
@@ -18,24 +22,30 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hamner.errors import CheckpointError, one_line
 from hamner.model.mixers.attention import Attention
-from hamner.run.directory import CHECKPOINTS, CONFIG, LATEST, checkpoints_dir
+from hamner.run.directory import CHECKPOINTS, CONFIG, LATEST, check_name, checkpoints_dir
 from hamner.run.durable import fsync_path, replace_atomically
 
 FORMAT = "hamner-checkpoint"
 # 2: the optimizer state of attention's q/k rows is in the parameter's pair order (hamner.model.mixers.attention);
 # version 1 held it in rotate-half order, and `upgrade_optimizer_state` converts it on resume.
-VERSION = 2
+# 3: trainer.pt holds only tensors and plain values (NumPy's generator state as a tensor, not an ndarray).
+VERSION = 3
+# The only globals trainer.pt may name besides torch's own: a NumPy array (versions 1 and 2 stored NumPy's
+# generator state as one, of uint32). Rebuilding such an array runs no code of the file's choosing.
+_SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 WEIGHTS = "model.safetensors"
 TRAINER = "trainer.pt"
 BEST = "best"
@@ -59,14 +69,16 @@ def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, met
     config under "model" and the step under "step"); `trainer_state` into trainer.pt (None for
     weights-only checkpoints).
 
-    No step is saved twice: when `latest` already names a complete `names[0]` of the same step (a
-    signal landing on a save step), that checkpoint is returned as it is. The checkpoint `latest`
+    No step is saved twice: when `latest` already names a complete checkpoint of the same step and this
+    save is that name or a periodic `step-*` one (a signal landing on a save step or a stage end), that
+    checkpoint is returned as it is. The checkpoint `latest`
     names is never replaced. A failed write (a full disk) leaves no temporary behind, keeps every
     earlier checkpoint and `latest`, and raises a one-line CheckpointError."""
     root = checkpoints_dir(run_dir)
     latest = _read_latest_name(root)
-    if names[0] == latest and meta.get("step") is not None and _saved_step(root / latest) == meta["step"]:
-        return root / latest
+    same_step = latest is not None and meta.get("step") is not None and _saved_step(root / latest) == meta["step"]
+    if same_step and (names[0] == latest or (trainer_state is not None and names[0].startswith("step-"))):
+        return root / latest  # nothing trained since `latest`: a periodic copy of it would be a second save
     try:
         root.mkdir(parents=True, exist_ok=True)
         primary = _write_dir(root, names[0], latest, lambda tmp: _write_files(tmp, model, meta, trainer_state))
@@ -77,7 +89,7 @@ def save_checkpoint(run_dir: Path, names: list[str], model: torch.nn.Module, met
                                temp=root / f".tmp-{LATEST}-{os.getpid()}")
     except (OSError, SafetensorError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         kept = f"the last good checkpoint ({latest}) is kept" if latest else "no earlier checkpoint exists"
-        raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc)}; {kept}") from None
+        raise CheckpointError(f"cannot write checkpoint {names[0]} in {root}: {_reason(exc, root)}; {kept}") from None
     return primary
 
 
@@ -98,10 +110,33 @@ def prune_periodic(run_dir: Path, keep: int) -> list[Path]:
 
 
 def has_complete_checkpoint(run_dir: Path) -> bool:
-    """True when the run directory's `latest` names a checkpoint that can be resumed."""
+    """True when the run directory holds any checkpoint that can be resumed (the one `latest` names or another)."""
     root = checkpoints_dir(run_dir)
-    name = _read_latest_name(root)
-    return name is not None and _saved_step(root / name) is not None
+    return root.is_dir() and any(_saved_step(path) is not None for path in root.iterdir() if _is_checkpoint(path))
+
+
+def resume_target(run_dir: Path) -> tuple[Path, str | None]:
+    """The checkpoint a resume of `run_dir` starts from, and a one-line note when it is not the one
+    `latest` names: when that one is damaged (missing, partial, unreadable, or `latest` empty or naming
+    something outside the run), the newest complete checkpoint is used and the note says which and why."""
+    root = checkpoints_dir(run_dir)
+    damage = _latest_damage(root)
+    if damage is None:
+        return root / _read_latest_name(root), None
+    complete = [(step, path) for path in root.iterdir() if _is_checkpoint(path)
+                and (step := _saved_step(path)) is not None] if root.is_dir() else []
+    if not complete:
+        raise CheckpointError(f"{run_dir} holds no complete checkpoint ({damage})")
+    step, path = max(complete, key=lambda item: (item[0], item[1].name.startswith("step-")))
+    return path, f"{damage}; resuming from the newest complete checkpoint {path.name} (step {step})"
+
+
+def repoint_latest(run_dir: Path, name: str) -> None:
+    """Point `latest` at checkpoint `name` durably: a resume that fell back past a damaged checkpoint moves
+    `latest` to where it resumed from, so later saves may replace the damaged one."""
+    root = checkpoints_dir(run_dir)
+    replace_atomically(root / LATEST, [(check_name(name, "checkpoint", CheckpointError) + "\n").encode()],
+                       temp=root / f".tmp-{LATEST}-{os.getpid()}")
 
 
 def remove_temporaries(run_dir: Path) -> list[str]:
@@ -133,8 +168,8 @@ def remove_temporaries(run_dir: Path) -> list[str]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory that `path` names: a run directory (its latest), a checkpoint
-    directory, or a file inside one. (`hamner.use.load` also reads Hugging Face directories.)"""
+    """The checkpoint directory that `path` names: a run directory (the checkpoint its `latest` names), a
+    checkpoint directory, or a file inside one. (`hamner.use.load` also reads Hugging Face directories.)"""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
@@ -146,7 +181,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if root.is_dir():
         name = _read_latest_name(root)
         if name is None:
-            raise CheckpointError(f"run directory {path} has no complete checkpoint (checkpoints/latest is missing)")
+            raise CheckpointError(f"run directory {path} has no complete checkpoint ({_latest_damage(root)})")
         target = root / name
         if not (target / WEIGHTS).is_file():
             raise CheckpointError(f"checkpoint {target} named by {root / LATEST} is missing")
@@ -203,14 +238,24 @@ def upgrade_optimizer_state(model: torch.nn.Module, optimizers: list[torch.optim
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
-    """The trainer state saved beside the weights (our own file: it holds optimizer and RNG objects)."""
+    """The trainer state saved beside the weights, read without running any code it might hold: a file
+    naming anything beyond tensors, plain values and NumPy arrays is refused with a one-line CheckpointError."""
     path = Path(ckpt_dir) / TRAINER
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir} has no {TRAINER}: it cannot be resumed (weights-only checkpoint)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated pickle raises anything from EOFError to UnpicklingError
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
+            raise CheckpointError(f"refusing {path}: it asks to run code (a crafted or foreign file, not a Hamner "
+                                  "checkpoint); nothing in it was run") from None
         raise CheckpointError(f"unreadable trainer state {path}: {one_line(exc)}") from None
+    except Exception as exc:  # a truncated file raises anything from EOFError to RuntimeError
+        raise CheckpointError(f"unreadable trainer state {path}: {one_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"unreadable trainer state {path}: it holds a {type(state).__name__}, not a table")
+    return state
 
 
 def _write_files(tmp: Path, model: torch.nn.Module, meta: dict[str, Any],
@@ -279,15 +324,44 @@ def _saved_step(ckpt_dir: Path) -> int | None:
 
 
 def _read_latest_name(root: Path) -> str | None:
+    """The name `latest` holds; None when it is missing, empty or not a plain name inside root."""
     try:
         name = (root / LATEST).read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
-    return name or None
+    try:
+        return check_name(name, "checkpoints/latest", CheckpointError)
+    except CheckpointError:
+        return None
 
 
-def _reason(exc: BaseException) -> str:
-    """Why a write failed, in a few words ("No space left on device" rather than a Rust debug dump)."""
+def _latest_damage(root: Path) -> str | None:
+    """Why the checkpoint `latest` names cannot be resumed, in a few words; None when it can."""
+    try:
+        text = (root / LATEST).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return f"{root / LATEST} is missing or unreadable"
+    name = _read_latest_name(root)
+    if name is None:
+        return f"{root / LATEST} is empty" if not text else f"{root / LATEST} names {text!r}, not a checkpoint here"
+    if not (root / name).is_dir():
+        return f"{root / LATEST} names {name}, which does not exist"
+    missing = [f for f in (WEIGHTS, CONFIG, TRAINER) if not (root / name / f).is_file()]
+    if missing:
+        return f"checkpoint {name} that {root / LATEST} names lacks {', '.join(missing)}"
+    if _saved_step(root / name) is None:
+        return f"checkpoint {name} that {root / LATEST} names has an unreadable {CONFIG}"
+    return None
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint directory under its real name (not a temporary, not `latest`)."""
+    return path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+
+
+def _reason(exc: BaseException, root: Path) -> str:
+    """Why a write failed, in a few words ("No space left on device" rather than a Rust debug dump, or
+    torch's `[enforce fail at inline_container.cc]`, which says neither what failed nor why)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)
@@ -295,5 +369,12 @@ def _reason(exc: BaseException) -> str:
                        "Read-only file system"):
         if errno_name in text:
             return errno_name
+    if "enforce fail" in text or "PytorchStreamWriter" in text:
+        try:
+            free = shutil.disk_usage(root).free
+        except OSError:
+            return "writing trainer.pt failed"
+        return f"writing trainer.pt failed with {free:,} bytes free on its disk" + (
+            " (No space left on device)" if free < 1 << 20 else "")
     return one_line(exc)
 

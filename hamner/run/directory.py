@@ -20,13 +20,14 @@ import fcntl
 import io
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hamner.errors import RunDirError
+from hamner.errors import HamnerError, RunDirError
 from hamner.run.durable import replace_atomically
 
 # The layout of a run directory (checkpoints/ holds one directory per checkpoint; see hamner.run.checkpoint).
@@ -52,6 +53,50 @@ EVAL_COLUMNS: tuple[str, ...] = ("step", "stage", "metric", "value")
 LOCK = ".lock"
 TEMP_SUFFIX = ".tmp"
 PROBE_COLUMNS: tuple[str, ...] = ("step", "stage", "kind", "split", "correct", "total", "accuracy")
+
+
+# A name that becomes one path component: no separator, no leading dot (so never "." or ".."), no leading dash.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name: object, what: str, error: type[HamnerError] = RunDirError) -> str:
+    """`name` when it can name a file or folder inside another (1-128 letters, digits, `_ . -`, not starting
+    with `.` or `-`), else a one-line `error` naming `what`. The one check for every name that becomes a path."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise error(f"{what} must be a name of letters, digits, _ . - (it names a folder or file), got {name!r}")
+    return name
+
+
+def inside(root: Path, relative: str, what: str, error: type[HamnerError] = RunDirError) -> Path:
+    """root/relative, refused with a one-line `error` naming `what` when it leads out of `root`
+    (an absolute path, `..`, or a symbolic link pointing elsewhere)."""
+    root = Path(root)
+    target = root / relative
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise error(f"{what} {relative!r} points outside {root}")
+    return target
+
+
+def lock_directory(path: Path, what: str) -> int:
+    """Create `path` if needed and take an exclusive `flock` on PATH/.lock for the life of the process (the
+    kernel drops it when the process dies); returns its descriptor. Another live holder is a RunDirError
+    naming it (pid, host, since when), which the lock file holds."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(path) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunDirError(f"cannot use {path} as a {what}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirError(f"{what} {path} is in use by {holder}; wait for it to finish "
+                          "or pick another directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+             .encode())
+    return fd
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -134,21 +179,7 @@ class RunDir:
         temporary files of atomic rewrites (here and one folder down) that a killed process left."""
         if not self.enabled or self._lock_fd is not None:
             return
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RunDirError(f"cannot use {self.path} as a run directory: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise RunDirError(f"run directory {self.path} is in use by {holder}; wait for it to finish "
-                              "or pick another directory") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                 .encode())
+        fd = lock_directory(self.path, "run directory")
         self._lock_fd = fd
         for leftover in [*self.path.glob(f".*{TEMP_SUFFIX}"), *self.path.glob(f"*/.*{TEMP_SUFFIX}")]:
             leftover.unlink(missing_ok=True)

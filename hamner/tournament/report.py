@@ -46,7 +46,8 @@ def build_report(outcome: Outcome) -> dict:
     order = sorted(outcome.entrants, key=lambda n: (-reached[n].index, reached[n].ranking.index(n))
                    if n in reached else (0, 0))
     entrants = []
-    for overall, name in enumerate(order, start=1):
+    ranked = [n for n in order if n in reached and math.isfinite(mean_and_spread(reached[n].results[n])[0])]
+    for name in order:
         sized = outcome.entrants[name]
         size = sized.resized.size
         row = {"name": name, "parameters": size.parameters, "active_parameters": size.active + (
@@ -54,7 +55,7 @@ def build_report(outcome: Outcome) -> dict:
             "flops_per_token": size.flops_per_token, "measured": size.measure(spec.measure),
             "knob": sized.resized.knob, "knob_value": sized.resized.value,
             "size_error": sized.resized.error, "resized": sized.entrant.resize, "model": sized.resized.config.to_dict(),
-            "rank": overall if name in reached else None,
+            "rank": ranked.index(name) + 1 if name in ranked else None,  # finished runs with a finite loss only
             "round_reached": reached[name].index if name in reached else 0}
         sweep = outcome.sweeps.get(name)
         row["best_lr"] = sweep.best_lr if sweep else spec.lr
@@ -79,10 +80,16 @@ def build_report(outcome: Outcome) -> dict:
     final = outcome.rounds[-1] if outcome.rounds else None
     verdict = None
     if final and len(final.ranking) >= 2:
-        a, b = final.ranking[:2]
-        (mean_a, spread_a), (mean_b, spread_b) = mean_and_spread(final.results[a]), mean_and_spread(final.results[b])
-        verdict = {"winner": a, "runner_up": b, "difference": _finite(mean_b - mean_a),
-                   "spread": math.hypot(spread_a, spread_b), "tie": is_tie(final.results[a], final.results[b])}
+        finite = [n for n in final.ranking if math.isfinite(mean_and_spread(final.results[n])[0])]
+        if not finite:
+            verdict = {"winner": None, "runner_up": None, "difference": None, "spread": None, "tie": False,
+                       "no_result": "no entrant of the final round has a finite validation loss"}
+        else:
+            a, b = finite[0], (finite[1:] or [n for n in final.ranking if n != finite[0]])[0]
+            (mean_a, spread_a), (mean_b, spread_b) = mean_and_spread(final.results[a]), mean_and_spread(
+                final.results[b])
+            verdict = {"winner": a, "runner_up": b, "difference": _finite(mean_b - mean_a),
+                       "spread": math.hypot(spread_a, spread_b), "tie": is_tie(final.results[a], final.results[b])}
     return {
         "name": spec.name, "description": spec.description, "spec": str(spec.path),
         "measure": spec.measure, "tolerance": spec.tolerance, "baseline": spec.baseline,
@@ -156,7 +163,12 @@ def format_markdown(report: dict, plots: list[Path]) -> str:
     final = report["final"]
     if final:
         lines += ["", "## Verdict", ""]
-        if final["tie"]:
+        if final["winner"] is None:
+            lines.append(f"**No winner**: {final['no_result']} (every run diverged or never validated).")
+        elif final["difference"] is None:
+            lines.append(f"**{final['winner']}** wins: it is the only finalist with a finite validation loss "
+                         f"({final['runner_up']} has none).")
+        elif final["tie"]:
             lines.append(f"**Tie** between {final['winner']} and {final['runner_up']}: they differ by "
                          f"{_fmt(final['difference'])}, within the seeds' spread of {final['spread']:.4f}.")
         else:
@@ -193,7 +205,8 @@ def draw_round(rnd: RoundOutcome) -> plt.Figure:
     for ax in (by_tokens, by_time):
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)
-    by_tokens.legend(fontsize=8, title="mean over seeds; band: min-max", title_fontsize=8)
+    if by_tokens.lines:  # every entrant diverged: nothing to label
+        by_tokens.legend(fontsize=8, title="mean over seeds; band: min-max", title_fontsize=8)
     fig.suptitle(f"round {rnd.index}: {rnd.tokens:,} tokens per run")
     return fig
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hamner.errors import TournamentError
-from hamner.tournament.runs import RunPlan, RunResult, ensure_run, write_if_changed, write_model_file
+from hamner.tournament.runs import RunPlan, RunResult, check_plan, ensure_run, write_if_changed, write_model_file
 from hamner.tournament.sizing import Resized, match_size, model_size
 from hamner.tournament.spec import Entrant, TournamentSpec
 
@@ -85,10 +85,12 @@ def size_entrants(spec: TournamentSpec) -> dict[str, SizedEntrant]:
 
 def steps_for(spec: TournamentSpec, tokens: int) -> tuple[int, int]:
     """(steps, eval_interval) for a budget of `tokens`: steps is a multiple of the interval, so the
-    last step validates, and the spec's `evals` validations are spread evenly over the run."""
-    steps = max(spec.evals, round(tokens / spec.tokens_per_step))
-    interval = steps // spec.evals
-    return interval * spec.evals, interval
+    last step validates, and the spec's `evals` validations are spread evenly over the run (at most one
+    per step: `evals` larger than the budget's steps never stretches the budget)."""
+    steps = max(1, round(tokens / spec.tokens_per_step))
+    evals = min(spec.evals, steps)
+    interval = steps // evals
+    return interval * evals, interval
 
 
 def curriculum_for(spec: TournamentSpec, out: Path, steps: int) -> str:
@@ -112,7 +114,7 @@ def _plan(spec: TournamentSpec, out: Path, directory: Path, sized: SizedEntrant,
                    curriculum=curriculum_for(spec, out, steps),
                    steps=steps, eval_interval=interval, lr=lr, seed=seed, batch_size=spec.batch_size,
                    seq_len=spec.seq_len, eval_batches=spec.eval_batches, task_samples=spec.task_samples,
-                   threads=spec.threads, device=spec.device)
+                   threads=spec.threads, device=spec.device, model=sized.resized.config.to_dict())
 
 
 def mean_and_spread(results: list[RunResult]) -> tuple[float, float]:
@@ -131,8 +133,9 @@ def is_tie(a: list[RunResult], b: list[RunResult]) -> bool:
     return spread > 0 and abs(mean_a - mean_b) <= spread
 
 
-def run_tournament(spec: TournamentSpec, out: Path, say: Say = print) -> Outcome:
-    """Run (or continue) every round; finished runs are read back, interrupted ones resumed."""
+def run_tournament(spec: TournamentSpec, out: Path, say: Say = print, restart_changed: bool = False) -> Outcome:
+    """Run (or continue) every round; finished runs are read back, interrupted ones resumed. A run trained from
+    another version of the spec is refused (runs.StaleRun), or retrained with `restart_changed`."""
     outcome = Outcome(spec=spec, entrants=size_entrants(spec))
     alive = [e.name for e in spec.entrants]
     for index, rnd in enumerate(spec.rounds):
@@ -140,7 +143,7 @@ def run_tournament(spec: TournamentSpec, out: Path, say: Say = print) -> Outcome
         names = alive[:rnd.entrants]
         if last and spec.lr_sweep is not None:
             for name in names:
-                outcome.sweeps[name] = _sweep(spec, out, outcome.entrants[name], say)
+                outcome.sweeps[name] = _sweep(spec, out, outcome.entrants[name], restart_changed, say)
         steps, _ = steps_for(spec, rnd.tokens)
         result = RoundOutcome(index=index + 1, tokens=steps * spec.tokens_per_step, steps=steps)
         say(f"round {index + 1}/{len(spec.rounds)}: {', '.join(names)} on {result.tokens:,} tokens, "
@@ -148,8 +151,8 @@ def run_tournament(spec: TournamentSpec, out: Path, say: Say = print) -> Outcome
         for name in names:
             lr = outcome.sweeps[name].best_lr if name in outcome.sweeps else spec.lr
             result.results[name] = [
-                ensure_run(_plan(spec, out, out / f"round-{index + 1}" / name / f"seed-{seed}",
-                                 outcome.entrants[name], rnd.tokens, lr, seed), say)
+                _run(_plan(spec, out, out / f"round-{index + 1}" / name / f"seed-{seed}", outcome.entrants[name],
+                           rnd.tokens, lr, seed), name, restart_changed, say)
                 for seed in rnd.seeds]
         # Stable sort: equal losses keep the spec's order.
         result.ranking = sorted(names, key=lambda n: mean_and_spread(result.results[n])[0])
@@ -160,13 +163,19 @@ def run_tournament(spec: TournamentSpec, out: Path, say: Say = print) -> Outcome
     return outcome
 
 
-def _sweep(spec: TournamentSpec, out: Path, sized: SizedEntrant, say: Say) -> SweepOutcome:
+def _run(plan: RunPlan, entrant: str, restart_changed: bool, say: Say) -> RunResult:
+    """One run, after checking that its directory was trained from this plan (see `runs.check_plan`)."""
+    check_plan(plan, entrant, restart_changed, say)
+    return ensure_run(plan, say)
+
+
+def _sweep(spec: TournamentSpec, out: Path, sized: SizedEntrant, restart_changed: bool, say: Say) -> SweepOutcome:
     losses = {}
     for factor in spec.lr_sweep.factors:
         lr = spec.lr * factor
         plan = _plan(spec, out, out / "lr-sweep" / sized.name / f"lr-{lr:.3g}", sized, spec.lr_sweep.tokens,
                      lr, spec.seeds[0])
-        losses[lr] = ensure_run(plan, say).val_loss
+        losses[lr] = _run(plan, sized.name, restart_changed, say).val_loss
     finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
     best = min(finite, key=finite.get) if finite else spec.lr
     lrs = sorted(losses)

@@ -9,19 +9,19 @@ the file and the field. See hamner/tournaments/demo.toml for a commented example
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hamner.errors import TournamentError
+from hamner.errors import HamnerError, TournamentError
 from hamner.model.config import PRESETS, HamnerConfig, model_config, with_fields
+from hamner.run.directory import check_name
 from hamner.toml_table import TomlTable, read_toml
+from hamner.train.curriculum.spec import load_curriculum
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")
 KNOBS = ("intermediate_size", "n_layers")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 _TOP_KEYS = {"name", "description", "base", "model", "baseline", "measure", "knob", "tolerance", "seeds", "batch_size",
              "seq_len", "lr", "warmup", "min_lr_ratio", "evals", "eval_batches", "task_samples", "threads", "device",
@@ -121,6 +121,8 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     base = with_fields(_preset(base_name, f"{where}.base"), raw.get("model", {}), f"{where}.model", TournamentError)
     seeds = top.int_list("seeds", (1337,))
     curriculum = top.text("curriculum")
+    if curriculum is not None:
+        _check_curriculum(curriculum, f"{where}.curriculum")
     if curriculum is None and "data" not in raw:
         raise TournamentError(f"{where}: give a [data] table (one-stage mix) or curriculum = NAME")
     if curriculum is not None and "data" in raw:
@@ -133,15 +135,20 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     if baseline not in names:
         raise top.fail("baseline", f"names no entrant ({', '.join(names)}), got {baseline!r}")
     rounds = _parse_rounds(raw["rounds"], f"{where}.rounds", len(entrants), seeds)
+    seq_len = top.integer("seq_len", min(256, base.max_seq_len), minimum=1)
+    for i, e in enumerate(entrants):  # found here, not when its first run starts training
+        if e.config.max_seq_len < seq_len:
+            raise TournamentError(f"{where}.entrants[{i}] ({e.name}): max_seq_len {e.config.max_seq_len} is below "
+                                  f"the tournament's seq_len {seq_len}")
     return TournamentSpec(
-        name=top.text("name", path.stem),
+        name=check_name(top.text("name", path.stem), f"{where}.name", TournamentError),
         description=top.text("description") or "",
         base=base, base_name=base_name, baseline=baseline,
         measure=top.text("measure", "non_embedding", MEASURES),
         tolerance=top.number("tolerance", 0.02, 0.0, 1.0, low_open=True),
         seeds=seeds,
         batch_size=top.integer("batch_size", 8, minimum=1),
-        seq_len=top.integer("seq_len", min(256, base.max_seq_len), minimum=1),
+        seq_len=seq_len,
         lr=top.number("lr", 3e-3, 0.0, low_open=True),
         warmup=top.number("warmup", 0.02, 0.0, 1.0),
         min_lr_ratio=top.number("min_lr_ratio", 0.1, 0.0, 1.0),
@@ -157,6 +164,18 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
         entrants=entrants,
         path=path,
     )
+
+
+def _check_curriculum(name: str, where: str) -> None:
+    """Refuse, when the spec loads, a curriculum its runs could not train: one that does not load, or one that
+    continues a trained model (`requires_init`), which a tournament run, trained from scratch, cannot give."""
+    try:
+        curriculum = load_curriculum(name)
+    except HamnerError as exc:
+        raise TournamentError(f"{where}: {exc}") from None
+    if curriculum.requires_init:
+        raise TournamentError(f"{where}: curriculum {curriculum.name!r} continues a trained model (requires_init), "
+                              "but tournament runs train from scratch; use a curriculum that starts one")
 
 
 def _preset(name: str, where: str) -> HamnerConfig:
@@ -200,8 +219,8 @@ def _parse_sweep(table: Any, where: str) -> LrSweep:
     t = TomlTable(table, where, _SWEEP_KEYS, TournamentError)
     factors = table.get("factors")
     if (not isinstance(factors, list) or len(factors) < 2
-            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 for f in factors)):
-        raise t.fail("factors", f"must be a list of at least two positive numbers, got {factors!r}")
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < math.inf for f in factors)):
+        raise t.fail("factors", f"must be a list of at least two positive, finite numbers, got {factors!r}")
     t.required("tokens")
     return LrSweep(factors=tuple(sorted(float(f) for f in set(factors))), tokens=t.integer("tokens", minimum=1))
 
@@ -213,8 +232,7 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str,
     for i, table in enumerate(tables):
         t = TomlTable(table, f"{where}[{i}]", _ENTRANT_KEYS, TournamentError)
         name = t.text("name")
-        if name is None or not _NAME.match(name):
-            raise t.fail("name", f"must be a name of letters, digits, _ . - (it names run directories), got {name!r}")
+        check_name(name, f"{t.where}.name", TournamentError)
         if name in (e.name for e in entrants):
             raise t.fail("name", f"{name!r} is used twice")
         preset = t.text("preset", base_name)

@@ -199,6 +199,11 @@ def preset_curriculum(preset: str) -> str:
 
 def validate(settings: TrainSettings) -> None:
     """Reject impossible numbers and unavailable reporters before anything is built."""
+    for f in fields(TrainSettings):  # a run's config.json edited by hand can hold any JSON value
+        value, kind = getattr(settings, f.name), str(f.type)
+        numeric = kind.startswith(("int", "float"))
+        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TrainError(f"{flag(f.name)} must be a number, got {value!r}")
     positive = ("max_steps", "batch_size", "grad_accum", "seq_len", "log_interval", "eval_interval",
                 "eval_batches", "save_interval", "max_bad_steps", "threads")
     for name in positive:

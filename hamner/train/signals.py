@@ -1,12 +1,33 @@
 """SIGINT / SIGTERM as a request to stop after the current step (so the loop can save and return).
 
 The first signal only records its name; Ctrl-C twice stops at once. A SIGTERM after Ctrl-C
-(torchrun forwards one to its workers) does not cut the save short.
+(torchrun forwards one to its workers) does not cut the save short. A Ctrl-C while a run shuts down
+(`deferred_interrupts`) is raised once the shutdown is done, never inside a finalizer, where Python
+would print "Exception ignored" and carry on to exit 0.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Within the block, SIGINT is only noted; after it, a noted one is raised as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class StopSignals:

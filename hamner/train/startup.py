@@ -16,7 +16,7 @@ from hamner.data.row_source import RowSource
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import DataError, RunDirError, TrainError
 from hamner.model.config import HamnerConfig, load_model_file, model_config
-from hamner.model.transformer import HamnerModel
+from hamner.model.transformer import HamnerModel, build_model
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RunDir
 from hamner.train import distributed as dist
@@ -53,8 +53,9 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
         raise TrainError(f"curriculum {curriculum.name!r} needs the {curriculum.tokenizer!r} tokenizer "
                          f"but preset {s.preset!r} uses {config.tokenizer!r}; pick a preset built for it")
     if s.seq_len > config.max_seq_len:
-        raise TrainError(f"--seq-len {s.seq_len} exceeds the context of preset {s.preset!r} "
-                         f"({config.max_seq_len} tokens)")
+        model = f"model file {s.model} on preset {s.preset!r}" if s.model is not None else f"preset {s.preset!r}"
+        raise TrainError(f"--seq-len {s.seq_len} exceeds the context of {model} (max_seq_len "
+                         f"{config.max_seq_len} tokens)")
     try:
         curriculum.check_seq_len(config.max_seq_len)
     except ValueError as exc:
@@ -72,11 +73,12 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
 def checked_model(config: HamnerConfig, curriculum: Curriculum, device: torch.device) -> HamnerModel:
     """A fresh model of `config` on `device`, refused when a curriculum stage sets a model knob it lacks
     (or a value the knob does not accept), or asks for document packing its mixers cannot keep apart."""
-    model = HamnerModel(config).to(device)
+    model = build_model(config).to(device)
     curriculum.check_model_knobs(model.check_knob)
-    if curriculum.packing == "document" and not model.keeps_documents_apart():
-        raise TrainError(f"curriculum {curriculum.name!r} packs documents, but mixer {config.mixer!r} carries its "
-                         "state across them; use an attention mixer or packing = \"stream\"")
+    refusal = next((layer.documents_refusal for layer in model.layers if layer.documents_refusal), None)
+    if curriculum.packing == "document" and refusal:  # the block's own words: the mixer that refuses, and why
+        raise TrainError(f"curriculum {curriculum.name!r} packs documents, but {refusal}; use "
+                         "packing = \"stream\" or a mixer that keeps documents apart")
     return model
 
 

@@ -76,14 +76,18 @@ class RngState:
         self.device = device
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        """Plain values and tensors only (NumPy's key array as an int64 tensor), so trainer.pt needs no pickle."""
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        kind, keys, *rest = state["numpy"]  # keys: a tensor, or the ndarray of checkpoints before format 3
+        np.random.set_state((kind, np.asarray(keys).astype(np.uint32), *rest))
         torch.set_rng_state(state["torch"])
         if self.device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], self.device)

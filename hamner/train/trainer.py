@@ -54,7 +54,7 @@ from hamner.train.metrics import DeviceWindow, MetricsWindow, format_row
 from hamner.train.optim import BETAS, WEIGHT_DECAY, apply_lr, stage_optimizer
 from hamner.train.run_record import fresh_record, new_run_id
 from hamner.train.settings import RunSettings, TrainSettings, resolve_run, stage_recipe
-from hamner.train.signals import StopSignals
+from hamner.train.signals import StopSignals, deferred_interrupts
 from hamner.train.startup import (
     check_same_model,
     checked_model,
@@ -80,6 +80,7 @@ class TrainResult:
     reason: str  # "finished", "max_steps", "signal", "time_budget", "non_finite"
     losses: list[float] = field(default_factory=list)  # every logged-window mean, for callers and tests
     task_accuracy: dict[str, dict[float, float]] = field(default_factory=dict)
+    skipped_steps: int = 0  # updates skipped for a non-finite loss, over the whole run
 
 
 def train(settings: TrainSettings, clock: Callable[[], float] = time.perf_counter) -> TrainResult:
@@ -94,13 +95,14 @@ def train(settings: TrainSettings, clock: Callable[[], float] = time.perf_counte
         dist.barrier(info)  # no rank leaves the process group while another still has work in flight
         return result
     finally:
-        if trainer is not None:
-            trainer.close()
-            # The trainer holds reference cycles: free it (and DDP's reducer with its gloo work) now,
-            # while the process group and the interpreter are alive, not in the GC at exit.
-            trainer = None
-            gc.collect()
-        dist.shutdown(info)
+        with deferred_interrupts():  # a second Ctrl-C here is raised after the cleanup, not lost in a finalizer
+            if trainer is not None:
+                trainer.close()
+                # The trainer holds reference cycles: free it (and DDP's reducer with its gloo work) now,
+                # while the process group and the interpreter are alive, not in the GC at exit.
+                trainer = None
+                gc.collect()
+            dist.shutdown(info)
 
 
 class Trainer:
@@ -205,7 +207,14 @@ class Trainer:
     def _restore(self, run_dir: Path) -> dict[str, Any]:
         """Weights and every registered part from the latest checkpoint. Returns the run's record."""
         open_run_dir(self.rundir, self.dist, resume=True, notes=self._notes)
-        target = ckpt.resolve_checkpoint(run_dir)
+        try:
+            target, note = ckpt.resume_target(run_dir)
+        except CheckpointError as exc:
+            raise TrainError(f"cannot resume: {exc}") from None
+        if note:
+            self._say(f"note: {note}")
+            if self.dist.is_main:
+                ckpt.repoint_latest(run_dir, target.name)
         meta = ckpt.read_meta(target)
         check_same_model(meta["model"], self.config, run_dir, self.s.preset)
         state = ckpt.load_trainer_state(target)
@@ -215,6 +224,9 @@ class Trainer:
         except (CheckpointError, ValueError, KeyError) as exc:  # ValueError: torch's optimizer state checks
             raise TrainError(f"cannot resume {run_dir}: {exc}") from None
         ckpt.upgrade_optimizer_state(self.model, self.optim.optimizers, meta.get("version", 1))
+        if meta.get("version", 1) < ckpt.VERSION:
+            self._say(f"note: {target.name} is a format {meta.get('version', 1)} checkpoint; it was read without "
+                      f"running code and the next checkpoint is written in format {ckpt.VERSION}")
         if self.controller.finished:
             raise TrainError(f"{run_dir} has already finished its curriculum; nothing to resume")
         if self.s.max_steps is not None and self.progress.step >= self.s.max_steps:
@@ -275,7 +287,7 @@ class Trainer:
         final_tasks = self._finish() if reason in ("finished", "max_steps") else {}
         self._record_results(reason)
         return TrainResult(self.rundir.path, self.progress.step, reason, losses=self.metrics.logged,
-                           task_accuracy=final_tasks)
+                           task_accuracy=final_tasks, skipped_steps=self.metrics.bad_total)
 
     def _budget_step(self) -> bool:
         """After a step: tell the controller how many steps the time budget leaves (the same number on
@@ -435,7 +447,7 @@ class Trainer:
         self.records.write_metadata(metadata)
 
     def _end_stage(self) -> None:
-        """Checkpoint, samples and task accuracy at a stage end, then the next stage."""
+        """Samples, task accuracy and probe at a stage end, then its checkpoint, then the next stage."""
         t0 = time.perf_counter()
         finished = self.controller.stage_index
         name, reason = self.curriculum.stages[finished].name, str(self.controller.end_reason())
@@ -445,11 +457,13 @@ class Trainer:
         self.controller.advance()
         if self.controller.fresh_optimizer_needed:
             self.optim.rebuild()
-        self._save([ckpt.stage_end_name(finished)])
         self._say(f"stage {finished} ({name}) ended at step {self.progress.step} ({reason})")
         self._last_stage_end = {"stage": name, "step": self.progress.step, "reason": reason}
         self.loggers.stage_end(self.progress.step, name, reason)
+        # The outputs before the checkpoint: a kill between the two resumes from the checkpoint before and
+        # redoes them (their rows past that step are trimmed), so a stage end never lacks its outputs.
         self._last_tasks = (self.progress.step, self._stage_outputs(name))
+        self._save([ckpt.stage_end_name(finished)])
         if not self.controller.finished:
             self._enter_stage()
         self.meter.exclude(time.perf_counter() - t0)
@@ -462,7 +476,7 @@ class Trainer:
         return results
 
     def _finish(self) -> dict[str, dict[float, float]]:
-        """The end of a run: a last checkpoint (unless a stage end just wrote one), samples, task accuracy."""
+        """The end of a run: samples, task accuracy, then a last checkpoint (unless a stage end just did all this)."""
         self._drain()
         if self.metrics.pending:
             self._write_metrics(None)
@@ -470,8 +484,8 @@ class Trainer:
         if self._last_tasks is not None and self._last_tasks[0] == step:
             tasks = self._last_tasks[1]  # a stage just ended here and did all of this
         else:
-            self._save([ckpt.step_name(step)])
             tasks = self._stage_outputs(self._stage().name)
+            self._save([ckpt.step_name(step)])
         if tasks:
             self._say("exact-match accuracy on held-out synthetic tasks:\n" + format_table(tasks))
         self._say(f"done: {step} steps, {self.progress.tokens:,} tokens in {self.progress.elapsed:.0f}s; run "
@@ -485,7 +499,8 @@ class Trainer:
         state; prune periodic ones and log it. A failed save is logged (if the disk allows) and raised."""
         if self.dist.is_main:
             meta = {"model": self.config.to_dict(), "curriculum": self.curriculum.name,
-                    "step": self.progress.step, "stage": self.controller.stage_index, "tokens": self.progress.tokens}
+                    "step": self.progress.step, "stage": self.controller.stage_index, "tokens": self.progress.tokens,
+                    "skipped_steps": self.metrics.bad_total}
             try:
                 ckpt.save_checkpoint(self.rundir.path, names, self.model, meta,
                                      self.state.state_dict() if trainer_state else None, make_latest=trainer_state)

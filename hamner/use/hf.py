@@ -13,7 +13,7 @@ field. A model with other mixers or MLPs than attention + SwiGLU has no Llama eq
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 
 import torch
@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 from hamner.data.tokenizer import hub_tokenizer_file
 from hamner.errors import CheckpointError, ExportError, one_line
 from hamner.model.config import HamnerConfig
-from hamner.model.transformer import HamnerModel
+from hamner.model.transformer import HamnerModel, build_model
+from hamner.run.directory import inside
+from hamner.run.durable import fsync_path, replace_atomically, write_text
 
 # config.json key that records the Hamner tokenizer spec, so an import restores the exact tokenizer.
 TOKENIZER_KEY = "hamner_tokenizer"
@@ -189,6 +191,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     index = path / SHARD_INDEX_FILE
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        for name in files:  # a shard named outside the directory is not this model's
+            inside(path, name, f"{SHARD_INDEX_FILE} names weight file", CheckpointError)
     elif (path / WEIGHTS_FILE).is_file():
         files = [WEIGHTS_FILE]
     else:
@@ -221,7 +225,7 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
         state = from_hf_state_dict(tensors, config)
     except KeyError as exc:
         raise CheckpointError(f"{path}: weight {exc.args[0]} is missing") from None
-    model = HamnerModel(config)
+    model = build_model(config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:
@@ -273,11 +277,12 @@ def tokenizer_file(spec: str) -> Path:
 
 
 def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
-    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a hub name)."""
+    """tokenizer.json + tokenizer_config.json for `spec` ("bytes", a tokenizer.json path or a hub name),
+    each written durably."""
     if spec == BYTES_SPEC:
-        (out_dir / "tokenizer.json").write_text(json.dumps(byte_tokenizer_json(), ensure_ascii=False))
+        write_text(out_dir / "tokenizer.json", json.dumps(byte_tokenizer_json(), ensure_ascii=False))
     else:
-        shutil.copyfile(tokenizer_file(spec), out_dir / "tokenizer.json")
+        replace_atomically(out_dir / "tokenizer.json", [tokenizer_file(spec).read_bytes()])
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "eos_token": EOS_TEXT,
@@ -286,27 +291,42 @@ def write_tokenizer(spec: str, out_dir: Path, max_len: int) -> None:
         "model_max_length": max_len,
         "clean_up_tokenization_spaces": False,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
 
 
 def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos_id: int) -> Path:
     """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory.
 
     Only the plain Llama block (attention + SwiGLU in every layer) has a Llama equivalent; other
-    mixers and MLPs are refused with an ExportError before anything is written.
+    mixers and MLPs are refused with an ExportError before anything is written. Every file is written
+    durably (hamner.run.durable) and config.json, which makes the directory a model to `is_hf_dir`, last:
+    a kill or a full disk part-way never leaves a directory that reads as a complete model. A failed
+    write is a one-line ExportError.
     """
     if not config.llama_compatible:
         mixers = sorted({m for i in range(config.n_layers) for m in config.layer_mixer_names(i)})
         raise ExportError(f"cannot export to Hugging Face Llama: the model uses mixer(s) {'+'.join(mixers)} and "
                           f"MLP {config.mlp}; only attention + swiglu has a Llama equivalent")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu() for name, t in model.state_dict().items()}
     tensors = to_hf_state_dict(state, config)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out / CONFIG_FILE).write_text(json.dumps(hf_config(config, eos_id, dtype), indent=2) + "\n")
-    write_tokenizer(config.tokenizer, out, config.max_seq_len)
-    generation = {"bos_token_id": eos_id, "eos_token_id": eos_id}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).unlink(missing_ok=True)  # a --force export over an older one: not a model until done
+        weights = out / f".{WEIGHTS_FILE}.tmp"
+        try:
+            save_file(tensors, str(weights), metadata={"format": "pt"})
+            fsync_path(weights)
+            os.replace(weights, out / WEIGHTS_FILE)
+        finally:
+            weights.unlink(missing_ok=True)
+        write_tokenizer(config.tokenizer, out, config.max_seq_len)
+        write_text(out / "generation_config.json",
+                   json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id}, indent=2) + "\n")
+        write_text(out / CONFIG_FILE, json.dumps(hf_config(config, eos_id, dtype), indent=2) + "\n")
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise ExportError(f"cannot write the export to {out}: {reason}; it is left without {CONFIG_FILE}, "
+                          "so nothing reads it as a model") from None
     return out

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from hamner.data.tokenizer import Tokenizer, load_tokenizer
 from hamner.errors import CheckpointError, ConfigError, DataError, InferenceError, one_line
 from hamner.model.config import HamnerConfig
-from hamner.model.transformer import HamnerModel
+from hamner.model.transformer import HamnerModel, build_model
 from hamner.run import checkpoint as ckpt
 from hamner.run.directory import RUNS_DIR, latest_pointer
 from hamner.use.hf import GLOBAL_NAMES, hf_sources, is_hf_dir, load_hf_model
@@ -81,7 +81,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         config = HamnerConfig.from_dict(meta["model"])
     except (TypeError, KeyError, ConfigError) as exc:
         raise CheckpointError(f"model config in {directory / ckpt.CONFIG} is invalid: {one_line(exc)}") from None
-    model = HamnerModel(config)
+    model = build_model(config)
     ckpt.load_weights(model, directory, device="cpu")
     return model.to(device), config
 

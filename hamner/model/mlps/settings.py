@@ -26,7 +26,7 @@ class MoESettings:
         for name in ("moe_balance_weight", "moe_z_weight"):
             value = getattr(config, name)
             if not number(value) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 GELU_APPROXIMATIONS = ("tanh", "none")
