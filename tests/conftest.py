@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# No test downloads anything (CI has no network but the package registries): hub tokenizers come from the
+# cache or a test's fake; subprocesses inherit this through `subprocess_env`.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -143,9 +143,9 @@ def test_curriculum_source_tables_are_checked(tmp_path):
         load('[sources.chat]\nloss = "user"')
     with pytest.raises(CurriculumError, match=r"sources.stories: no stage uses source 'stories'"):
         load('[sources.stories]\nloss = "all"')
-    with pytest.raises(ValueError, match=r"sources.chat: unknown key 'mask'"):
+    with pytest.raises(CurriculumError, match=r"sources.chat: unknown key 'mask'"):
         load('[sources.chat]\nmask = 1')
-    with pytest.raises(ValueError, match=r"c.toml.packing: must be one of stream, document"):
+    with pytest.raises(CurriculumError, match=r"c.toml.packing: must be one of stream, document"):
         load('packing = "rows"')
 
 

@@ -173,7 +173,7 @@ def test_the_fitted_state_survives_a_resume(tmp_path):
 def test_tinygpt_cosine_is_the_plans_schedule():
     c = load_curriculum("tinygpt-cosine")
     (stage,) = c.stages
-    assert (c.time_budget, c.eval_interval, c.keep_best, c.fit_schedule) == (3 * 3600, 400, True, False)
+    assert (c.time_budget, c.eval_interval, c.keep_best.metric, c.fit_schedule) == (3 * 3600, 400, "val_loss", False)
     assert (stage.steps, stage.lr, stage.warmup_steps, stage.decay_steps, stage.min_lr_ratio) == \
         (60_000, 3e-4, 1_000, 54_000, 0.1)
     ctrl = CurriculumController(c)
