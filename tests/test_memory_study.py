@@ -8,7 +8,7 @@ import torch
 from train_helpers import tiny_settings
 
 from hamner.commands.eval import main as eval_main
-from hamner.errors import EvalError, TrainError
+from hamner.errors import ConfigError, CurriculumError, EvalError
 from hamner.eval.memory import measure_memory, study_memory
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel
@@ -134,15 +134,15 @@ def test_per_layer_plasticity_is_set_saved_and_resumed(tmp_path):
     assert layer_plasticity(model) == [0.3, 0.9]
     assert layer_plasticity(load_model(run / "checkpoints" / "stage-0-end")[0]) == [0.1, 0.1]
 
-    with pytest.raises(ValueError, match="has 3 values, one per layer, but the model has 2 layers"):
+    with pytest.raises(CurriculumError, match="has 3 values, one per layer, but the model has 2 layers"):
         model.set_knob("plasticity", (0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match="plasticity must be in"):
+    with pytest.raises(CurriculumError, match="plasticity must be in"):
         model.check_knob("plasticity", (0.5, 1.5))
     (tmp_path / "bad.toml").write_text(CURRICULUM.replace("0.99 }", "[0.5, 1.5, 0.5] }"))
-    with pytest.raises(TrainError, match=r"stages\[1\]\.model.*3 values.*2 layers"):
+    with pytest.raises(CurriculumError, match=r"stages\[1\]\.model.*3 values.*2 layers"):
         train(tiny_settings(tmp_path / "bad-run", tmp_path / "bad.toml", **settings))
     (tmp_path / "bad.toml").write_text(CURRICULUM.replace("0.99 }", "[0.5, \"x\"] }"))
-    with pytest.raises(TrainError, match=r"plasticity\.1: must be a finite number"):
+    with pytest.raises(CurriculumError, match=r"plasticity\.1: must be a finite number"):
         train(tiny_settings(tmp_path / "bad-run", tmp_path / "bad.toml", **settings))
 
 
@@ -169,9 +169,9 @@ def test_learnt_plasticity_trains_stays_bounded_and_resumes(tmp_path):
         == pytest.approx(resumed[0])
 
     (tmp_path / "knob.toml").write_text(CURRICULUM)
-    with pytest.raises(TrainError, match="plasticity is learnt in this model"):
+    with pytest.raises(CurriculumError, match="plasticity is learnt in this model"):
         train(tiny_settings(tmp_path / "other", tmp_path / "knob.toml", **settings))
-    with pytest.raises(ValueError, match="starts below 1"):
+    with pytest.raises(ConfigError, match="starts below 1"):
         HamnerModel(HamnerConfig(vocab_size=257, hidden_size=32, n_layers=1, n_heads=2, n_kv_heads=2,
                                  intermediate_size=64, max_seq_len=32, mixer="hebbian", hebbian_learnt_plasticity=True,
                                  hebbian_plasticity=1.0, tokenizer="bytes"))

@@ -29,7 +29,7 @@ def make_run(run_dir: Path, with_accuracy: bool = True) -> None:
             val = f"{loss + 0.1:.4f}" if i % 10 == 9 else ""
             mfu = "" if i < 5 else f"{0.3 + 0.01 * math.cos(i):.3f}"
             w.writerow([step, stage, f"{loss:.4f}", val, 3e-4 * min(1, step / 300), 0.8, step * 24_576,
-                        50_000 + 1000 * math.sin(i / 5), mfu, step * 0.5])
+                        50_000 + 1000 * math.sin(i / 5), mfu, step * 0.5, ""])  # bpc: not reported
     if with_accuracy:
         with (run_dir / "task_accuracy.csv").open("w", newline="") as f:
             w = csv.writer(f)
@@ -82,7 +82,7 @@ def test_unplottable_run_dirs(tmp_path: Path, problem: str, message: str):
     elif problem == "bad_column":
         (run / "metrics.csv").write_text("step,loss\n1,2.0\n")
     elif problem == "bad_number":
-        (run / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n1,a,oops,,1,1,1,1,,1\n")
+        (run / "metrics.csv").write_text(",".join(METRICS_COLUMNS) + "\n1,a,oops,,1,1,1,1,,1,\n")
     with pytest.raises(PlotError, match=message):
         plot_run(run)
 
@@ -109,7 +109,7 @@ def test_bits_per_byte_are_plotted_and_runs_written_before_the_column_still_plot
     run = tmp_path / "run"
     make_run(run, with_accuracy=False)
     lines = (run / "metrics.csv").read_text().splitlines()
-    with_bpc = [lines[0]] + [f"{line},{1.5 + i / 100:.3f}" for i, line in enumerate(lines[1:])]
+    with_bpc = [lines[0]] + [f"{line}{1.5 + i / 100:.3f}" for i, line in enumerate(lines[1:])]  # fill bpc
     (run / "metrics.csv").write_text("\n".join(with_bpc) + "\n")
     written = plot_run(run)
     assert sorted(p.name for p in written) == ["bpc.png", "loss.png", "lr.png", "throughput.png"]
@@ -117,7 +117,8 @@ def test_bits_per_byte_are_plotted_and_runs_written_before_the_column_still_plot
     old = tmp_path / "old"  # metrics.csv from before the bpc column
     make_run(old, with_accuracy=False)
     header, *rows = (old / "metrics.csv").read_text().splitlines()
-    (old / "metrics.csv").write_text("\n".join([header.removesuffix(",bpc"), *rows]) + "\n")
+    (old / "metrics.csv").write_text("\n".join([header.removesuffix(",bpc"), *(r.removesuffix(",") for r in rows)])
+                                     + "\n")
     assert sorted(p.name for p in plot_run(old)) == ["loss.png", "lr.png", "throughput.png"]
 
 
@@ -176,7 +177,7 @@ def test_live_redraws_as_rows_arrive_and_ends_with_the_run(tmp_path: Path, capsy
         for step in (1210, 1220):
             assert drew.acquire(timeout=60)
             with (run / "metrics.csv").open("a", newline="") as f:
-                csv.writer(f).writerow([step, "knowledge", 2.0, "", 3e-4, 0.8, step * 24_576, 50_000, "", step / 2])
+                csv.writer(f).writerow([step, "knowledge", 2.0, "", 3e-4, 0.8, step * 24_576, 50_000, "", step / 2, ""])
         assert drew.acquire(timeout=60)
         holder.close()
 
