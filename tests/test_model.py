@@ -255,3 +255,22 @@ def test_attention_parameter_holds_pair_order_and_state_dict_rotate_half():
     assert torch.equal(other.layers[0].attn.qkv.weight, attn.qkv.weight)
     with pytest.raises(RuntimeError, match="size mismatch"):
         other.load_state_dict({**model.state_dict(), "layers.0.attn.qkv.weight": torch.zeros(3, 64)})
+
+
+def test_a_batch_with_no_counted_target_has_zero_loss_and_zero_gradient():
+    model = tiny_model()
+    idx = torch.randint(0, 97, (2, 12))
+    loss = model(idx, torch.full_like(idx, -100))
+    assert loss.item() == 0.0  # not the NaN of an empty mean
+    loss.backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+
+
+def test_a_batch_with_counted_targets_keeps_the_kernel_loss_bit_for_bit():
+    model = tiny_model()
+    window = torch.randint(0, 97, (2, 13))
+    idx, targets = window[:, :-1], window[:, 1:].clone()
+    targets[1] = -100
+    hidden = model.hidden_states(idx).reshape(-1, 64)
+    expected = kernels.fused_linear_cross_entropy(hidden, model.embed.weight, targets.reshape(-1))
+    assert torch.equal(model(idx, targets), expected)

@@ -86,3 +86,40 @@ def test_eval_reports_both_accuracies(tmp_path, capsys, monkeypatch):
     items.write_text('{"ctx": "x", "endings": ["a"], "label": 0}\n')
     assert eval_main([*flags, "--hellaswag", str(items)]) == 2
     assert "endings must be a list of 4" in capsys.readouterr().err
+
+
+def _items(path):
+    path.write_text("".join(json.dumps({"ctx": f"Item {i}:", "endings": ["a", "bb", "c", "dd"], "label": i % 4})
+                            + "\n" for i in range(3)))
+    return path
+
+
+def test_hellaswag_alone_scores_only_the_file_and_beside_a_probe_both(tmp_path, capsys, monkeypatch):
+    save_tiny_run(tmp_path / "run")
+
+    def whole_report(*args, **kwargs):
+        raise AssertionError("the whole evaluation ran")
+
+    monkeypatch.setattr(eval_cli, "evaluate", whole_report)
+    items, out = _items(tmp_path / "mc.jsonl"), tmp_path / "eval.json"
+    flags = [str(tmp_path / "run"), "--hellaswag", str(items), "--device", "cpu", "--out", str(out)]
+    assert eval_main(flags) == 0
+    report = json.loads(out.read_text())
+    assert report["multiple_choice"]["items"] == 3 and "synthetic" not in report
+    printed = capsys.readouterr().out
+    assert "multiple choice" in printed and "synthetic" not in printed
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text(json.dumps({"prompt": "1+1=", "answer": "2", "trained": True}) + "\n")
+    assert eval_main([*flags, "--probe", str(probe)]) == 0
+    report = json.loads(out.read_text())
+    assert report["probe"]["rows"] and report["multiple_choice"]["items"] == 3
+    assert "multiple choice" in capsys.readouterr().out
+
+
+def test_length_gen_alone_runs_only_the_study(tmp_path, monkeypatch):
+    save_tiny_run(tmp_path / "run")
+    monkeypatch.setattr(eval_cli, "report_main", lambda *args: pytest.fail("the evaluation report ran"))
+    assert eval_main([str(tmp_path / "run"), "--length-gen", "--window", "8", "--chunk", "4", "--stride", "4",
+                      "--multiples", "1,2", "--sequences", "1", "--device", "cpu"]) == 0
+    assert (tmp_path / "run" / "length-gen" / "length_gen.json").is_file()
+    assert not list(tmp_path.rglob("eval.json"))

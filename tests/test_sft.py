@@ -311,3 +311,28 @@ def test_fine_tuning_starts_from_a_hugging_face_directory(convo_data, tmp_path, 
     result = train(tiny_settings(tmp_path / "warm", curriculum, init_from=str(tmp_path / "hf"), **settings))
     assert result.step == 1
     assert f"initialised from {tmp_path / 'hf'}" in (result.run_dir / "train.log").read_text()
+
+
+def test_validation_leaves_out_a_batch_that_counts_no_target():
+    """A validation batch of chats without a reply counts no target: the mean is over the batches that count."""
+    from types import SimpleNamespace
+
+    from hamner.model.config import HamnerConfig
+    from hamner.model.transformer import HamnerModel
+    from hamner.train.distributed import DistInfo
+    from hamner.train.evaluation import TrainEvaluator
+
+    torch.manual_seed(0)
+    model = HamnerModel(HamnerConfig(vocab_size=97, hidden_size=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                     intermediate_size=48, max_seq_len=16))
+    rows = np.random.default_rng(0).integers(0, 97, (4, 9))
+    masks = np.zeros((4, 9), dtype=np.uint8)
+    masks[:2] = 1  # the first batch counts every target, the second none
+    source = SimpleNamespace(masked_rows=lambda *shape: (rows, masks))
+    evaluator = TrainEvaluator(model, None, SimpleNamespace(bits_per_byte=False, stages=(),
+                                                            assistant_only_sources=lambda: ["chat"]),
+                               {"chat": source}, SimpleNamespace(batch_size=2, eval_batches=2, seq_len=8),
+                               torch.float32, DistInfo(), torch.device("cpu"))
+    with torch.no_grad():
+        first = float(model.eval()(torch.from_numpy(rows[:2, :-1]), torch.from_numpy(rows[:2, 1:])))
+    assert evaluator.validate().loss == pytest.approx(first)

@@ -71,3 +71,21 @@ def test_registry_saves_and_restores_every_part_by_name():
     assert (progress.step, progress.tokens, progress.elapsed) == (7, 700, 1.5)
     with pytest.raises(CheckpointError, match="lacks optimizer"):
         state.load_state_dict({"progress": saved["progress"]})
+
+
+def test_a_micro_batch_with_no_counted_target_adds_zero_loss_and_the_step_stays_finite():
+    from hamner import HamnerConfig, HamnerModel
+
+    torch.manual_seed(0)
+    model = HamnerModel(HamnerConfig(vocab_size=97, hidden_size=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                     intermediate_size=48, max_seq_len=16))
+    idx = torch.randint(0, 97, (2, 8))
+    targets = torch.randint(0, 97, (2, 8))
+    with torch.no_grad():
+        counted = float(model(idx, targets))
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(model, [(idx, targets), (idx, torch.full_like(targets, -100))],
+                        torch.optim.SGD(model.parameters(), lr=0.1))
+    assert bool(result.finite)
+    assert float(result.loss) == pytest.approx(counted / 2)  # the empty micro-batch contributes 0
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))

@@ -251,3 +251,15 @@ def test_round_plot_draws_each_entrants_seed_mean_and_a_min_max_band(tmp_path):
     assert [t.get_text() for t in by_tokens.get_legend().get_texts()] == ["a", "b", "single"]
     matplotlib.pyplot.close(fig)
     assert plot_round(rnd, tmp_path / "round-1.png").stat().st_size > 0
+
+
+def test_a_curriculum_that_needs_shard_data_is_refused_when_the_spec_loads(tmp_path, capsys):
+    text = write_spec(tmp_path).read_text().replace("[data]\nweights = { synthetic = 1.0 }\ndifficulty = 1\n",
+                                                    'curriculum = "hamner-v2"\n')
+    (tmp_path / "shards.toml").write_text(text)
+    with pytest.raises(TournamentError, match=r"shards\.toml.*\.curriculum: curriculum 'hamner-v2' trains on "
+                                              r"prepared shard data \(fineweb\)"):
+        load_spec(tmp_path / "shards.toml")
+    assert main([str(tmp_path / "shards.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1

@@ -3,7 +3,8 @@
 The sections are described in `hamner.eval.report`; this module reads the command line, loads the
 model, writes the JSON report (NaN and infinity as strings, so it stays valid JSON) and prints its tables.
 With `--probe FILE_OR_NAME` it scores only that probe (`hamner.eval.probe`): exact-match accuracy
-on prompt/answer pairs, trained and held-out items apart. With `--length-gen` the whole command line
+on prompt/answer pairs, trained and held-out items apart; `--hellaswag FILE` alone scores only that file
+(with --probe or the report's own flags it is scored beside them). With `--length-gen` the whole command line
 goes to the length-generalisation study instead (`hamner.commands.length_study`), which has flags of its own;
 with `--memory`, to the Hebbian memory study (`hamner.commands.memory_study`).
 """
@@ -22,7 +23,7 @@ from hamner.device import pick_device
 from hamner.errors import DataError
 from hamner.eval.multiple_choice import load_items, multiple_choice_accuracy
 from hamner.eval.probe import format_probe, load_probe, score_probe
-from hamner.eval.report import evaluate, format_report
+from hamner.eval.report import evaluate, format_multiple_choice, format_report
 from hamner.run.durable import write_text
 from hamner.use.load import load_for_inference, model_dir
 
@@ -70,6 +71,9 @@ def _finite(value):
     return value
 
 
+# Flags only the full report reads: `--hellaswag FILE` alone scores just the file (like `--probe`), with any of
+# these it is added to the full report.
+REPORT_FLAGS = ("data", "sources", "quick", "samples", "difficulties", "window")
 LENGTH_GEN = "--length-gen"  # `hamner eval RUN --length-gen ...`: the length study, with flags of its own
 MEMORY = "--memory"  # `hamner eval RUN --memory ...`: the Hebbian memory's dynamics, with flags of its own
 
@@ -107,8 +111,9 @@ def report_main(argv: list[str], prog: str) -> int:
                         "apart: a JSONL file of {prompt, answer, trained[, kind]} or concepts, concepts/<kind>")
     parser.add_argument("--document-start", action="store_true", help="probe prompts start a document, with no "
                         "end-of-text before them (for models trained with packing = \"document\")")
-    parser.add_argument("--hellaswag", metavar="FILE.jsonl", help="also score multiple choice from a local "
-                        "HellaSwag-format file (ctx, endings, label per line)")
+    parser.add_argument("--hellaswag", metavar="FILE.jsonl", help="score multiple choice from a local "
+                        "HellaSwag-format file (ctx, endings, label per line): alone, only that; with --probe or the "
+                        "report's flags (--data, --quick, ...), beside them")
     parser.add_argument("--hellaswag-limit", type=int, metavar="N", help="score only the first N items")
     parser.add_argument(LENGTH_GEN, action="store_true", help="run the length-generalisation study instead "
                         "(chunk perplexity at 1x..20x W; see --length-gen --help)")
@@ -130,7 +135,7 @@ def report_main(argv: list[str], prog: str) -> int:
     if args.probe:
         rows = score_probe(model, tokenizer, load_probe(args.probe), document_start=args.document_start)
         report["probe"] = {"name": args.probe, "rows": rows}
-    else:
+    elif not args.hellaswag or any(getattr(args, name) not in (None, False) for name in REPORT_FLAGS):
         report.update(evaluate(model, tokenizer, sources=sources, quick=args.quick, window=args.window,
                                samples=args.samples, difficulties=difficulties, seed=args.seed))
     if args.hellaswag:
@@ -140,5 +145,7 @@ def report_main(argv: list[str], prog: str) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(_finite(report), indent=2) + "\n")  # durable: a full disk keeps the old report
     print(format_probe(report["probe"]["rows"]) if args.probe else format_report(report))
+    if args.probe and args.hellaswag:
+        print(format_multiple_choice(report["multiple_choice"]))
     print(f"\nreport written to {out}")
     return 0

@@ -87,6 +87,8 @@ def format_report(report: dict) -> str:
     """The report as plain-text tables."""
     lines = [f"checkpoint {report['checkpoint']} ({report['parameters']:,} parameters, "
              f"context {report['model']['max_seq_len']}, {report['device']}, {report['elapsed_s']:.1f}s)"]
+    if "synthetic" not in report:  # `--hellaswag FILE` alone: no evaluation sections
+        return "\n".join(lines + ["", format_multiple_choice(report["multiple_choice"])])
     if report["validation"]:
         lines += ["", f"{'validation':<20}{'loss':>9}{'ppl':>11}{'bits/byte':>11}{'tokens':>11}"]
         for name, m in report["validation"].items():
@@ -108,8 +110,12 @@ def format_report(report: dict) -> str:
     for row in length["rows"]:
         lines.append(f"{str(row['multiple']) + ' x W':<20}{row['start']:>10,}{row['loss']:>9.4f}"
                      f"{row['perplexity']:>11.2f}")
-    choice = report.get("multiple_choice")
-    if choice:
-        lines += ["", f"multiple choice ({choice['file']}, {choice['items']} items): accuracy "
-                  f"{100 * choice['accuracy']:.1f}%, length-normalised {100 * choice['accuracy_norm']:.1f}%"]
+    if report.get("multiple_choice"):
+        lines += ["", format_multiple_choice(report["multiple_choice"])]
     return "\n".join(lines)
+
+
+def format_multiple_choice(choice: dict) -> str:
+    """The multiple-choice section (`hamner eval --hellaswag`) as one line."""
+    return (f"multiple choice ({choice['file']}, {choice['items']} items): accuracy "
+            f"{100 * choice['accuracy']:.1f}%, length-normalised {100 * choice['accuracy_norm']:.1f}%")

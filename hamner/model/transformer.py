@@ -198,6 +198,7 @@ class HamnerModel(nn.Module):
         `targets[b, t]` is the token that follows `idx[b, t]` (-100 = ignored): callers cut
         windows of T + 1 tokens into idx = w[:-1], targets = w[1:]; the model never shifts.
         The loss goes through `kernels.fused_linear_cross_entropy`, so logits are never materialised.
+        A batch with no counted target (all -100) gives 0, not the NaN of an empty mean, and a zero gradient.
         In training mode it includes the auxiliary losses of the mixers and MLPs (`aux_loss`).
         `segment_ids`: see `hidden_states`.
         """
@@ -212,7 +213,11 @@ class HamnerModel(nn.Module):
             # A custom op is not autocast: cast here so the output matmuls run in the autocast dtype.
             dtype = torch.get_autocast_dtype(device_type)
             hidden, weight = hidden.to(dtype), weight.to(dtype)
-        loss = kernels.fused_linear_cross_entropy(hidden, weight, targets.reshape(-1), ignore_index=-100)
+        targets = targets.reshape(-1)
+        loss = kernels.fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-100)
+        # A batch whose targets are all ignored (e.g. a chat window without a reply) counts nothing: its mean is
+        # 0 / 0, so its loss is 0. Its gradient is already zero; `where` keeps it so without a host sync.
+        loss = torch.where((targets != -100).any(), loss, torch.zeros_like(loss))
         if self.training:
             for aux in self.aux_losses():
                 loss = loss + aux

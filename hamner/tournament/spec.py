@@ -167,8 +167,9 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
 
 
 def _check_curriculum(name: str, where: str) -> None:
-    """Refuse, when the spec loads, a curriculum its runs could not train: one that does not load, or one that
-    continues a trained model (`requires_init`), which a tournament run, trained from scratch, cannot give."""
+    """Refuse, when the spec loads, a curriculum its runs could not train: one that does not load, one that
+    continues a trained model (`requires_init`), which a tournament run, trained from scratch, cannot give, or
+    one that reads prepared shard sources, which tournament runs are given no data directory to find."""
     try:
         curriculum = load_curriculum(name)
     except HamnerError as exc:
@@ -176,6 +177,11 @@ def _check_curriculum(name: str, where: str) -> None:
     if curriculum.requires_init:
         raise TournamentError(f"{where}: curriculum {curriculum.name!r} continues a trained model (requires_init), "
                               "but tournament runs train from scratch; use a curriculum that starts one")
+    shards = curriculum.data_sources()
+    if shards:
+        raise TournamentError(f"{where}: curriculum {curriculum.name!r} trains on prepared shard data "
+                              f"({', '.join(shards)}), but tournament runs are given no data directory; use a "
+                              "curriculum of built-in sources")
 
 
 def _preset(name: str, where: str) -> HamnerConfig:

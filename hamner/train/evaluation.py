@@ -204,7 +204,7 @@ class TrainEvaluator:
 
     @torch.no_grad()
     def validate(self) -> Validation:
-        """Mean loss over every validation source's held-out rows."""
+        """Mean loss over every validation source's held-out rows (batches that count no target left out)."""
         s = self.s
         self.model.eval()
         per_source: dict[str, float] = {}
@@ -214,12 +214,15 @@ class TrainEvaluator:
             rows, masks = source.masked_rows(*shape) if name in self.assistant_only else (source.rows(*shape), None)
             rows = np.asarray(rows, dtype=np.int64)
             parts = np.split(masks, s.eval_batches) if masks is not None else [None] * s.eval_batches
-            total = 0.0
+            total, counted = 0.0, 0
             for part, part_masks in zip(np.split(rows, s.eval_batches), parts):
+                if part_masks is not None and not part_masks[:, 1:].any():
+                    continue  # no counted target: its loss of 0 would only pull the mean down
                 batch = Batch.from_rows(part, part_masks, self.document_end).to(self.device)
                 with autocast(self.device, self.dtype):
                     total += float(self.model(batch.idx, batch.targets, segment_ids=batch.segment_ids))
-            per_source[name] = total / s.eval_batches
+                counted += 1
+            per_source[name] = total / max(counted, 1)
             if self.curriculum.bits_per_byte:
                 bytes_per_token.append(utf8_bytes(self.tokenizer, rows[:, 1:]) / rows[:, 1:].size)
         self.model.train()
