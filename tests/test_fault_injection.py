@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from train_helpers import metrics, tiny_settings, write_curriculum
+from train_helpers import metrics, tiny_settings, write_curriculum, write_tiny_tournament
 
 from hamner.run import checkpoint as ckpt
 from hamner.tournament.report import write_report
@@ -302,41 +302,10 @@ def run_killed_at_outputs(root: Path, run) -> None:
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 137
 
 
-TOURNAMENT = """\
-name = "faults"
-base = "demo"
-model = { hidden_size = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, intermediate_size = 64, max_seq_len = 64 }
-seeds = [3]
-batch_size = 2
-seq_len = 16
-evals = 1
-eval_batches = 1
-task_samples = 0
-threads = 1
-device = "cpu"
-
-[data]
-weights = { synthetic = 1.0 }
-
-[[rounds]]
-tokens = 64
-
-[[entrants]]
-name = "dense"
-resize = false
-
-[[entrants]]
-name = "deep"
-resize = false
-model = { n_layers = 2 }
-"""
-
-
 def test_kill_a_tournament_while_it_records_a_run_then_rerun(setup):
     """A tournament killed while it writes a run's plan.json or its finished marker reruns to the same report."""
     root, _, _ = setup
-    spec_path = root / "faults.toml"
-    spec_path.write_text(TOURNAMENT)
+    spec_path = write_tiny_tournament(root, name="faults")
 
     def tournament(out: Path) -> dict:
         report = write_report(run_tournament(load_spec(spec_path), out, say=lambda _: None), out)

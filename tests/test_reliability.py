@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_checkpoint import save_tiny_run, tiny_config
-from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum
+from train_helpers import metrics, tiny_flags, tiny_settings, write_curriculum, write_tiny_tournament
 
 import train as train_cli
 from hamner.commands.eval import main as eval_main
@@ -45,41 +45,6 @@ from hamner.train.settings import resume_settings
 from hamner.train.trainer import TrainResult, train
 from hamner.use import hf as hf_module
 from hamner.use.hf import is_hf_dir, load_hf_model
-
-SPEC = """\
-name = "{name}"
-base = "demo"
-model = {{ hidden_size = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, intermediate_size = 64, max_seq_len = 64 }}
-seeds = [3]
-batch_size = 2
-seq_len = 16
-evals = 1
-eval_batches = 1
-task_samples = 0
-threads = 1
-device = "cpu"
-
-[data]
-weights = {{ synthetic = 1.0 }}
-
-[[rounds]]
-tokens = {tokens}
-
-[[entrants]]
-name = "dense"
-resize = false
-
-[[entrants]]
-name = "deep"
-resize = false
-model = {{ n_layers = {deep_layers} }}
-"""
-
-
-def write_spec(tmp_path, name="tiny", tokens=64, deep_layers=2):
-    path = tmp_path / "tiny.toml"
-    path.write_text(SPEC.format(name=name, tokens=tokens, deep_layers=deep_layers))
-    return path
 
 
 class Planted:
@@ -211,7 +176,7 @@ def fake_runs(monkeypatch, losses):
 
 
 def test_no_winner_without_a_finite_result(tmp_path, monkeypatch):
-    spec = load_spec(write_spec(tmp_path))
+    spec = load_spec(write_tiny_tournament(tmp_path))
     fake_runs(monkeypatch, {"dense": math.nan, "deep": math.nan})
     report = write_report(run_tournament(spec, tmp_path / "t", say=lambda _: None), tmp_path / "t")
     assert report["final"]["winner"] is None and [e["rank"] for e in report["entrants"]] == [None, None]
@@ -225,7 +190,7 @@ def test_no_winner_without_a_finite_result(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", ".hidden", ""])
 def test_a_tournament_name_that_would_leave_its_folder_is_refused(tmp_path, name, capsys):
-    spec = write_spec(tmp_path, name=name)
+    spec = write_tiny_tournament(tmp_path, name=name)
     with pytest.raises(TournamentError, match=r"tiny\.toml\.name"):
         load_spec(spec)
     assert tournament_main([str(spec), "--out", str(tmp_path / "t")]) == 2
@@ -236,22 +201,23 @@ def test_a_tournament_name_that_would_leave_its_folder_is_refused(tmp_path, name
 
 def test_a_rerun_refuses_runs_trained_from_another_spec_unless_restarted(tmp_path, single_thread, capsys):
     out = tmp_path / "t"
-    assert tournament_main([str(write_spec(tmp_path, tokens=64)), "--out", str(out)]) == 0
+    assert tournament_main([str(write_tiny_tournament(tmp_path, tokens=64)), "--out", str(out)]) == 0
     trained = json.loads((out / "round-1" / "dense" / "seed-3" / runs.PLAN).read_text())
     assert trained["tokens"] == 64 and trained["steps"] == 2 and trained["seed"] == 3
     capsys.readouterr()
-    assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out)]) == 2
+    assert tournament_main([str(write_tiny_tournament(tmp_path, tokens=128)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "entrant dense" in err and "tokens changed (64 -> 128)" in err, err
-    assert tournament_main([str(write_spec(tmp_path, tokens=64, deep_layers=3)), "--out", str(out)]) == 2
+    assert tournament_main([str(write_tiny_tournament(tmp_path, tokens=64, deep_layers=3)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "entrant deep" in err and "model.n_layers changed (2 -> 3)" in err, err
 
-    assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out), "--restart-changed"]) == 0
+    changed = str(write_tiny_tournament(tmp_path, tokens=128))
+    assert tournament_main([changed, "--out", str(out), "--restart-changed"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert {e["name"]: e["tokens"] for e in report["entrants"]} == {"dense": 128, "deep": 128}
     assert [int(r["step"]) for r in metrics(out / "round-1" / "deep" / "seed-3")] == [2, 4]  # retrained from 0
-    assert tournament_main([str(write_spec(tmp_path, tokens=128)), "--out", str(out)]) == 0  # unchanged: reused
+    assert tournament_main([changed, "--out", str(out)]) == 0  # unchanged: reused
 
 
 # ----- weak spots: one probe each -----
@@ -297,7 +263,7 @@ def test_a_second_tournament_on_the_same_directory_is_refused(tmp_path, capsys):
     out = tmp_path / "t"
     held = lock_directory(out, "tournament directory")  # a first tournament, still running
     try:
-        assert tournament_main([str(write_spec(tmp_path)), "--out", str(out)]) == 2
+        assert tournament_main([str(write_tiny_tournament(tmp_path)), "--out", str(out)]) == 2
     finally:
         os.close(held)
     err = capsys.readouterr().err
@@ -374,7 +340,7 @@ def test_a_model_too_large_for_memory_is_one_line(tmp_path, capsys):
     ('curriculum = "no-such-curriculum"\n', r"tiny\.toml\.curriculum: "),
 ])
 def test_tournament_values_that_would_fail_at_train_time_are_refused_at_load(tmp_path, extra, match):
-    path = write_spec(tmp_path)
+    path = write_tiny_tournament(tmp_path)
     text = path.read_text()
     if extra.startswith("curriculum"):
         text = extra + text.replace("[data]\nweights = { synthetic = 1.0 }\n", "")
@@ -385,7 +351,7 @@ def test_tournament_values_that_would_fail_at_train_time_are_refused_at_load(tmp
 
 
 def test_evals_beyond_a_rounds_steps_do_not_stretch_its_budget(tmp_path):
-    spec = dataclasses.replace(load_spec(write_spec(tmp_path)), evals=10)
+    spec = dataclasses.replace(load_spec(write_tiny_tournament(tmp_path)), evals=10)
     assert rounds_module.steps_for(spec, 64) == (2, 1)  # 64 tokens are 2 steps of 2 x 16, not 10
 
 

@@ -36,6 +36,44 @@ fresh_optimizer = true
 """
 
 
+TINY_TOURNAMENT = """\
+name = "{name}"
+base = "demo"
+model = {{ hidden_size = 32, n_layers = 1, n_heads = 2, n_kv_heads = 1, intermediate_size = 64, max_seq_len = 64 }}
+seeds = [3]
+batch_size = 2
+seq_len = 16
+evals = 1
+eval_batches = 1
+task_samples = 0
+threads = 1
+device = "cpu"
+
+[data]
+weights = {{ synthetic = 1.0 }}
+
+[[rounds]]
+tokens = {tokens}
+
+[[entrants]]
+name = "dense"
+resize = false
+
+[[entrants]]
+name = "deep"
+resize = false
+model = {{ n_layers = {deep_layers} }}
+"""
+
+
+def write_tiny_tournament(directory: Path, name: str = "tiny", tokens: int = 64, deep_layers: int = 2) -> Path:
+    """DIRECTORY/tiny.toml: a two-entrant tournament (a 1-layer dense model and a deeper twin, no resizing) of
+    `tokens` tokens named `name` (any text, so tests can give names that must be refused)."""
+    path = directory / "tiny.toml"
+    path.write_text(TINY_TOURNAMENT.format(name=name, tokens=tokens, deep_layers=deep_layers))
+    return path
+
+
 def write_curriculum(directory: Path, first: int = 6, second: int = 6, eval_interval: int = 1000) -> Path:
     """A two-stage synthetic-only curriculum (the second with a difficulty ramp and a fresh optimizer)."""
     path = directory / "test-synth.toml"
