@@ -6,13 +6,11 @@ Chunk perplexity at 1x..20x a window W for the latest checkpoint of RUN (every c
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from hamner.commands.parsing import ArgumentParser
+from hamner.commands.parsing import ArgumentParser, command
 from hamner.device import pick_device
-from hamner.errors import HamnerError
 from hamner.eval.length_study import MODES, ChunkGrid, format_comparison, format_study, run_labels, run_study
 
 
@@ -26,6 +24,7 @@ def _multiples(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
     return values
 
 
+@command()
 def main(argv: list[str] | None = None, prog: str = "hamner eval RUN --length-gen") -> int:
     """Run the study on the run(s) the flags name; 2 on bad input."""
     parser = ArgumentParser(
@@ -53,15 +52,11 @@ def main(argv: list[str] | None = None, prog: str = "hamner eval RUN --length-ge
         if value is not None and value < 1:
             parser.error(f"--{name} must be positive, got {value}")
     started = time.perf_counter()
-    try:
-        grid = ChunkGrid(args.window, args.chunk, args.stride, _multiples(parser, args.multiples))
-        out = Path(args.out) if args.out else Path(args.run) / "length-gen"
-        report, written = run_study(args.run, args.other, grid, out, all_checkpoints=args.all_checkpoints,
-                                    mode=args.mode, context=args.context, sequences=args.sequences,
-                                    source=args.source, device=pick_device(args.device))
-    except (HamnerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    grid = ChunkGrid(args.window, args.chunk, args.stride, _multiples(parser, args.multiples))
+    out = Path(args.out) if args.out else Path(args.run) / "length-gen"
+    report, written = run_study(args.run, args.other, grid, out, all_checkpoints=args.all_checkpoints,
+                                mode=args.mode, context=args.context, sequences=args.sequences,
+                                source=args.source, device=pick_device(args.device))
     print(format_study(report["study"]))
     if args.other:
         print(format_study(report["other"]))

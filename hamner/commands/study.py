@@ -1,16 +1,15 @@
 """`hamner study SPEC`: train every arm of a length study on one curriculum and write the comparison."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from hamner.commands.parsing import ArgumentParser
-from hamner.errors import HamnerError
+from hamner.commands.parsing import ArgumentParser, command
 from hamner.run.directory import RUNS_DIR
 from hamner.tournament.study import available_studies, load_study, run_study
 
 
+@command(interrupted="interrupted; rerun the same command to continue the study")
 def main(argv: list[str] | None = None, prog: str = "hamner study") -> int:
     """Run the study the spec names and print its table; 2 on bad input, 130 when interrupted."""
     parser = ArgumentParser(
@@ -24,16 +23,9 @@ def main(argv: list[str] | None = None, prog: str = "hamner study") -> int:
     parser.add_argument("--out", help="study directory (default: runs/study-NAME)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    try:
-        spec = load_study(args.spec)
-        out = Path(args.out) if args.out else RUNS_DIR / f"study-{spec.name}"
-        table, written = run_study(spec, out, data=args.data)
-    except HamnerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; rerun the same command to continue {spec.name}", file=sys.stderr)
-        return 130
+    spec = load_study(args.spec)
+    out = Path(args.out) if args.out else RUNS_DIR / f"study-{spec.name}"
+    table, written = run_study(spec, out, data=args.data)
     print(table)
     print(f"\nwritten: {', '.join(str(p) for p in written)} ({time.perf_counter() - started:.0f}s)")
     return 0

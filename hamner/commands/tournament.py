@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from hamner.commands.parsing import ArgumentParser
-from hamner.errors import HamnerError
+from hamner.commands.parsing import ArgumentParser, command
 from hamner.run.directory import RUNS_DIR, lock_directory
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
@@ -15,6 +14,7 @@ from hamner.tournament.runs import Interrupted
 from hamner.tournament.spec import available_tournaments, load_spec
 
 
+@command()
 def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
     """Run the tournament the spec names and write its report; 2 on bad input, 130 when interrupted."""
     parser = ArgumentParser(
@@ -45,9 +45,6 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
             report = write_report(outcome, out)
         finally:
             os.close(lock)
-    except (HamnerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except (Interrupted, KeyboardInterrupt):
         print("tournament stopped; finished runs are kept and the interrupted one has a checkpoint: "
               "rerun the same command to continue", file=sys.stderr)
