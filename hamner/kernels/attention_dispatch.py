@@ -7,6 +7,13 @@ the causal mask that way already; SDPA's is_causal aligns it to the start, so th
 explicit mask. A `window` W limits each query to the last W keys up to itself: flash-attn's
 `window_size=(W - 1, 0)`, or an SDPA band mask.
 
+A window that changes at run time (a curriculum's window warm-up) comes as a 0-d integer tensor, never as a
+Python int: under torch.compile it is a graph input, so a new value reruns the graph instead of recompiling
+it, and nothing reads it back to the host. On CUDA, self-attention with such a window runs FlexAttention with
+a sliding-window causal block mask built from the tensor (in eager mode cached per window tensor and value:
+every layer's forward reuses it until the window changes); elsewhere (the CPU, cached decoding, documents,
+`reference_only()`) an SDPA band mask built from the tensor.
+
 `segment_ids` [B, T] (document-aware packing) keeps each query inside its own document: query t
 sees key s only when both carry the same id. CUDA runs that as a FlexAttention block mask; CPU
 (and `reference_only()`) as an SDPA boolean mask.
@@ -47,7 +54,8 @@ def attention_backend() -> str:
     return "flash-attn" if _flash_attn_func is not None else "sdpa"
 
 
-def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None) -> None:
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                  window: int | torch.Tensor | None) -> None:
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(
             "expected q [B, T, Hq, D] and k, v [B, T, Hkv, D], "
@@ -62,7 +70,7 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         raise ValueError(
             f"causal attention needs at most as many queries ({q.shape[1]}) as keys ({k.shape[1]})"
         )
-    if window is not None and (not causal or window < 1):
+    if window is not None and (not causal or (not isinstance(window, torch.Tensor) and window < 1)):
         raise ValueError(f"a window needs causal attention and at least 1 key, got window={window}, causal={causal}")
 
 
@@ -101,8 +109,46 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, segme
     return out.transpose(1, 2)
 
 
+def sliding_window_block_mask(window: torch.Tensor, n: int, device: torch.device):
+    """The FlexAttention block mask of causal self-attention over `n` positions where query t sees keys
+    t - window + 1 .. t; `window` is a 0-d integer tensor read on the device (the same band as
+    `reference.causal_mask(n, n, window)`)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding_window(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(sliding_window, None, None, n, n, device=device)
+
+
+def _flex_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Sliding-window causal self-attention through FlexAttention (compiled on CUDA, eager elsewhere); the
+    block mask comes from `sliding_window_block_mask`, built inside a compiled graph and cached in eager mode."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    n = q.shape[1]
+    if torch.compiler.is_compiling():
+        block_mask = sliding_window_block_mask(window, n, q.device)
+    else:
+        # The version counter moves exactly when the window tensor is written: a new value, a new mask.
+        key = (id(window), window._version, n, str(q.device))
+        cached = _WINDOW_MASKS.get(key)
+        if cached is None or cached[0]() is not window:
+            if len(_WINDOW_MASKS) >= _WINDOW_MASK_CACHE:
+                _WINDOW_MASKS.clear()
+            cached = (weakref.ref(window), sliding_window_block_mask(window, n, q.device))
+            _WINDOW_MASKS[key] = cached
+        block_mask = cached[1]
+    run = _compiled_flex() if q.is_cuda else flex_attention
+    out = run(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+              enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
+
+
 _COMPILED_FLEX = None
 _LAST_BLOCK_MASK: tuple = (lambda: None, False, None)  # (weak ref to the segment ids, causal, block mask)
+_WINDOW_MASK_CACHE = 64  # sliding-window block masks kept (a few per layer), cleared when full
+_WINDOW_MASKS: dict[tuple, tuple] = {}  # (id, version, n, device) -> (weak ref to the window, block mask)
 
 
 def _compiled_flex():
@@ -114,10 +160,11 @@ def _compiled_flex():
     return _COMPILED_FLEX
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None,
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | torch.Tensor | None,
           segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     n_queries, n_keys = q.shape[1], k.shape[1]
-    banded = window is not None and window < n_keys
+    # A run-time window (a tensor) always gets its band mask: comparing it here would read it back.
+    banded = window is not None and (isinstance(window, torch.Tensor) or window < n_keys)
     # A single query at the end of the keys sees all of them (unless banded): no mask at all.
     mask = None
     if segment_ids is not None:
@@ -144,13 +191,14 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     causal: bool = True,
-    window: int | None = None,
+    window: int | torch.Tensor | None = None,
     segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention of q [B, Tq, Hq, D] over k, v [B, Tk, Hkv, D]; returns [B, Tq, Hq, D].
 
     Scores are scaled by 1/sqrt(D). With causal=True, Tq <= Tk and the queries are the last Tq
-    positions of the keys; with `window`, each query sees only the last `window` keys up to itself.
+    positions of the keys; with `window`, each query sees only the last `window` keys up to itself
+    (a 0-d integer tensor for a window set at run time, see the module docstring).
     `segment_ids` [B, T] (self-attention only) restricts every query to the keys of its own
     segment (document).
     """
@@ -160,6 +208,10 @@ def attention(
         if q.is_cuda and window is None and not dispatch.reference_forced():
             return _flex(q, k, v, causal, segment_ids)
         return _sdpa(q, k, v, causal, window, segment_ids)
+    if isinstance(window, torch.Tensor):
+        if q.is_cuda and q.shape[1] == k.shape[1] and not dispatch.reference_forced():
+            return _flex_window(q, k, v, window)
+        return _sdpa(q, k, v, causal, window)
     use_flash = _flash_attn_func is not None and q.is_cuda and q.dtype in _FLASH_DTYPES
     if use_flash and not dispatch.reference_forced():
         window_size = (-1, -1) if window is None else (window - 1, 0)

@@ -198,14 +198,20 @@ def fused_linear_cross_entropy(
     return F.cross_entropy(_upcast(logits), targets, ignore_index=ignore_index)
 
 
-def causal_mask(n_queries: int, n_keys: int, window: int | None = None,
+def causal_mask(n_queries: int, n_keys: int, window: int | torch.Tensor | None = None,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """Bool [n_queries, n_keys], True where a query may see a key.
 
     Queries are the last n_queries positions of the keys: query j sits at n_keys - n_queries + j
-    and sees the keys at or before it, and with `window` only the last `window` of those.
+    and sees the keys at or before it, and with `window` only the last `window` of those. A window
+    given as a 0-d integer tensor (one set at run time) is compared on the device, so the mask is
+    built without reading it back and a compiled graph takes it as an input.
     """
     offset = n_keys - n_queries
+    if isinstance(window, torch.Tensor):
+        query = torch.arange(offset, n_keys, device=device)[:, None]
+        key = torch.arange(n_keys, device=device)[None, :]
+        return (key <= query) & (query - key < window.to(device))
     mask = torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
     if window is not None:
         mask = mask.triu(diagonal=offset - window + 1)
@@ -217,12 +223,12 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     causal: bool = True,
-    window: int | None = None,
+    window: int | torch.Tensor | None = None,
     segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Grouped-query softmax attention on [B, T, H, D] tensors; query head i reads KV head i // (Hq // Hkv).
 
-    With `window` (causal only), each query sees just the last `window` keys up to itself.
+    With `window` (causal only; an int or a 0-d tensor), each query sees just the last `window` keys up to itself.
     `segment_ids` [B, T]: a query sees only keys with its own id (documents packed in one row).
     """
     group = q.shape[2] // k.shape[2]

@@ -47,13 +47,24 @@ _BEGINNINGS = ("start: ", "resumed from ")
 class StagePlan:
     """One stage as the curriculum plans it: exactly one of `steps`, `until_step` (an absolute step)
     or `max_steps` (a cap for stages that end on a plateau or early stop); `plateau_strikes` is the
-    plateau rule's strike count (None without a rule)."""
+    plateau rule's strike count (None without a rule); `tokens_per_step` the tokens of its first and
+    last step (they differ under a seq_len ramp, growing linearly between; None: not known)."""
 
     name: str
     steps: int | None = None
     until_step: int | None = None
     max_steps: int | None = None
     plateau_strikes: int | None = None
+    tokens_per_step: tuple[int, int] | None = None
+
+    def tokens(self, first: int, last: int, length: int) -> float:
+        """Planned tokens of stage steps first .. last - 1 of this stage when it is `length` steps long
+        (the linear ramp between the ends of `tokens_per_step`, an arithmetic series)."""
+        start, end = self.tokens_per_step
+        if length <= 1:
+            return float((last - first) * end)
+        steps = last - first
+        return steps * start + (end - start) * (first + last - 1) * steps / 2 / (length - 1)
 
     def length(self, start: int) -> int:
         """Planned steps of the stage when it starts at global step `start` (the cap for open-ended ones)."""
@@ -211,12 +222,38 @@ def _fill_stage(status: RunStatus, rows: list[dict[str, str]], log: list[str], s
             total += later.length(total)
         status.total_steps = min(total, max_steps) if max_steps else total
         stage_end = min(start + length, status.total_steps)
-        if status.state == "running" and status.steps_per_s:
+        token_rate = _token_rate(rows)
+        if status.state == "running" and token_rate and all(p.tokens_per_step for p in stages[index:]):
+            # Steps grow along a seq_len ramp: the tokens still planned at the recent token rate.
+            status.eta_stage_s = _planned_tokens(stages[index:], start, status.step, stage_end) / token_rate
+            status.eta_run_s = _planned_tokens(stages[index:], start, status.step, status.total_steps) / token_rate
+        elif status.state == "running" and status.steps_per_s:
             status.eta_stage_s = max(0, stage_end - status.step) / status.steps_per_s
             status.eta_run_s = max(0, status.total_steps - status.step) / status.steps_per_s
     elif max_steps:
         status.total_steps = max_steps
     status.stage = stage
+
+
+def _planned_tokens(stages: list[StagePlan], start: int, step: int, end: int) -> float:
+    """The tokens the steps from global `step` to `end` train on, the first of `stages` having begun at `start`."""
+    tokens = 0.0
+    for plan in stages:
+        length = plan.length(start)
+        first, last = max(0, step - start), min(length, end - start)
+        if last > first:
+            tokens += plan.tokens(first, last, length)
+        start += length
+    return tokens
+
+
+def _token_rate(rows: list[dict[str, str]]) -> float | None:
+    """Tokens per second of training over the last RATE_ROWS rows (None when they do not tell)."""
+    recent = [(t, e) for t, e in ((_num(r, "tokens"), _num(r, "elapsed_s")) for r in rows[-RATE_ROWS:])
+              if t is not None and e is not None]
+    if len(recent) >= 2 and recent[-1][1] > recent[0][1] and recent[-1][0] > recent[0][0]:
+        return (recent[-1][0] - recent[0][0]) / (recent[-1][1] - recent[0][1])
+    return None
 
 
 def _first_step_of(rows: list[dict[str, str]], name: str) -> int:

@@ -7,6 +7,7 @@ triton and numba versions. The curriculum file's text is copied to RUN/curriculu
 """
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import uuid
@@ -16,9 +17,9 @@ from typing import Any
 
 from hamner.errors import CurriculumError
 from hamner.model.transformer import HamnerModel
-from hamner.run.directory import replace_bytes
+from hamner.run.directory import CONFIG, replace_bytes
 from hamner.run.status import RunStatus, StagePlan, read_status
-from hamner.train.curriculum.spec import Curriculum, load_curriculum
+from hamner.train.curriculum.spec import RECIPE_KEYS, Curriculum, Stage, load_curriculum
 
 CURRICULUM_DIR = "curriculum"
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the hamner package
@@ -100,18 +101,38 @@ def recorded_curriculum(run_dir: Path) -> Path | None:
     return copies[0] if copies else None
 
 
-def stage_plan(curriculum: Curriculum) -> list[StagePlan]:
-    """The curriculum's stages as `hamner.run.status` reads a run against them."""
+def stage_plan(curriculum: Curriculum, record: dict[str, Any] | None = None) -> list[StagePlan]:
+    """The curriculum's stages as `hamner.run.status` reads a run against them; with the run's `record`
+    (config.json: the settings given and resolved, the world size) also each stage's tokens per step at its
+    first and last step, as the trainer's stage recipes make them."""
+    given = (record or {}).get("settings") or {}
+    resolved = (record or {}).get("resolved") or {}
+    overrides = {name: given[name] for name in RECIPE_KEYS if given.get(name) is not None}
+    if overrides:  # the command line's recipe, as the trainer applied it
+        curriculum = curriculum.with_recipe(**overrides)
+
+    def tokens_per_step(stage: Stage) -> tuple[int, int] | None:
+        recipe = {name: getattr(stage, name) or resolved.get(name) for name in RECIPE_KEYS}
+        if record is None or not all(isinstance(v, int) for v in recipe.values()):
+            return None
+        rows = recipe["batch_size"] * recipe["grad_accum"] * int(record.get("world_size") or 1)
+        return rows * (stage.seq_len_start or recipe["seq_len"]), rows * recipe["seq_len"]
+
     return [StagePlan(stage.name, stage.steps, stage.until_step, stage.max_steps,
-                      stage.plateau.strikes if stage.plateau else None) for stage in curriculum.stages]
+                      stage.plateau.strikes if stage.plateau else None, tokens_per_step(stage))
+            for stage in curriculum.stages]
 
 
 def run_status(run_dir: Path) -> RunStatus:
-    """Where the run in `run_dir` stands, measured against its own curriculum copy (read-only; see
+    """Where the run in `run_dir` stands, measured against its own curriculum copy and recipe (read-only; see
     hamner.run.status). A run without a readable copy gets a status without stage lengths or ETAs."""
     copy = recorded_curriculum(run_dir)
     try:
-        stages = stage_plan(load_curriculum(copy)) if copy else None
+        record = json.loads((Path(run_dir) / CONFIG).read_text())
+    except (OSError, ValueError):
+        record = None
+    try:
+        stages = stage_plan(load_curriculum(copy), record if isinstance(record, dict) else None) if copy else None
     except CurriculumError:
         stages = None
     return read_status(run_dir, stages)

@@ -155,8 +155,8 @@ def open_run_dir(rundir: RunDir, info: dist.DistInfo, resume: bool, notes: list[
 
 def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler, recipe: Recipe, stride: int,
                        step: int, device: torch.device) -> Prefetcher:
-    """A prefetcher of the current stage's micro-batches (shaped as `recipe` says) from optimizer step `step`
-    on, mixed as `controller` says.
+    """A prefetcher of the current stage's micro-batches (shaped as `recipe` says, rows as long as the
+    stage's seq_len ramp says where it has one) from optimizer step `step` on, mixed as `controller` says.
 
     The mixture of step t is read off a frozen copy of the controller (plain fields, no losses
     needed), so it depends on t only and resumed runs draw the same rows. Micro-batch j of step t is
@@ -167,7 +167,9 @@ def curriculum_batches(controller: CurriculumController, sampler: MixtureSampler
 
     def make_batch(index: int) -> Batch:
         step_of, micro = divmod(index, accum)
-        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=step_of - plan.global_step))
-        return sampler.batch(step_of * stride + micro, mixture, recipe.batch_size, recipe.seq_len)
+        ahead = step_of - plan.global_step
+        mixture = Mixture(plan.weights(), plan.difficulty(steps_ahead=ahead))
+        seq_len = plan.seq_len(steps_ahead=ahead) or recipe.seq_len
+        return sampler.batch(step_of * stride + micro, mixture, recipe.batch_size, seq_len)
 
     return Prefetcher(make_batch, start_step=step * accum, device=device)

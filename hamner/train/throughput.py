@@ -50,9 +50,12 @@ class IntervalMeter:
         self._start = time.perf_counter()
         self._excluded = 0.0
         self._tokens = 0
+        self._flops = 0.0
 
     def add_tokens(self, n: int) -> None:
+        """Count `n` tokens trained on at the current `flops_per_token` (a seq_len ramp changes it between steps)."""
         self._tokens += n
+        self._flops += n * self.flops_per_token
 
     def exclude(self, seconds: float) -> None:
         """Leave `seconds` of the current interval out of the rate."""
@@ -63,6 +66,6 @@ class IntervalMeter:
         now = time.perf_counter()
         seconds = max(now - self._start - self._excluded, 1e-9)
         rate = self._tokens / seconds
-        self._start, self._excluded, self._tokens = now, 0.0, 0
-        mfu = rate * self.flops_per_token / self.peak if self.peak else None
+        mfu = self._flops / seconds / self.peak if self.peak else None
+        self._start, self._excluded, self._tokens, self._flops = now, 0.0, 0, 0.0
         return rate, mfu

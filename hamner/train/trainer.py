@@ -7,7 +7,10 @@ run's record (run_record), checkpoints (hamner.run.checkpoint), run outputs (ham
 ranks (distributed), document packing (hamner.model.packing).
 
 - each stage trains with its own recipe (batch size, gradient accumulation, sequence length: the
-  stage's, else the curriculum's, else the preset's; the command line overrides all);
+  stage's, else the curriculum's, else the preset's; the command line overrides all); a stage's seq_len
+  ramp changes the rows' length step by step at a fixed batch size, so the tokens counted per step (and the
+  FLOPs per token of the MFU) follow the batches actually trained on; ramped model knobs (the attention
+  window) are set before every step;
 - the curriculum's evaluations run at their intervals (and at step 0 when they ask), feed the
   controller's keep_best / early-stop metrics and are written to RUN/evals/; with
   save_initial_checkpoint the untrained model is saved as checkpoints/initial;
@@ -168,13 +171,8 @@ class Trainer:
         if s.compile:
             self.train_model = torch.compile(self.train_model)
         self.recipe = stage_recipe(s, self._stage())
+        self._seq_len = self.recipe.seq_len  # tokens per row of the latest step (a seq_len ramp moves it)
         self.meter = IntervalMeter(self.model.flops_per_token(self.recipe.seq_len), peak_flops(device))
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens one optimizer step of the current stage trains on, over all ranks."""
-        r = self.recipe
-        return r.batch_size * r.seq_len * r.grad_accum * self.dist.world_size
 
     # ----- setup -----
 
@@ -305,6 +303,7 @@ class Trainer:
         if self._batches is not None:
             self._batches.close()
         self.recipe = stage_recipe(self.s, self._stage())
+        self._seq_len = self.recipe.seq_len
         self.meter.flops_per_token = self.model.flops_per_token(self.recipe.seq_len)
         self._batches = curriculum_batches(self.controller, self.sampler, self.recipe, self.micro_stride,
                                            self.progress.step, self.device)
@@ -315,7 +314,13 @@ class Trainer:
         rates = self.controller.rates()
         apply_lr(self.optim.optimizers, rates.adamw, rates.layer_scales, rates.muon)
         self.last_lr = rates.adamw
+        for name, value in self.controller.ramped_knobs().items():
+            self.model.set_knob(name, value)
         batches = [self._batches.next() for _ in range(self.recipe.grad_accum)]
+        seq_len = batches[0].idx.shape[1]  # the recipe's, or where the stage's seq_len ramp stands
+        if seq_len != self._seq_len:
+            self._seq_len = seq_len
+            self.meter.flops_per_token = self.model.flops_per_token(seq_len)
         no_sync = self.train_model.no_sync if self.dist.enabled else None
         result = train_step(self._loss, [(b.idx, b.targets, b.segment_ids) for b in batches], self.optim.optimizers,
                             scaler=self.scaler, autocast_dtype=self.dtype, no_sync=no_sync)
@@ -326,8 +331,9 @@ class Trainer:
             self.window.add_text(torch.where(counted, self._token_bytes[targets.clamp(min=0)], 0).sum(), counted.sum())
         self.controller.step_done()
         self.progress.step += 1
-        self.progress.tokens += self.tokens_per_step
-        self.meter.add_tokens(self.tokens_per_step)
+        tokens = sum(b.idx.numel() for b in batches) * self.dist.world_size  # every rank's rows are alike
+        self.progress.tokens += tokens
+        self.meter.add_tokens(tokens)
 
     def _loss(self, idx: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor:
         """Mean loss of one micro-batch; its document ids (under document packing) keep attention inside

@@ -7,6 +7,12 @@ The Llama attention (Touvron et al. 2023, "LLaMA"); the sliding window as in Bel
 all of them for full attention, only the last W - 1 (all a new query still sees besides its own)
 for the window, so the window's cache stays bounded however long the text.
 
+The sliding window's knob "window" narrows it at run time, W_now in 1..W (a curriculum's window warm-up, as in
+the modded-nanogpt speedrun, Keller Jordan et al. 2024): the model's `window` W is the largest it may reach.
+W_now lives in a 0-d integer buffer, so checkpoints carry it, a resumed or loaded model attends as it did,
+and the attention takes it as a tensor (see hamner.kernels.attention_dispatch: changing it never recompiles
+a compiled model). At W_now = W the attention runs exactly as without the knob.
+
 RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half), and that is the order
 `state_dict()` and `load_state_dict()` use (checkpoints, the Hugging Face export). The parameter
 itself holds each q and k head's rows in pair order, (0, D/2, 1, D/2 + 1, ...), so the projection
@@ -24,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from hamner import kernels
+from hamner.errors import CurriculumError
 from hamner.model.checks import NoSettings
 from hamner.model.mixers.settings import SlidingWindowSettings
 from hamner.model.mixers.shared import KVState
@@ -95,16 +102,74 @@ class Attention(NoSettings, nn.Module):
         if state is not None:
             k, v = state.append(k, v)
         # Queries are the last T positions of the keys.
-        y = kernels.attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids)
+        y = kernels.attention(q, k, v, causal=True, window=self.attention_window(), segment_ids=segment_ids)
         return self.out(y.reshape(B, T, q_dim))
+
+    def attention_window(self) -> int | torch.Tensor | None:
+        """The window the forward attends over: None (full attention) or the fixed window."""
+        return self.window
 
     def new_state(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVState:
         head = (self.n_kv_heads, self.head_dim)
         return KVState.empty(batch_size, max_len, head, head, self.window, device, dtype)
 
 
+def _fill_missing_window(module: SlidingWindowAttention, state_dict: dict, prefix: str, *args: object) -> None:
+    """A state dict saved before the window knob existed attends over the whole window."""
+    state_dict.setdefault(prefix + "current_window", torch.tensor(module.window))
+
+
+def _follow_loaded_window(module: SlidingWindowAttention, incompatible_keys: object) -> None:
+    if module.current_window.device.type != "meta":
+        module.follow_buffer()
+
+
 class SlidingWindowAttention(SlidingWindowSettings, Attention):
-    """Attention where each query sees only the last `config.window` keys, itself included."""
+    """Attention where each query sees only the last `config.window` keys, itself included; knob "window"
+    narrows that to W_now (module docstring)."""
+
+    KNOBS = ("window",)
 
     def __init__(self, config: HamnerConfig, layer_index: int) -> None:
         super().__init__(config, layer_index, window=config.window)
+        self.register_buffer("current_window", torch.tensor(config.window))  # W_now, carried in checkpoints
+        # Host copies of W_now, so setting the knob and building decoding states never read the buffer back;
+        # the forward reads only `narrowed` (a bool, so torch.compile guards on two values at most).
+        self.window_now, self.narrowed = config.window, False
+        self.register_load_state_dict_pre_hook(_fill_missing_window)
+        self.register_load_state_dict_post_hook(_follow_loaded_window)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The whole window (also after a build on the meta device)."""
+        self.current_window.fill_(self.window)
+        self.window_now, self.narrowed = self.window, False
+
+    def follow_buffer(self) -> None:
+        """Set the host copies from the buffer (after it was filled or loaded)."""
+        self.window_now = int(self.current_window)
+        self.narrowed = self.window_now < self.window
+
+    def attention_window(self) -> int | torch.Tensor:
+        """The fixed window, or the buffer (a tensor) while the knob narrows it."""
+        return self.current_window if self.narrowed else self.window
+
+    def check_knob(self, name: str, value: float) -> None:
+        """CurriculumError unless `name` is "window" and `value` a whole number in 1..window."""
+        if name not in self.KNOBS:
+            raise CurriculumError(f"unknown knob {name!r} for sliding-window attention (knobs: window)")
+        if isinstance(value, bool) or value != int(value) or not 1 <= value <= self.window:
+            raise CurriculumError(f"window must be a whole number in 1..{self.window} (the model's window is the "
+                                  f"largest), got {value!r}")
+
+    @torch.no_grad()
+    def set_knob(self, name: str, value: float) -> None:
+        """Set the knob `name` ("window": W_now in 1..window); setting the value it has writes nothing."""
+        self.check_knob(name, value)
+        if int(value) != self.window_now:
+            self.current_window.fill_(int(value))
+            self.window_now, self.narrowed = int(value), int(value) < self.window
+
+    def new_state(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVState:
+        head = (self.n_kv_heads, self.head_dim)
+        return KVState.empty(batch_size, max_len, head, head, self.window_now, device, dtype)

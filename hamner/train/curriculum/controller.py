@@ -7,7 +7,8 @@ curves. The training loop drives it:
     while not ctrl.finished:
         set the rates of ctrl.rates(): AdamW's, Muon's, and the layer scales both are multiplied by,
         mix ctrl.weights(),
-        synthetic tasks at ctrl.difficulty(); run one optimizer step; ctrl.step_done()
+        synthetic tasks at ctrl.difficulty(), rows of ctrl.seq_len() tokens (None: the recipe's),
+        model.set_knob(name, value) for ctrl.ramped_knobs(); run one optimizer step; ctrl.step_done()
         at log intervals: ctrl.record_losses(losses of the steps since the last call)
         at evaluations: ctrl.record_metrics({"val_loss": v, "length_ppl@1W": p, ...})
                         (True -> a new best of the keep_best metric: save the best checkpoint)
@@ -19,6 +20,11 @@ step_done() needs no loss, so the loop never syncs the GPU per step. The plateau
 evaluated at exactly the stage steps it names, as the losses for those steps arrive, so feeding
 losses in batches after the fact decides exactly as feeding them one by one would; the stage
 then ends at the next should_advance() call.
+
+Ramps (difficulty, a seq_len ramp, a ramped model knob such as the attention window) run linearly from
+their start at the stage's first step to their end at its last; a seq_len ramp moves in whole steps of
+SEQ_LEN_MULTIPLE tokens, a knob ramp in whole numbers (both rounded down), so their values depend on the
+stage step alone and a resumed run recomputes them exactly.
 
 Stage length (used by ramps, cosine and wsd): `steps`, or `until_step` minus the global step the
 stage started at, or `max_steps` for stages that end on a plateau or early stop (their
@@ -42,7 +48,7 @@ from itertools import islice
 from typing import Any
 
 from hamner.errors import CheckpointError
-from hamner.train.curriculum.spec import Curriculum, MetricRule, Stage
+from hamner.train.curriculum.spec import SEQ_LEN_MULTIPLE, Curriculum, MetricRule, Stage
 
 
 @dataclass(frozen=True)
@@ -207,11 +213,32 @@ class CurriculumController:
         return {s: w / total for s, w in weights.items()}
 
     def model_knobs(self) -> dict[str, float | tuple[float, ...]]:
-        """Knob -> value for the current stage: the latest value any stage up to this one set."""
+        """Knob -> value for the step about to run: the latest value any stage up to this one set (an earlier
+        stage's ramp at its end, this stage's at this step)."""
         knobs: dict[str, float | tuple[float, ...]] = {}
-        for stage in self.curriculum.stages[:self.stage_index + 1]:
+        for stage in self.curriculum.stages[:self.stage_index]:
             knobs.update(stage.model_knobs)
+            knobs.update({name: end for name, (_, end) in stage.model_ramps.items()})
+        knobs.update(self.stage.model_knobs)
+        knobs.update(self.ramped_knobs())
         return knobs
+
+    def ramped_knobs(self) -> dict[str, int]:
+        """Knob -> value of the current stage's ramped knobs (e.g. the attention window) for the step about to
+        run: start + (end - start) x progress, rounded down."""
+        progress = self._progress(0)
+        return {name: start + math.floor((end - start) * progress)
+                for name, (start, end) in self.stage.model_ramps.items()}
+
+    def seq_len(self, steps_ahead: int = 0) -> int | None:
+        """Tokens per row for the step about to run (or one `steps_ahead` later) when the stage ramps its
+        seq_len: start + (end - start) x progress, rounded down to a multiple of SEQ_LEN_MULTIPLE above start;
+        None when it does not (the recipe's fixed length applies)."""
+        stage = self.stage
+        if stage.seq_len_start is None:
+            return None
+        grown = (stage.seq_len - stage.seq_len_start) * self._progress(0, steps_ahead)
+        return stage.seq_len_start + SEQ_LEN_MULTIPLE * math.floor(grown / SEQ_LEN_MULTIPLE)
 
     def difficulty(self, steps_ahead: int = 0) -> float:
         """Synthetic difficulty for the step about to run: the stage's value or its linear ramp.

@@ -13,7 +13,11 @@ positions per document (default `"stream"`: rows are plain token windows); `prob
 (a JSONL file or a built-in set, see hamner.eval.probe) scored at every stage end.
 
 The recipe: `batch_size`, `grad_accum` and `seq_len` at the top level or per stage (the command line
-overrides them). `[[evaluations]]` tables name what runs during training (`val_loss`, `length_gen`,
+overrides them). A stage's `seq_len = [start, end]` warms the sequence length up: it grows linearly over the
+stage (like a difficulty ramp) in steps of SEQ_LEN_MULTIPLE tokens, at a fixed batch size, so the tokens of a
+step grow with it; `model = { window = [start, end] }` warms a sliding-window model's attention window up
+the same way (one token at a time; the model's `window` is the largest it may reach).
+`[[evaluations]]` tables name what runs during training (`val_loss`, `length_gen`,
 `tasks`, `probe`), each at its `interval` and, with `at_start`, at step 0; without any, validation loss
 runs every `eval_interval` steps as it always did. `keep_best` and a stage's `early_stop` follow a
 metric those evaluations produce (`val_loss`, `val_bpc`, `length_ppl@{m}W`, `task_accuracy`,
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,11 @@ _SOURCE_NAME = re.compile(rf"^({re.escape(SYNTHETIC_TASK_PREFIX)}|{re.escape(CON
 _MIDDLE = re.compile(r"^middle:(\d+)$")
 
 RECIPE_KEYS = ("batch_size", "grad_accum", "seq_len")  # top level or per stage; the command line overrides
+# A stage's seq_len ramp moves in steps of this many tokens (and its ends are multiples of it): few distinct
+# shapes, each a multiple of the 8 or 16 elements tensor cores want.
+SEQ_LEN_MULTIPLE = 16
+# Model knobs a stage may ramp (`knob = [start, end]`) instead of setting per layer; their values are whole numbers.
+RAMPED_KNOBS = ("window",)
 EVALUATION_KINDS = ("val_loss", "length_gen", "tasks", "probe")
 MODES = ("min", "max")
 DEFAULT_METRIC = "val_loss"
@@ -210,7 +219,10 @@ class Stage:
     # The recipe of this stage; None: the curriculum's (or the command line's, which overrides both).
     batch_size: int | None = None
     grad_accum: int | None = None
-    seq_len: int | None = None
+    seq_len: int | None = None  # the fixed length, or the end of a ramp from seq_len_start
+    seq_len_start: int | None = None  # a seq_len ramp's first length; None: no ramp
+    # Ramped model knobs (RAMPED_KNOBS): name -> (start, end) over the stage, held at end by later stages.
+    model_ramps: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -268,7 +280,8 @@ class Curriculum:
     def with_recipe(self, **values: int) -> Curriculum:
         """This curriculum with `values` (batch_size, grad_accum, seq_len from the command line) for the whole
         run: set at the top level and cleared from every stage, so the command line overrides both."""
-        stages = tuple(replace(stage, **{name: None for name in values}) for stage in self.stages)
+        cleared = {name: None for name in values} | ({"seq_len_start": None} if "seq_len" in values else {})
+        stages = tuple(replace(stage, **cleared) for stage in self.stages)
         return replace(self, stages=stages, **values)
 
     def assistant_only_sources(self) -> list[str]:
@@ -284,10 +297,12 @@ class Curriculum:
         return [s for s in self.sources() if not is_builtin_source(s)]
 
     def check_model_knobs(self, check: Callable[[str, float | tuple[float, ...]], None]) -> None:
-        """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets; its
-        CurriculumError comes back naming the field."""
+        """Run `check(knob, value)` (a model's `check_knob`) on every knob a stage sets (both ends of a ramp);
+        its CurriculumError comes back naming the field."""
         for i, stage in enumerate(self.stages):
-            for name, value in stage.model_knobs.items():
+            values = [*stage.model_knobs.items(), *((name, end) for name, ramp in stage.model_ramps.items()
+                                                    for end in ramp)]
+            for name, value in values:
                 try:
                     check(name, value)
                 except CurriculumError as exc:
@@ -516,6 +531,8 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         raise f.fail("max_steps", "caps a stage that ends on plateau or early_stop; use steps for a fixed length")
 
     difficulty = _parse_difficulty(table.get("difficulty"), f"{where}.difficulty", weights)
+    seq_len = _parse_seq_len(f)
+    knobs, ramps = _parse_model_knobs(table.get("model", {}), f"{where}.model")
     return Stage(
         name=f.text("name"),
         weights=weights,
@@ -532,14 +549,16 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         fresh_optimizer=f.flag("fresh_optimizer", False),
         layer_lr_scale=_parse_layer_scale(table["layer_lr_scale"], f"{where}.layer_lr_scale")
         if f.has("layer_lr_scale") else None,
-        model_knobs=_parse_model_knobs(table.get("model", {}), f"{where}.model"),
+        model_knobs=knobs,
+        model_ramps=ramps,
         optimizer=f.text("optimizer", optimizer, OPTIMIZERS),
         muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
         decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
         decay_shape=decay_shape,
         batch_size=f.integer("batch_size", minimum=1),
         grad_accum=f.integer("grad_accum", minimum=1),
-        seq_len=f.integer("seq_len", minimum=1),
+        seq_len=seq_len[1],
+        seq_len_start=seq_len[0],
         decay_steps=decay_steps,
     )
 
@@ -575,22 +594,49 @@ def _parse_weights(table: Any, where: str) -> dict[str, float]:
     return weights
 
 
-def _parse_model_knobs(table: Any, where: str) -> dict[str, float | tuple[float, ...]]:
-    """`model = { knob = number or [one number per layer], ... }`; whether the model has those knobs (and
-    that many layers) is checked when it is built."""
+def _parse_seq_len(f: TomlTable) -> tuple[int | None, int | None]:
+    """A stage's `seq_len`: (None, length), a ramp (start, end) of multiples of SEQ_LEN_MULTIPLE with start <= end,
+    or (None, None) when the stage does not set it."""
+    if not isinstance(f.table.get("seq_len"), list):
+        return None, f.integer("seq_len", minimum=1)
+    start, end = _int_ramp(f, "seq_len")
+    if start % SEQ_LEN_MULTIPLE or end % SEQ_LEN_MULTIPLE:
+        raise f.fail("seq_len", f"a ramp's ends must be multiples of {SEQ_LEN_MULTIPLE}, got [{start}, {end}]")
+    return start, end
+
+
+def _int_ramp(f: TomlTable, key: str) -> tuple[int, int]:
+    """The value at `key`: a whole number >= 1 (start = end) or a [start, end] ramp of them with start <= end."""
+    value = f.table[key]
+    ends = value if isinstance(value, list) else [value]
+    if len(ends) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ends):
+        raise f.fail(key, f"must be a whole number >= 1 or a [start, end] ramp of them, got {value!r}")
+    if ends[0] > ends[-1]:
+        raise f.fail(key, f"a ramp [start, end] must not shrink: start {ends[0]} exceeds end {ends[-1]}")
+    return ends[0], ends[-1]
+
+
+def _parse_model_knobs(table: Any, where: str) -> tuple[dict[str, float | tuple[float, ...]],
+                                                        dict[str, tuple[int, int]]]:
+    """`model = { knob = number or [one number per layer], ... }` and the ramped knobs (RAMPED_KNOBS: a whole
+    number or a [start, end] ramp); whether the model has those knobs (and that many layers, and accepts those
+    values) is checked when it is built."""
     if not isinstance(table, dict):
         raise CurriculumError(f"{where}: must be a table of knob = number, got {table!r}")
     f = TomlTable(table, where, None, CurriculumError)
     knobs: dict[str, float | tuple[float, ...]] = {}
+    ramps: dict[str, tuple[int, int]] = {}
     for name, value in table.items():
-        if isinstance(value, list):
+        if name in RAMPED_KNOBS:
+            ramps[name] = _int_ramp(f, name)
+        elif isinstance(value, list):
             per_layer = TomlTable({str(i): v for i, v in enumerate(value)}, f"{where}.{name}", None, CurriculumError)
             if not value:
                 raise CurriculumError(f"{where}.{name}: needs one number per layer, got an empty list")
             knobs[name] = tuple(per_layer.number(str(i)) for i in range(len(value)))
         else:
             knobs[name] = f.number(name)
-    return knobs
+    return knobs, ramps
 
 
 def _parse_difficulty(value: Any, where: str, weights: dict[str, float]) -> tuple[float, float]:
