@@ -59,6 +59,50 @@ def test_muon_resume_with_grad_accum_and_layer_scales_gives_identical_losses(tmp
         assert torch.equal(x, y), name
 
 
+WARMUP = """\
+name = "warmup"
+tokenizer = "bytes"
+
+[[stages]]
+name = "ramp"
+steps = 6
+weights = { synthetic = 1.0 }
+difficulty = 1
+lr = 3e-3
+seq_len = [16, 48]
+model = { window = [3, 12] }
+
+[[stages]]
+name = "after"
+steps = 3
+weights = { synthetic = 1.0 }
+difficulty = 1
+lr = 1e-3
+"""
+
+
+def test_resume_inside_seq_len_and_window_warm_ups_gives_identical_losses(tmp_path):
+    """Rows grow 16 -> 48 tokens and a sliding window 3 -> 12 over the first stage; stopped at step 3 (window
+    3 + 9 x 2/5 -> 6, rows of 32 tokens next) and resumed, the run trains the same rows at the same windows."""
+    curriculum = tmp_path / "warmup.toml"
+    curriculum.write_text(WARMUP)
+    swa = tmp_path / "swa.toml"
+    swa.write_text('mixer = "swa"\nwindow = 12\nn_layers = 2\n')
+    ramped = dict(seq_len=None, model=str(swa))
+    train(tiny_settings(tmp_path / "whole", curriculum, max_steps=8, **ramped))
+    train(tiny_settings(tmp_path / "parts", curriculum, max_steps=3, **ramped))
+    saved, _ = load_model(tmp_path / "parts")
+    assert [int(layer.attn.current_window) for layer in saved.layers] == [6, 6]
+    assert train(resume_settings(tmp_path / "parts", {"max_steps": 8})).step == 8
+
+    expected = [(r["step"], r["loss"], r["tokens"]) for r in metrics(tmp_path / "whole")]
+    assert [(r["step"], r["loss"], r["tokens"]) for r in metrics(tmp_path / "parts")] == expected
+    a, _ = load_model(tmp_path / "whole")
+    b, _ = load_model(tmp_path / "parts")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
 def _as_version_1(ckpt_dir, config) -> None:
     """Rewrite a checkpoint as format version 1 wrote it: attention's q/k moments in rotate-half row order."""
     import json

@@ -1,8 +1,8 @@
 """Warm-ups as curriculum schedules: a stage's `seq_len = [start, end]` and a sliding-window model's
 `model = { window = [start, end] }`. The format and its one-line errors, the ramp values over a stage,
 the run-time window in the attention (a tensor: SDPA band mask, FlexAttention block mask) against the
-fixed window, cached decoding, torch.compile without recompiles, training, exact resume mid-ramp, and
-the token counts and ETAs that follow the growing steps."""
+fixed window, cached decoding, torch.compile without recompiles, training, and the token counts and ETAs
+that follow the growing steps (exact resume mid-ramp: test_resume.py)."""
 import json
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from hamner.run.status import StagePlan
 from hamner.train.curriculum.controller import CurriculumController
 from hamner.train.curriculum.spec import SEQ_LEN_MULTIPLE, load_curriculum
 from hamner.train.run_record import run_status, stage_plan
-from hamner.train.settings import resume_settings
 from hamner.train.trainer import train
 from hamner.use.load import load_model
 
@@ -159,6 +158,26 @@ def test_the_flex_path_equals_the_sdpa_band_path(n, window):
     torch.testing.assert_close(out, attention(q, k, v, window=window), rtol=1e-5, atol=1e-5)
 
 
+def test_flex_block_masks_are_cached_per_window_value_and_built_inside_a_compiled_graph():
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 24, 2, 8) for _ in range(3))
+    window = torch.tensor(5)
+    attention_dispatch._WINDOW_MASKS.clear()
+    attention_dispatch._flex_window(q, k, v, window)
+    attention_dispatch._flex_window(q, k, v, window)
+    assert len(attention_dispatch._WINDOW_MASKS) == 1  # the next step at the same window reuses it
+    window.fill_(9)
+    torch.testing.assert_close(attention_dispatch._flex_window(q, k, v, window), attention(q, k, v, window=9))
+    assert len(attention_dispatch._WINDOW_MASKS) == 2  # a new value, a new mask
+
+    counter = CompileCounter()
+    compiled = torch.compile(attention_dispatch._flex_window, backend=counter, fullgraph=True)
+    for value in (3, 5, 11):
+        torch.testing.assert_close(compiled(q, k, v, torch.tensor(value)), attention(q, k, v, window=value),
+                                   rtol=1e-5, atol=1e-5)
+    assert counter.frame_count == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_runs_a_run_time_window_through_flex_attention(monkeypatch):
     torch.manual_seed(2)
@@ -257,24 +276,11 @@ def test_training_ramps_the_rows_and_the_window_and_counts_the_tokens(tmp_path):
     assert steps == [32, 32, 64, 64, 96, 256, 256, 256]
     model, _ = load_model(tmp_path / "run")
     assert [m.window_now for m in model.modules() if hasattr(m, "window_now")] == [12, 12]
+    stages = json.loads((tmp_path / "run" / "evals" / "metadata.json").read_text())["stages"]
+    assert [(st["seq_len_start"], st["seq_len"], st["model_ramps"]) for st in stages] == [
+        (16, 48, {"window": [4, 12]}), (None, 128, {})]
     ramp_end, _ = load_model(tmp_path / "run" / "checkpoints" / "stage-0-end")
     assert [int(m.current_window) for m in ramp_end.modules() if hasattr(m, "window_now")] == [12, 12]
-
-
-def test_resume_mid_ramp_gives_identical_losses_and_weights(tmp_path):
-    curriculum = write(tmp_path, steps=6, seq_len="[16, 48]", model="model = { window = [3, 12] }")
-    swa = str(swa_model_file(tmp_path))
-    train(tiny_settings(tmp_path / "whole", curriculum, seq_len=None, model=swa, max_steps=8))
-    train(tiny_settings(tmp_path / "parts", curriculum, seq_len=None, model=swa, max_steps=3))
-    saved, _ = load_model(tmp_path / "parts")
-    assert [m.window_now for m in saved.modules() if hasattr(m, "window_now")] == [6, 6]  # 3 + 9 x 2/5
-    assert train(resume_settings(tmp_path / "parts", {"max_steps": 8})).step == 8
-    expected = [(r["step"], r["loss"], r["tokens"]) for r in metrics(tmp_path / "whole")]
-    assert [(r["step"], r["loss"], r["tokens"]) for r in metrics(tmp_path / "parts")] == expected
-    a, _ = load_model(tmp_path / "whole")
-    b, _ = load_model(tmp_path / "parts")
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), name
 
 
 # ----- status -----

@@ -432,7 +432,9 @@ class Trainer:
             "stages": [{"name": st.name, "lr": st.lr, "schedule": st.schedule, "warmup_steps": st.warmup_steps,
                         "min_lr_ratio": st.min_lr_ratio, "steps": st.steps or st.until_step or st.max_steps,
                         "early_stop": asdict(st.early_stop) if st.early_stop else None,
-                        **asdict(stage_recipe(s, st))} for st in c.stages],
+                        **asdict(stage_recipe(s, st)), "seq_len_start": st.seq_len_start,
+                        "model_ramps": {name: list(ends) for name, ends in st.model_ramps.items()}}
+                       for st in c.stages],
         }
 
     def _record_results(self, reason: str) -> None:
