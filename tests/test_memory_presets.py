@@ -84,7 +84,7 @@ def test_a_tiny_model_lowers_its_loss_in_30_steps(name):
 
 def test_the_plasticity_knob_on_the_model():
     agiformer, ttt = tiny_model("agiformer-31m"), tiny_model("ttt-125m")
-    assert agiformer.knob_names() == ["plasticity"] and ttt.knob_names() == []
+    assert agiformer.knob_names() == ["plasticity", "window"] and ttt.knob_names() == []  # swa+hebbian
     agiformer.set_knob("plasticity", 0.25)
     values = [v.item() for k, v in agiformer.state_dict().items() if k.endswith("plasticity")]
     assert values == [0.25, 0.25]  # one per layer, saved with the weights
