@@ -24,12 +24,16 @@ calls of the same backends, each map applied to both halves of the value width.
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from hamner.kernels import dispatch
 from hamner.kernels.reference import causal_mask
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 
 def _load_flash_attn():
@@ -109,7 +113,7 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, segme
     return out.transpose(1, 2)
 
 
-def sliding_window_block_mask(window: torch.Tensor, n: int, device: torch.device):
+def sliding_window_block_mask(window: torch.Tensor, n: int, device: torch.device) -> BlockMask:
     """The FlexAttention block mask of causal self-attention over `n` positions where query t sees keys
     t - window + 1 .. t; `window` is a 0-d integer tensor read on the device (the same band as
     `reference.causal_mask(n, n, window)`)."""
