@@ -1,8 +1,9 @@
 """Every Triton kernel specialisation a training step launches compiles for real GPUs, without one.
 
 A forward and backward of each preset (one layer: the kernels see the same widths as the full
-model) under fp32, bf16 and fp16 autocast, and the RMSNorm backward under every tiling a GPU run
-sweeps, runs the kernels in the interpreter while
+model), and of the stack options (qk_norm, relu2, value embeddings, U-net skips) at the demo's and at
+v3-50m's width with the speedrun's 4x ReLU² MLP, under fp32, bf16 and fp16 autocast, and the RMSNorm
+backward under every tiling a GPU run sweeps, runs the kernels in the interpreter while
 `record_launches` notes each launch's specialisation; a subprocess without the interpreter then
 compiles every one for sm_80, sm_86, sm_89 and sm_90 with the bundled ptxas and fails on any
 compile error or register spill.
@@ -21,15 +22,18 @@ from hamner.model.transformer import HamnerModel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel",
-           "_swiglu_bwd_kernel", "_rope_kernel",
+           "_swiglu_bwd_kernel", "_relu2_fwd_kernel", "_relu2_bwd_kernel", "_rope_kernel",
            "_cross_entropy_grad_kernel"}
 
 
 def training_step_launches() -> list:
     torch.manual_seed(0)
     with record_launches() as recorded:
-        for preset in PRESETS:
-            config = replace(model_config(preset), n_layers=1)
+        options = dict(n_layers=2, qk_norm=True, mlp="relu2", value_embeddings=1, skip="unet")
+        configs = [replace(model_config(preset), n_layers=1) for preset in PRESETS] + [
+            replace(model_config("demo"), **options),
+            replace(model_config("v3-50m"), intermediate_size=4 * 512, **options)]
+        for config in configs:
             model = HamnerModel(config)
             idx = torch.randint(0, config.vocab_size, (1, 17))
             for dtype in DTYPES:

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = dict(vocab_size=97, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=96,
             max_seq_len=40)
-# Every mixer alone, two side by side, and a hybrid stack.
+# Every mixer alone, two side by side, a hybrid stack, and the stack options (qk_norm, relu2, value embeddings,
+# U-net skips) alone and together, on stacks of an odd depth too.
 VARIANTS = {
     "attention": dict(),
     "swa": dict(mixer="swa", window=4),
@@ -39,13 +40,20 @@ VARIANTS = {
     "swa+diff_attention": dict(mixer="swa+diff_attention", window=3),
     "hybrid": dict(layer_mixers=["swa", "attention"], window=5),
     "gelu_mlp": dict(mlp="gelu"),  # GPT-2's MLP under plain attention
+    "relu2_mlp": dict(mlp="relu2"),
+    "qk_norm": dict(qk_norm=True),
+    "value_embeddings": dict(value_embeddings=1),
+    "value_embeddings_hybrid": dict(n_layers=3, layer_mixers=["attention", "hebbian", "swa"], window=4,
+                                    value_embeddings=1),
+    "unet": dict(n_layers=5, skip="unet"),
+    "all_options": dict(n_layers=5, mixer="swa", window=4, qk_norm=True, mlp="relu2", value_embeddings=2, skip="unet"),
 }
 
 
 def random_model(seed: int = 0, **fields) -> HamnerModel:
     """Untrained float64 model with a wide init: peaked, varied greedy choices and no float ties."""
     torch.manual_seed(seed)
-    return HamnerModel(HamnerConfig(**TINY, init_std=0.3, **fields)).double().eval()
+    return HamnerModel(HamnerConfig(**{**TINY, "init_std": 0.3, **fields})).double().eval()
 
 
 # ----- kernels: the ops against the float64 references -----
@@ -184,6 +192,17 @@ def test_differential_attention_matches_dense_parameters_plus_lambdas_and_head_n
     (dict(layer_mixers=["attention", "nope"]), "layer_mixers: unknown mixer 'nope'"),
     (dict(mlp="relu"), "mlp: unknown MLP 'relu'"),
     (dict(mixer="diff_attention", n_kv_heads=1), "must be even for diff_attention"),
+    (dict(qk_norm=1), "qk_norm must be true or false"),
+    (dict(mixer="diff_attention", qk_norm=True), "qk_norm: the diff_attention mixer does not take it"),
+    (dict(mixer="swa+hebbian", window=2, qk_norm=True), "qk_norm: the hebbian mixer does not take it"),
+    (dict(mixer="ttt_linear", qk_norm=True), "qk_norm: the ttt_linear mixer does not take it"),
+    (dict(value_embeddings=2, n_layers=3), "value_embeddings must be an integer from 0 to n_layers / 2"),
+    (dict(value_embeddings=-1), "value_embeddings must be an integer"),
+    (dict(layer_mixers=["attention", "hebbian"], value_embeddings=1),
+     "value_embeddings: layer 1 gets a value embedding but its mixer is 'hebbian'"),
+    (dict(mixer="swa+attention", window=2, value_embeddings=1), "only attention and swa alone take one"),
+    (dict(skip="dense"), "skip must be one of 'none', 'unet'"),
+    (dict(skip="unet", n_layers=1), "skip = 'unet' needs at least 2 layers"),
 ])
 def test_bad_block_choices_are_one_line_errors_naming_the_field(fields, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -103,6 +103,26 @@ def test_resume_inside_seq_len_and_window_warm_ups_gives_identical_losses(tmp_pa
         assert torch.equal(x, y), name
 
 
+def test_resume_of_a_model_with_every_stack_option_gives_identical_losses(tmp_path):
+    """qk_norm, the relu2 MLP, value embeddings and U-net skips on the demo preset, under Muon (its matrices) and
+    AdamW (the tables, lambdas and skip weights): stopped inside stage 1 and resumed, the run is the same."""
+    model_file = tmp_path / "options.toml"
+    model_file.write_text('qk_norm = true\nmlp = "relu2"\nvalue_embeddings = 1\nskip = "unet"\n')
+    curriculum = write_curriculum(tmp_path, first=3, second=4, eval_interval=3)
+    options = dict(model=str(model_file), optimizer="muon")
+    train(tiny_settings(tmp_path / "whole", curriculum, max_steps=7, **options))
+    train(tiny_settings(tmp_path / "parts", curriculum, max_steps=5, **options))
+    assert train(resume_settings(tmp_path / "parts", {"max_steps": 7})).step == 7
+
+    expected = [(r["step"], r["loss"], r["val_loss"]) for r in metrics(tmp_path / "whole")]
+    assert [(r["step"], r["loss"], r["val_loss"]) for r in metrics(tmp_path / "parts")] == expected
+    a, config = load_model(tmp_path / "whole")
+    b, _ = load_model(tmp_path / "parts")
+    assert (config.qk_norm, config.mlp, config.value_embeddings, config.skip) == (True, "relu2", 1, "unet")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
 def _as_version_1(ckpt_dir, config) -> None:
     """Rewrite a checkpoint as format version 1 wrote it: attention's q/k moments in rotate-half row order."""
     import json

@@ -15,7 +15,7 @@ from hamner.kernels.reference import gelu
 from hamner.kernels.ttt import ttt_linear
 
 if TRITON_INSTALLED:
-    from hamner.kernels.activations import swiglu
+    from hamner.kernels.activations import relu2, swiglu
     from hamner.kernels.cross_entropy import fused_linear_cross_entropy
     from hamner.kernels.norms import add_rms_norm, rms_norm
     from hamner.kernels.rope import apply_rope, rope_cache
@@ -24,6 +24,7 @@ else:  # no triton (macOS, Windows): every op is its PyTorch reference
         add_rms_norm,
         apply_rope,
         fused_linear_cross_entropy,
+        relu2,
         rms_norm,
         rope_cache,
         swiglu,
@@ -41,6 +42,7 @@ __all__ = [
     "linear_attention_backend",
     "moe_experts",
     "reference",
+    "relu2",
     "rms_norm",
     "rope_cache",
     "swiglu",

@@ -1,10 +1,11 @@
-"""SwiGLU activation, silu(gate) * up, as fused Triton kernels with autograd.
+"""The MLP activations as fused Triton kernels with autograd: SwiGLU, silu(gate) * up, and ReLU², relu(x)^2.
 
 The op takes the output of one fused gate/up projection, [..., 2I] with gate in the first half
 and up in the second, read in place through its row stride. The backward writes both halves'
 gradients into one [..., 2I] tensor, which is the gradient of that projection's output as it
 is: no concatenation after the kernel. Math is in fp32; the backward recomputes silu from the
-saved input instead of keeping the activation, trading a few flops for memory. The kernel path
+saved input instead of keeping the activation, trading a few flops for memory. ReLU² is one
+elementwise pass each way (forward relu(x)^2, backward 2 relu(x) dy from the saved input). The kernel path
 is registered as `hamner::` custom ops so torch.compile traces it without graph breaks; CPU
 tensors outside the Triton interpreter take `kernels.reference`.
 """
@@ -111,3 +112,75 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"swiglu needs an even last dimension (gate and up halves), got {gate_up.shape[-1]}")
     width = gate_up.shape[-1]
     return _swiglu_fwd(gate_up.reshape(-1, width)).view(*gate_up.shape[:-1], width // 2)
+
+
+@triton.jit
+def _relu2_fwd_kernel(X, x_row_stride, Y, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.maximum(tl.load(X + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32), 0.0)
+    tl.store(Y + row * n_cols + cols, x * x, mask=mask)
+
+
+@triton.jit
+def _relu2_bwd_kernel(DY, dy_row_stride, X, x_row_stride, DX, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    dy = tl.load(DY + row * dy_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.maximum(tl.load(X + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32), 0.0)
+    tl.store(DX + row * n_cols + cols, 2.0 * x * dy, mask=mask)
+
+
+@torch.library.custom_op("hamner::relu2_fwd", mutates_args=())
+def _relu2_fwd(x: torch.Tensor) -> torch.Tensor:
+    x = as_rows(x)
+    n_rows, n_cols = x.shape
+    y = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    grid, block, warps = _grid(n_rows, n_cols)
+    _relu2_fwd_kernel[grid](x, x.stride(0), y, n_cols, BLOCK=block, num_warps=warps)
+    dispatch.record_launch("relu2_fwd")
+    return y
+
+
+@_relu2_fwd.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("hamner::relu2_bwd", mutates_args=())
+def _relu2_bwd(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient of x [rows, I], 2 relu(x) dy."""
+    dy, x = as_rows(dy), as_rows(x)
+    n_rows, n_cols = dy.shape
+    dx = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    grid, block, warps = _grid(n_rows, n_cols)
+    _relu2_bwd_kernel[grid](dy, dy.stride(0), x, x.stride(0), dx, n_cols, BLOCK=block, num_warps=warps)
+    dispatch.record_launch("relu2_bwd")
+    return dx
+
+
+@_relu2_bwd.register_fake
+def _(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def _relu2_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _relu2_backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return _relu2_bwd(dy, x)
+
+
+_relu2_fwd.register_autograd(_relu2_backward, setup_context=_relu2_setup)
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2 elementwise (any leading shape, any row stride); fp32 math, output in x's dtype."""
+    if not dispatch.use_triton(x):
+        return reference.relu2(x)
+    width = x.shape[-1]
+    return _relu2_fwd(x.reshape(-1, width)).view(x.shape)

@@ -106,6 +106,11 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     return _SwiGLU.apply(gate_up)
 
 
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2 elementwise, in fp32, output in x's dtype (the ReLU² MLP's activation)."""
+    return torch.relu(_upcast(x)).square().to(x.dtype)
+
+
 def gelu(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
     """GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ("tanh", GPT-2's) or x Phi(x) ("none").
 

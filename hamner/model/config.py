@@ -19,6 +19,8 @@ from hamner.model.mixers import MIXERS
 from hamner.model.mlps import MLPS
 from hamner.toml_table import TomlTable, read_toml
 
+SKIPS: tuple[str, ...] = ("none", "unet")  # the `skip` choices
+
 
 @dataclass
 class HamnerConfig:
@@ -30,7 +32,8 @@ class HamnerConfig:
     `mixer` names the token mixer of every block ("attention", "swa", "diff_attention", ... see
     `hamner.model.mixers.MIXERS`); several joined by "+" (e.g. "swa+hebbian") run side by side on the
     same normed input and their outputs are summed. `layer_mixers` (one such name per layer)
-    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu", "moe" or "gelu", `hamner.model.mlps.MLPS`).
+    overrides `mixer` for hybrid stacks. `mlp` names the MLP ("swiglu", "moe", "gelu" or "relu2",
+    `hamner.model.mlps.MLPS`).
     The remaining fields are settings of particular mixers and MLPs, checked by their `check_config`
     (`hamner.model.mixers.settings`, `hamner.model.mlps.settings`) and ignored by the others.
     """
@@ -76,6 +79,16 @@ class HamnerConfig:
     # scale (token j steps with ttt_base_lr * sigmoid(x_j w + b) / head_dim).
     ttt_mini_batch: int = 16
     ttt_base_lr: float = 1.0
+    # RMSNorm on every head's queries and keys before RoPE, one learnt weight [head_dim] shared by q and k
+    # (attention and swa; see hamner.model.mixers.attention).
+    qk_norm: bool = False
+    # Value embeddings: N extra token-embedding tables [vocab_size, n_kv_heads * head_dim]; table i is mixed
+    # into the attention values of layer i and of layer n_layers - N + i (attention and swa layers only;
+    # see hamner.model.mixers.attention). 0: none.
+    value_embeddings: int = 0
+    # "unet": the outputs of the first n_layers // 2 blocks are added, with learnt weights, to the inputs of
+    # their mirrors in the second half (see hamner.model.transformer). "none": the plain stack.
+    skip: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
@@ -93,6 +106,37 @@ class HamnerConfig:
             if not number(getattr(self, name)) or not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)!r}")
         self._check_blocks()
+        self._check_stack_options()
+
+    def _check_stack_options(self) -> None:
+        """qk_norm is a switch; value_embeddings fits in the stack, on attention layers; skip is known."""
+        if not isinstance(self.qk_norm, bool):
+            raise ConfigError(f"qk_norm must be true or false, got {self.qk_norm!r}")
+        n = self.value_embeddings
+        if not (isinstance(n, int) and not isinstance(n, bool) and 0 <= 2 * n <= self.n_layers):
+            raise ConfigError(f"value_embeddings must be an integer from 0 to n_layers / 2 ({self.n_layers // 2}): "
+                              f"the first and the last N layers get one table each, got {n!r}")
+        for i in range(self.n_layers):
+            if self.value_table(i) is not None and self.layer_mixer(i) not in ("attention", "swa"):
+                raise ConfigError(f"value_embeddings: layer {i} gets a value embedding but its mixer is "
+                                  f"{self.layer_mixer(i)!r}; only attention and swa alone take one")
+        if self.skip not in SKIPS:
+            raise ConfigError(f"skip must be one of {', '.join(map(repr, SKIPS))}, got {self.skip!r}")
+        if self.skip == "unet" and self.n_layers < 2:
+            raise ConfigError("skip = 'unet' needs at least 2 layers (a first half to skip from)")
+
+    def value_table(self, layer_index: int) -> int | None:
+        """The value-embedding table layer `layer_index` mixes into its values, or None.
+
+        Layer i < N takes table i, and layer n_layers - N + i takes table i too (modded-nanogpt's
+        "012 ... 012" layout); the layers in between take none.
+        """
+        n = self.value_embeddings
+        if layer_index < n:
+            return layer_index
+        if layer_index >= self.n_layers - n:
+            return layer_index - (self.n_layers - n)
+        return None
 
     def _check_blocks(self) -> None:
         """The mixer and MLP choices exist, and each accepts its settings (one-line errors naming the field).
@@ -143,10 +187,23 @@ class HamnerConfig:
         return self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual_init else self.init_std
 
     @property
+    def llama_incompatibility(self) -> str | None:
+        """Why a Hugging Face Llama cannot hold this model (one line), or None when every block is plain
+        attention + SwiGLU with none of the options a Llama has no place for."""
+        if self.mlp != "swiglu" or any(self.layer_mixer_names(i) != ["attention"] for i in range(self.n_layers)):
+            mixers = sorted({m for i in range(self.n_layers) for m in self.layer_mixer_names(i)})
+            return (f"the model uses mixer(s) {'+'.join(mixers)} and MLP {self.mlp}; only attention + swiglu has "
+                    "a Llama equivalent")
+        options = [name for name, on in (("qk_norm", self.qk_norm), ("value_embeddings", self.value_embeddings),
+                                         ("skip", self.skip != "none")) if on]
+        if options:
+            return f"the model uses {', '.join(options)}, which a Llama has no place for"
+        return None
+
+    @property
     def llama_compatible(self) -> bool:
-        """True when every block is plain attention + SwiGLU, the shape a Hugging Face Llama holds."""
-        return self.mlp == "swiglu" and all(
-            self.layer_mixer_names(i) == ["attention"] for i in range(self.n_layers))
+        """True when a Hugging Face Llama can hold the model (`llama_incompatibility` is None)."""
+        return self.llama_incompatibility is None
 
     @property
     def head_dim(self) -> int:

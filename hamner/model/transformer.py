@@ -20,7 +20,20 @@ exporter rely on them; the attention parameter holds its q/k rows in another ord
   layers.{i}.mlp.down.weight        [C, I]
   norm.weight                       [C]
 Other mixers and MLPs keep the `attn` / `mlp` prefixes; several mixers in one layer sit at
-`layers.{i}.attn.{mixer name}`.
+`layers.{i}.attn.{mixer name}`. The options add (each only when on):
+  layers.{i}.attn.qk_norm_weight    [D]               qk_norm (hamner.model.mixers.attention)
+  value_embeds.{j}.weight           [V, Hkv D]        value_embeddings = N, j < N
+  layers.{i}.attn.value_lambdas     [2]               the layers that take a value embedding
+  skip_weights                      [n_layers // 2]   skip = "unet"
+
+U-net skips (`skip = "unet"`, modded-nanogpt's U-net by @brendanh0gan, Keller Jordan et al. 2024, records of
+Nov. 2024): with h_i the output (residual stream) of block i and n = n_layers // 2, block n + j's input is
+
+    x <- x + w_j h_{n-1-j},   j = 0 .. n - 1,   w_j learnt, 1 at init (`skip_weights`, torch.ones as in the source),
+
+so the last block takes the first block's output, the middle ones their neighbours' (an odd stack's last block
+takes none). The weighted skip is added to the residual stream; the pending sublayer output joins it in the
+block's fused add + RMSNorm as always.
 """
 from __future__ import annotations
 
@@ -94,14 +107,17 @@ class Block(nn.Module):
         sin: torch.Tensor,
         state: DecodingState | None = None,
         segment_ids: torch.Tensor | None = None,
+        value_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`state` is the mixer's decoding state (None outside cached decoding); `segment_ids` the
         document of every position of a packed training row (None: one document), refused (ValueError)
-        when a mixer of the block cannot keep the documents apart."""
+        when a mixer of the block cannot keep the documents apart; `value_embedding` the layer's
+        value-embedding lookup, for an attention mixer (None: the layer has none)."""
         if segment_ids is not None and self.documents_refusal is not None:
             raise ConfigError(self.documents_refusal)
         h, x = self.attn_norm(x, delta)
-        h, x = self.mlp_norm(x, self.attn(h, cos, sin, state, segment_ids=segment_ids))
+        extra = {} if value_embedding is None else {"value_embedding": value_embedding}
+        h, x = self.mlp_norm(x, self.attn(h, cos, sin, state, segment_ids=segment_ids, **extra))
         return x, self.mlp(h)
 
 
@@ -113,6 +129,12 @@ class HamnerModel(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        kv_dim = config.n_kv_heads * config.head_dim
+        # Value embeddings (hamner.model.mixers.attention), only when config.value_embeddings > 0.
+        self.value_embeds = nn.ModuleList(nn.Embedding(config.vocab_size, kv_dim)
+                                          for _ in range(config.value_embeddings))
+        # U-net skip weights, one per skip (skip = "unet" only).
+        self.skip_weights = nn.Parameter(torch.ones(config.n_layers // 2)) if config.skip == "unet" else None
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         # RoPE cos/sin [max_seq_len, head_dim / 2], float32 whatever the model's dtype; not saved.
         self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.head_dim // 2), persistent=False)
@@ -121,7 +143,8 @@ class HamnerModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """N(0, init_std) for every Linear and the embedding, ones for norms, fresh RoPE tables.
+        """N(0, init_std) for every Linear and embedding (value embeddings too), ones for norms and U-net
+        skip weights, fresh RoPE tables.
 
         With `scale_residual_init`, the projections that write into the residual stream (the
         mixers' `out`, the MLP's `down`) get std init_std / sqrt(2 n_layers). Mixers and MLPs
@@ -137,6 +160,8 @@ class HamnerModel(nn.Module):
                 nn.init.ones_(module.weight)
             elif module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
+        if self.skip_weights is not None:
+            nn.init.ones_(self.skip_weights)
         self._refresh_rope()
 
     def _refresh_rope(self) -> None:
@@ -176,11 +201,20 @@ class HamnerModel(nn.Module):
         x, delta = self.embed(idx), None
         checkpointing = (self.config.activation_checkpointing and self.training and cache is None
                          and torch.is_grad_enabled())
+        value_embeds = [table(idx) for table in self.value_embeds]
+        skips: list[torch.Tensor] = []
+        n_skips = 0 if self.skip_weights is None else len(self.skip_weights)
         for i, layer in enumerate(self.layers):
+            if n_skips <= i < 2 * n_skips:  # the mirrored second half: block n + j takes block n - 1 - j's output
+                x = x + self.skip_weights[i - n_skips] * skips.pop()
+            table = self.config.value_table(i)
+            ve = None if table is None else value_embeds[table]
             if checkpointing:
-                x, delta = checkpoint(layer, x, delta, cos, sin, None, segment_ids, use_reentrant=False)
+                x, delta = checkpoint(layer, x, delta, cos, sin, None, segment_ids, ve, use_reentrant=False)
             else:
-                x, delta = layer(x, delta, cos, sin, None if cache is None else cache.states[i], segment_ids)
+                x, delta = layer(x, delta, cos, sin, None if cache is None else cache.states[i], segment_ids, ve)
+            if i < n_skips:
+                skips.append(x + delta)
         if cache is not None:
             cache.advance(T)
         return self.norm(x, delta)[0]
@@ -288,22 +322,28 @@ class HamnerModel(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), for MFU.
 
-        6 x (active matmul parameters: every Linear, expert and the output head, not the norms) plus
+        6 x (active matmul parameters: every Linear, expert and the output head, not the norms nor the
+        value-embedding tables, which are looked up) plus
         the attention score and value matmuls, 12 x n_layers x n_heads x head_dim x seq_len (the
         PaLM-paper estimate; it does not halve for the causal mask, nor shrink for a window).
         """
         c = self.config
         vector_params = sum(p.numel() for p in self.parameters() if p.dim() < 2)
-        matmul_params = self.num_parameters(active=True) - vector_params
+        table_params = sum(p.numel() for p in self.value_embeds.parameters())
+        matmul_params = self.num_parameters(active=True) - vector_params - table_params
         return 6.0 * matmul_params + 12.0 * c.n_layers * c.n_heads * c.head_dim * seq_len
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer groups: weight decay on 2-D matrices (all Linears and the tied embedding), none on norms.
+        """Optimizer groups: weight decay on 2-D matrices (all Linears and the tied embedding), none on norms,
+        scalars and value-embedding tables.
 
-        The embedding decays because it is also the output projection, a matrix like the others.
+        The embedding decays because it is also the output projection, a matrix like the others. A value
+        embedding is a lookup table only, and lookup tables do not decay (minGPT's rule, nn.Embedding on its
+        no-decay list; the speedrun's embeddings run on Adam without decay).
         """
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        tables = {id(p) for p in self.value_embeds.parameters()}
+        decay = [p for p in self.parameters() if p.dim() >= 2 and id(p) not in tables]
+        no_decay = [p for p in self.parameters() if p.dim() < 2 or id(p) in tables]
         return [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

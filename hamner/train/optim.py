@@ -7,8 +7,9 @@ learning rate of chosen layers only (e.g. the middle "emotional" layers at 0.2x)
 
 With "muon", the 2-D weights inside `model.layers` (attention and MLP projections) go to
 `torch.optim.Muon` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, Keller Jordan's LR adjustment
-sqrt(max(1, rows/cols)), no weight decay); the embedding (also the tied output head), norms and any
-other parameter stay on AdamW, as do MoE expert weights (3-D [experts, out, in]). The loop gets the
+sqrt(max(1, rows/cols)), no weight decay); the embedding (also the tied output head), the value
+embeddings (lookup tables outside the layers), norms and any other parameter stay on AdamW, as do MoE
+expert weights (3-D [experts, out, in]). The loop gets the
 two as a list [AdamW, Muon]; `hamner.train.step.train_step` steps, skips, clips and zeroes them together and
 `hamner.train.state.OptimizerSlot` checkpoints them.
 """

@@ -298,15 +298,14 @@ def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos
     """Write `model` as a Hugging Face Llama directory in `out_dir` (created); returns the directory.
 
     Only the plain Llama block (attention + SwiGLU in every layer) has a Llama equivalent; other
-    mixers and MLPs are refused with an ExportError before anything is written. Every file is written
+    mixers and MLPs, and the options a Llama has no place for (qk_norm, value_embeddings, skip), are
+    refused with an ExportError before anything is written. Every file is written
     durably (hamner.run.durable) and config.json, which makes the directory a model to `is_hf_dir`, last:
     a kill or a full disk part-way never leaves a directory that reads as a complete model. A failed
     write is a one-line ExportError.
     """
-    if not config.llama_compatible:
-        mixers = sorted({m for i in range(config.n_layers) for m in config.layer_mixer_names(i)})
-        raise ExportError(f"cannot export to Hugging Face Llama: the model uses mixer(s) {'+'.join(mixers)} and "
-                          f"MLP {config.mlp}; only attention + swiglu has a Llama equivalent")
+    if config.llama_incompatibility is not None:
+        raise ExportError(f"cannot export to Hugging Face Llama: {config.llama_incompatibility}")
     out = Path(out_dir)
     state = {name: t.detach().cpu() for name, t in model.state_dict().items()}
     tensors = to_hf_state_dict(state, config)

@@ -7,11 +7,30 @@ The Llama attention (Touvron et al. 2023, "LLaMA"); the sliding window as in Bel
 all of them for full attention, only the last W - 1 (all a new query still sees besides its own)
 for the window, so the window's cache stays bounded however long the text.
 
+<<<<<<< HEAD
 The sliding window's knob "window" narrows it at run time, W_now in 1..W (a curriculum's window warm-up, as in
 the modded-nanogpt speedrun, Keller Jordan et al. 2024): the model's `window` W is the largest it may reach.
 W_now lives in a 0-d integer buffer, so checkpoints carry it, a resumed or loaded model attends as it did,
 and the attention takes it as a tensor (see hamner.kernels.attention_dispatch: changing it never recompiles
 a compiled model). At W_now = W the attention runs exactly as without the knob.
+=======
+Two options (config fields, off by default):
+
+`qk_norm`: queries and keys are RMS-normed per head before RoPE, q_h <- w * q_h / rms(q_h) and
+k_h <- w * k_h / rms(k_h), with one learnt weight w [D] (ones at init) shared by q and k, so one RMSNorm
+launch covers the rows of both (Dehghani et al. 2023, "Scaling Vision Transformers to 22B Parameters";
+the modded-nanogpt speedrun norms them without a weight, OLMo-2 and Gemma-3 keep a weight for each).
+
+`value_embeddings = N`: layer i < N and layer n_layers - N + i mix table i of N extra token embeddings
+[V, Hkv D] into their values,
+
+    v_t <- lambda_0 v_t + lambda_1 ve_i[idx_t],   (lambda_0, lambda_1) learnt, (0.5, 0.5) at init,
+
+modded-nanogpt's value embeddings (Keller Jordan et al. 2024, the NanoGPT speedrun records of
+Nov.-Dec. 2024: `v = self.lambdas[0] * v + self.lambdas[1] * ve`, tables laid out "012 ... 012" over the
+layers). The tables belong to the model (`HamnerModel.value_embeds`), the lambdas to the layer; the
+decoding cache keeps the mixed values, so decoding needs only the new tokens' lookups.
+>>>>>>> arch-a
 
 RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half), and that is the order
 `state_dict()` and `load_state_dict()` use (checkpoints, the Hugging Face export). The parameter
@@ -52,12 +71,19 @@ def _state_dict_in_rotate_half(module: Attention, state_dict: dict, prefix: str,
     key = prefix + "qkv.weight"
     if key in state_dict:
         state_dict[key] = module.to_rotate_half(state_dict[key].detach())
+    key = prefix + "qk_norm_weight"
+    if key in state_dict:
+        weight = state_dict[key].detach()
+        state_dict[key] = weight.index_select(0, module.head_pair_order.argsort().to(weight.device))
 
 
 def _load_in_pair_order(module: Attention, state_dict: dict, prefix: str, *args: object) -> None:
     key = prefix + "qkv.weight"
     if key in state_dict and state_dict[key].shape == module.qkv.weight.shape:  # else load_state_dict names the misfit
         state_dict[key] = module.to_pair_order(state_dict[key])
+    key = prefix + "qk_norm_weight"
+    if key in state_dict and state_dict[key].shape == (module.head_dim,):
+        state_dict[key] = state_dict[key].index_select(0, module.head_pair_order.to(state_dict[key].device))
 
 
 class Attention(NoSettings, nn.Module):
@@ -73,8 +99,23 @@ class Attention(NoSettings, nn.Module):
         self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=False)  # rows: q, k, v
         self.out = nn.Linear(q_dim, config.hidden_size, bias=False)
         self._pair_order = pair_order(self.n_heads + self.n_kv_heads, self.head_dim, self.qkv.out_features)
+        self.head_pair_order = pair_order(1, self.head_dim, self.head_dim)  # one head's elements as q and k hold them
+        self.norm_eps = config.norm_eps
+        # qk_norm's weight [D], in pair order like the q and k rows it scales (saved in rotate-half order).
+        self.qk_norm_weight = nn.Parameter(torch.ones(self.head_dim)) if config.qk_norm else None
+        # (lambda_0, lambda_1) of a layer that mixes a value embedding into its values.
+        has_table = config.value_table(layer_index) is not None
+        self.value_lambdas = nn.Parameter(torch.full((2,), 0.5)) if has_table else None
         self.register_state_dict_post_hook(_state_dict_in_rotate_half)
         self.register_load_state_dict_pre_hook(_load_in_pair_order)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """qk_norm's weight ones, the value lambdas (0.5, 0.5) as modded-nanogpt starts them."""
+        if self.qk_norm_weight is not None:
+            nn.init.ones_(self.qk_norm_weight)
+        if self.value_lambdas is not None:
+            nn.init.constant_(self.value_lambdas, 0.5)
 
     def to_pair_order(self, rows: torch.Tensor) -> torch.Tensor:
         """`qkv.weight`-shaped rows in rotate-half order (as saved) put in the parameter's pair order."""
@@ -85,13 +126,26 @@ class Attention(NoSettings, nn.Module):
         return rows.index_select(0, self._pair_order.argsort().to(rows.device))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                state: KVState | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+                state: KVState | None = None, segment_ids: torch.Tensor | None = None,
+                value_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """As a `Mixer`'s; `value_embedding` [B, T, Hkv D], this layer's table looked up at the tokens of x,
+        is given exactly when the layer has one (`value_embeddings`)."""
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        qkv = self.qkv(x)
+        if self.qk_norm_weight is None:
+            q, k, v = qkv.split((q_dim, kv_dim, kv_dim), dim=-1)
+            q = q.view(B, T, self.n_heads, self.head_dim)
+            k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        else:  # the q and k heads side by side: one RMSNorm over the rows of both
+            qk, v = qkv.split((q_dim + kv_dim, kv_dim), dim=-1)
+            qk = kernels.rms_norm(qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim),
+                                  self.qk_norm_weight, self.norm_eps)
+            q, k = qk.split((self.n_heads, self.n_kv_heads), dim=2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if self.value_lambdas is not None:
+            lambdas, ve = self.value_lambdas.to(v.dtype), value_embedding.to(v.dtype)
+            v = lambdas[0] * v + lambdas[1] * ve.view(B, T, self.n_kv_heads, self.head_dim)
         if cos.dim() == 3:  # a position per token ([B, T, D/2]): rotate the B x T tokens as one sequence
             q, k = kernels.apply_rope(q.reshape(1, B * T, self.n_heads, self.head_dim),
                                       k.reshape(1, B * T, self.n_kv_heads, self.head_dim),

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from hamner.model.config import HamnerConfig
 
 
+def refuse_qk_norm(config: HamnerConfig, mixer: str) -> None:
+    """ConfigError when `qk_norm` is on: only attention and swa norm their queries and keys."""
+    if config.qk_norm:
+        raise ConfigError(f"qk_norm: the {mixer} mixer does not take it (only attention and swa do)")
+
+
 class SlidingWindowSettings:
     """Sliding-window attention reads `window`."""
 
@@ -30,7 +36,8 @@ class DifferentialAttentionSettings:
 
     @classmethod
     def check_config(cls, config: HamnerConfig) -> None:
-        """`n_heads` and `n_kv_heads` are even."""
+        """`n_heads` and `n_kv_heads` are even; no qk_norm."""
+        refuse_qk_norm(config, "diff_attention")
         if config.n_heads % 2 or config.n_kv_heads % 2:
             raise ConfigError(f"n_heads ({config.n_heads}) and n_kv_heads ({config.n_kv_heads}) must be even for "
                              "diff_attention (it pairs heads)")
@@ -43,7 +50,8 @@ class HebbianSettings:
     @classmethod
     def check_config(cls, config: HamnerConfig) -> None:
         """`hebbian_plasticity` lies in (0, 1] (in (0, 1) when learnt: a sigmoid never reaches 1); the switches
-        are true or false."""
+        are true or false; no qk_norm."""
+        refuse_qk_norm(config, "hebbian")
         if not (number(config.hebbian_plasticity) and 0 < config.hebbian_plasticity <= 1):
             raise ConfigError(f"hebbian_plasticity must be in (0, 1], got {config.hebbian_plasticity!r}")
         for name in ("hebbian_learnt_plasticity", "hebbian_out_norm", "hebbian_bias"):
@@ -59,7 +67,8 @@ class TTTLinearSettings:
 
     @classmethod
     def check_config(cls, config: HamnerConfig) -> None:
-        """`ttt_mini_batch` is a positive integer, `ttt_base_lr` a positive number."""
+        """`ttt_mini_batch` is a positive integer, `ttt_base_lr` a positive number; no qk_norm."""
+        refuse_qk_norm(config, "ttt_linear")
         if not positive_int(config.ttt_mini_batch):
             raise ConfigError(f"ttt_mini_batch must be a positive integer, got {config.ttt_mini_batch!r}")
         if not (number(config.ttt_base_lr) and config.ttt_base_lr > 0):

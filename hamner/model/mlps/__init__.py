@@ -37,4 +37,5 @@ MLPS = LazyRegistry({
     "swiglu": ("hamner.model.mlps.swiglu:SwiGLU", NoSettings),
     "moe": ("hamner.model.mlps.moe:MoE", MoESettings),
     "gelu": ("hamner.model.mlps.gelu:GELUMLP", GELUSettings),
+    "relu2": ("hamner.model.mlps.relu2:ReLU2MLP", NoSettings),
 })
