@@ -4,8 +4,8 @@ A study spec (TOML, shipped in hamner/studies/) names a curriculum whose `[[eval
 `length_gen` (a length study) or which names a `probe` (a probe study), the training settings every
 arm shares (data, intervals, steps, seed, device) and the arms: a preset, optionally with model
 overrides (any HamnerConfig field) and source renames (`sources = { OLD = NEW }`: the arm trains a
-copy of the curriculum, OUT/ARM.curriculum.toml, where every quoted OLD, in the source tables, the
-stage weights and the probe, reads NEW; how one curriculum is swept over data, e.g. concepts/capacity-N).
+copy of the curriculum, OUT/ARM.curriculum.toml, where every double-quoted OLD (source tables, the
+stage weights, the probe) reads NEW: how one curriculum is swept over data, e.g. concepts/capacity-N).
 `hamner study SPEC` trains each arm into OUT/ARM (an interrupted arm is resumed, a finished one
 skipped), reads the figures the runs wrote while they trained and writes OUT/report.json and
 OUT/report.md.
@@ -147,7 +147,7 @@ def _renames(table: Any, where: str, sources: list[str]) -> dict[str, str]:
 
 
 def arm_curriculum(template: Path, arm: Arm, out: Path | None = None) -> Curriculum:
-    """The curriculum `template` with the arm's sources renamed (every quoted old name reads the new one),
+    """The curriculum `template` with the arm's sources renamed (every double-quoted old name reads the new one),
     written to `out` when given; a renamed curriculum that does not load is one StudyError line."""
     text = template.read_text(encoding="utf-8")
     for old, new in arm.sources.items():
