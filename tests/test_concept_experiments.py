@@ -6,7 +6,15 @@ from train_helpers import tiny_settings
 
 from hamner.commands import study as study_command
 from hamner.data import concepts
-from hamner.data.concepts import KINDS, ConceptSource, concept_items, parse_source_name, taught_items, training_text
+from hamner.data.concepts import (
+    KINDS,
+    ConceptSource,
+    concept_items,
+    parse_source_name,
+    probe_prompt,
+    taught_items,
+    training_text,
+)
 from hamner.data.loss_masks import tokens_and_masks
 from hamner.data.tokenizer import load_tokenizer
 from hamner.errors import DataError
@@ -61,6 +69,9 @@ def test_composition_teaches_statements_and_other_questions_never_the_composed_q
         assert f"The {asked} is" in statements
         assert (training_text(item) in taught) == item.trained
     assert any(not i.trained for i in questions)
+    for item in items:  # the probe gives what precedes the answer in the taught text, chat or plain
+        assert training_text(item).startswith(probe_prompt(item).removesuffix("\n"))
+        assert item.chat == (item.kind != "composition/statements")
 
 
 def test_concept_sources_are_seeded_and_statements_count_every_token():
