@@ -26,10 +26,19 @@ else:  # Python 3.10: the same parser, published as tomli
 def read_toml(path: Path, where: str, error: type[HamnerError]) -> dict[str, Any]:
     """The parsed TOML file at `path`; an unreadable or malformed file raises `error` naming `where`."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise error(f"{where}: not valid TOML: {exc}") from None
+    return parse_toml(text, where, error)
+
+
+def parse_toml(text: str, where: str, error: type[HamnerError]) -> dict[str, Any]:
+    """The parsed TOML `text`; malformed text raises `error` naming `where`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise error(f"{where}: not valid TOML: {exc}") from None
 
 

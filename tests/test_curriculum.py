@@ -8,7 +8,8 @@ from hamner.errors import CurriculumError
 from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, available_curricula, load_curriculum
 
 SHIPPED = {"hamner-v3.1", "hamner-v2", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin",
-           "sft", "concepts-sequential", "concepts-replay", "ttt-extended", "ttt-length-demo"}
+           "sft", "concepts-sequential", "concepts-replay", "concepts-echo", "concepts-composition",
+           "concepts-capacity", "ttt-extended", "ttt-length-demo"}
 
 
 def test_every_shipped_curriculum_loads():

@@ -1,4 +1,4 @@
-"""`hamner study SPEC`: train every arm of a length study on one curriculum and write the comparison."""
+"""`hamner study SPEC`: train every arm of a study (length or probe) on one curriculum and write the comparison."""
 from __future__ import annotations
 
 import time
@@ -14,9 +14,10 @@ def main(argv: list[str] | None = None, prog: str = "hamner study") -> int:
     """Run the study the spec names and print its table; 2 on bad input, 130 when interrupted."""
     parser = ArgumentParser(
         prog=prog,
-        description="Length study: train each arm (a preset, with model overrides) on the spec's curriculum, "
-        "whose evaluations measure chunk perplexity at multiples of a window W during training, then write "
-        "report.md, report.json and plots comparing the arms at their best checkpoints. Rerunning the same "
+        description="Study: train each arm (a preset, with model overrides and source renames) on the spec's "
+        "curriculum, then write report.md and report.json comparing the arms: a length study (the curriculum's "
+        "evaluations measure chunk perplexity at multiples of a window W; plots too) at their best checkpoints, "
+        "a probe study (the curriculum names a probe) at their last probe, with the knee. Rerunning the same "
         "command skips finished arms and resumes an interrupted one.")
     parser.add_argument("spec", help=f"spec file or shipped name ({', '.join(available_studies())})")
     parser.add_argument("--data", help="directory holding the prepared sources the curriculum names")

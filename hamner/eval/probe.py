@@ -1,8 +1,9 @@
 """Probes of what a model learned: exact-match accuracy on prompt/answer pairs, trained and held-out apart.
 
 A probe is a JSON-lines file, one item per line: `{"prompt": ..., "answer": ..., "trained": true}`
-(optional `"kind"` groups items in the report), or the name of a built-in set: "concepts" (all
-seven kinds of data.concepts) or "concepts/<kind>". The model decodes greedily after the prompt
+(optional `"kind"` groups items in the report), or the name of a built-in set: "concepts" (the
+seven kinds of data.concepts) or "concepts/<kind>" (one of them, or an experiment kind: "echo",
+"composition", "capacity-N"). The model decodes greedily after the prompt
 (preceded by end-of-text, as a packed training document is, unless `document_start`), stops at
 end-of-text, a newline or a chat turn marker, and scores an item when what it wrote, stripped,
 is exactly the answer. Items marked trained measure memorisation; the others generalisation.
@@ -42,7 +43,7 @@ def load_probe(spec: str) -> list[ProbeItem]:
 
     if spec == concepts.PREFIX or spec.startswith(concepts.PREFIX + "/"):
         kind = concepts.parse_source_name(spec)
-        return [ProbeItem(concepts.probe_prompt(i.question), i.answer, i.trained, i.kind)
+        return [ProbeItem(concepts.probe_prompt(i), i.answer, i.trained, i.kind)
                 for i in concepts.concept_items(kind)]
     path = Path(spec)
     if not path.is_file():

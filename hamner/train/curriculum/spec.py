@@ -36,7 +36,7 @@ from typing import Any
 
 from hamner.data.mixture import CONCEPTS_PREFIX, SYNTHETIC_TASK_PREFIX, is_builtin_source, is_synthetic_source
 from hamner.errors import CurriculumError
-from hamner.toml_table import TomlTable, read_toml
+from hamner.toml_table import TomlTable, parse_toml, read_toml
 from hamner.train.curriculum.budget import parse_duration
 
 CURRICULA_DIR = Path(__file__).resolve().parents[2] / "curricula"
@@ -334,6 +334,11 @@ def load_curriculum(name_or_path: str | Path) -> Curriculum:
         if not path.is_file():
             raise CurriculumError(f"unknown curriculum {text!r}; {shipped} (or give a path to a .toml file)")
     return _parse(read_toml(path, str(path), CurriculumError), path)
+
+
+def parse_curriculum(text: str, path: Path) -> Curriculum:
+    """A curriculum from TOML text (one not yet written to `path`, the name its messages give)."""
+    return _parse(parse_toml(text, str(path), CurriculumError), path)
 
 
 def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
