@@ -9,6 +9,7 @@ model files with it.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Collection
@@ -40,6 +41,34 @@ def parse_toml(text: str, where: str, error: type[HamnerError]) -> dict[str, Any
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{where}: not valid TOML: {exc}") from None
+
+
+def dump_toml(table: dict[str, Any]) -> str:
+    """`table` (what `read_toml` returns: strings, numbers, booleans, lists and tables) as TOML text that reads
+    back equal: arrays of tables as `[[key]]` blocks after the top-level keys, every other table inline. For
+    files Hamner writes from ones it read (a curriculum fitted to a tournament's budget)."""
+    blocks = {k: v for k, v in table.items() if isinstance(v, list) and v and all(isinstance(i, dict) for i in v)}
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if k not in blocks]
+    for key, items in blocks.items():
+        for item in items:
+            lines += ["", f"[[{_toml_key(key)}]]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "a").replace("-", "a").isalnum() and key.isascii() else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):  # JSON's string escapes and Python's float repr are valid TOML
+        return json.dumps(value) if isinstance(value, str) else repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
 
 
 class TomlTable:

@@ -253,13 +253,19 @@ def test_round_plot_draws_each_entrants_seed_mean_and_a_min_max_band(tmp_path):
     assert plot_round(rnd, tmp_path / "round-1.png").stat().st_size > 0
 
 
-def test_a_curriculum_that_needs_shard_data_is_refused_when_the_spec_loads(tmp_path, capsys):
+def test_a_curriculum_that_needs_shard_data_is_refused_without_data_and_one_that_cannot_fit_a_budget(
+        tmp_path, capsys):
     text = write_spec(tmp_path).read_text().replace("[data]\nweights = { synthetic = 1.0 }\ndifficulty = 1\n",
                                                     'curriculum = "hamner-v2"\n')
     (tmp_path / "shards.toml").write_text(text)
-    with pytest.raises(TournamentError, match=r"shards\.toml.*\.curriculum: curriculum 'hamner-v2' trains on "
-                                              r"prepared shard data \(fineweb\)"):
-        load_spec(tmp_path / "shards.toml")
-    assert main([str(tmp_path / "shards.toml")]) == 2
+    assert load_spec(tmp_path / "shards.toml").data_sources == ("fineweb",)
+    assert main([str(tmp_path / "shards.toml"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    assert err == ("error: shards.toml: its runs read prepared sources (fineweb); give --data DIR, the directory "
+                   "holding them (made by hamner prepare)\n")
+    assert not (tmp_path / "t" / "round-1").exists()
+    (tmp_path / "plateau.toml").write_text(text.replace("hamner-v2", "hamner-v3.1"))
+    with pytest.raises(TournamentError, match=r"plateau\.toml\.curriculum: hamner-v3\.1\.toml: stages\[0\] ends on "
+                                              "a plateau or early stop, but a tournament gives every run the same "
+                                              "tokens"):
+        load_spec(tmp_path / "plateau.toml")

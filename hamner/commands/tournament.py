@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
         "elimination rounds (optional LR sweep, several seeds in the final), then report.md, report.json and "
         "plots. Rerunning the same command skips finished runs and resumes interrupted ones.")
     parser.add_argument("spec", help=f"spec file or shipped name ({', '.join(available_tournaments())})")
+    parser.add_argument("--data", metavar="DIR", help="directory holding the prepared shard sources the spec's data "
+                        "names (made by hamner prepare), as for train.py --data; built-in sources need none")
     parser.add_argument("--out", help="tournament directory (default: runs/tournament-NAME)")
     parser.add_argument("--sizes", action="store_true", help="only print each entrant's size after resizing")
     parser.add_argument("--restart-changed", action="store_true",
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None, prog: str = "hamner tournament") -> int:
         out = Path(args.out) if args.out else RUNS_DIR / f"tournament-{spec.name}"
         lock = lock_directory(out, "tournament directory")  # one process at a time trains in OUT
         try:
-            outcome = run_tournament(spec, out, restart_changed=args.restart_changed)
+            outcome = run_tournament(spec, out, restart_changed=args.restart_changed, data=args.data)
             report = write_report(outcome, out)
         finally:
             os.close(lock)

@@ -2,7 +2,8 @@
 
 Round r trains its entrants for the round's token budget, every entrant on the same batches
 (the sampler is a function of seed and step, and every entrant of a round uses the same seeds,
-batch shape and steps); the best `entrants` of round r, by mean final validation loss over the
+batch shape and steps, and data fitted to those steps: a curriculum's stages keep their proportions,
+see hamner.tournament.fitting); the best `entrants` of round r, by mean final validation loss over the
 round's seeds, go on to round r + 1. Before the last round an optional sweep trains each
 finalist briefly at several learning rates and the final uses the best one. Run directories
 live under OUT/round-N/ENTRANT/seed-S and OUT/lr-sweep/ENTRANT/lr-X, so a rerun finds them.
@@ -15,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hamner.errors import TournamentError
+from hamner.errors import HamnerError, TournamentError
+from hamner.tournament.fitting import fit_curriculum
 from hamner.tournament.runs import RunPlan, RunResult, check_plan, ensure_run, write_if_changed, write_model_file
-from hamner.tournament.sizing import Resized, match_size, model_size
-from hamner.tournament.spec import Entrant, TournamentSpec
+from hamner.tournament.sizing import Resized, match_size, meta_model, model_size
+from hamner.tournament.spec import Entrant, TournamentSpec, check_data
+from hamner.train.curriculum.spec import load_curriculum
 
 Say = Callable[[str], None]
 
@@ -66,7 +69,8 @@ class Outcome:
 
 
 def size_entrants(spec: TournamentSpec) -> dict[str, SizedEntrant]:
-    """Every entrant resized to the base on the spec's measure (or measured as it is with resize = false)."""
+    """Every entrant resized to the base on the spec's measure (or measured as it is with resize = false), and
+    its curriculum's model knobs checked against the resized model (e.g. one plasticity per layer)."""
     target = model_size(spec.base, spec.seq_len).measure(spec.measure)
     sized = {}
     for e in spec.entrants:
@@ -79,6 +83,11 @@ def size_entrants(spec: TournamentSpec) -> dict[str, SizedEntrant]:
             size = model_size(e.config, spec.seq_len)
             resized = Resized(config=e.config, size=size, knob=e.knob, value=getattr(e.config, e.knob),
                               target=target, error=size.measure(spec.measure) / target - 1)
+        if e.curriculum is not None:
+            try:
+                load_curriculum(e.curriculum).check_model_knobs(meta_model(resized.config).check_knob)
+            except HamnerError as exc:
+                raise TournamentError(f"entrant {e.name}: {exc}") from None
         sized[e.name] = SizedEntrant(e, resized)
     return sized
 
@@ -93,10 +102,13 @@ def steps_for(spec: TournamentSpec, tokens: int) -> tuple[int, int]:
     return interval * evals, interval
 
 
-def curriculum_for(spec: TournamentSpec, out: Path, steps: int) -> str:
-    """The curriculum a run of `steps` uses: the spec's, or a one-stage cosine file for its data mix."""
-    if spec.curriculum is not None:
-        return spec.curriculum
+def curriculum_for(spec: TournamentSpec, out: Path, steps: int, entrant: Entrant) -> str:
+    """The curriculum file a run of `entrant` for `steps` trains: its curriculum fitted to the steps, or a
+    one-stage cosine file for the spec's data mix."""
+    if entrant.curriculum is not None:
+        curriculum = load_curriculum(entrant.curriculum)
+        return str(write_if_changed(out / "curricula" / entrant.name / f"{curriculum.path.stem}-{steps}-steps.toml",
+                                    fit_curriculum(curriculum, steps)))
     weights = ", ".join(f'"{name}" = {w!r}' for name, w in spec.weights.items())
     return str(write_if_changed(
         out / "curricula" / f"{steps}-steps.toml",
@@ -107,11 +119,11 @@ def curriculum_for(spec: TournamentSpec, out: Path, steps: int) -> str:
 
 
 def _plan(spec: TournamentSpec, out: Path, directory: Path, sized: SizedEntrant, tokens: int, lr: float,
-          seed: int) -> RunPlan:
+          seed: int, data: str | None) -> RunPlan:
     steps, interval = steps_for(spec, tokens)
     model_file = write_model_file(out / "models" / f"{sized.name}.toml", sized.resized.config, sized.entrant.preset)
     return RunPlan(directory=directory, preset=sized.entrant.preset, model_file=model_file,
-                   curriculum=curriculum_for(spec, out, steps),
+                   curriculum=curriculum_for(spec, out, steps, sized.entrant), data=data,
                    steps=steps, eval_interval=interval, lr=lr, seed=seed, batch_size=spec.batch_size,
                    seq_len=spec.seq_len, eval_batches=spec.eval_batches, task_samples=spec.task_samples,
                    threads=spec.threads, device=spec.device, model=sized.resized.config.to_dict())
@@ -133,9 +145,12 @@ def is_tie(a: list[RunResult], b: list[RunResult]) -> bool:
     return spread > 0 and abs(mean_a - mean_b) <= spread
 
 
-def run_tournament(spec: TournamentSpec, out: Path, say: Say = print, restart_changed: bool = False) -> Outcome:
+def run_tournament(spec: TournamentSpec, out: Path, say: Say = print, restart_changed: bool = False,
+                   data: str | None = None) -> Outcome:
     """Run (or continue) every round; finished runs are read back, interrupted ones resumed. A run trained from
-    another version of the spec is refused (runs.StaleRun), or retrained with `restart_changed`."""
+    another version of the spec is refused (runs.StaleRun), or retrained with `restart_changed`. `data` is the
+    directory of the prepared sources the spec's data names (`--data`)."""
+    check_data(spec, data)
     outcome = Outcome(spec=spec, entrants=size_entrants(spec))
     alive = [e.name for e in spec.entrants]
     for index, rnd in enumerate(spec.rounds):
@@ -143,7 +158,7 @@ def run_tournament(spec: TournamentSpec, out: Path, say: Say = print, restart_ch
         names = alive[:rnd.entrants]
         if last and spec.lr_sweep is not None:
             for name in names:
-                outcome.sweeps[name] = _sweep(spec, out, outcome.entrants[name], restart_changed, say)
+                outcome.sweeps[name] = _sweep(spec, out, outcome.entrants[name], restart_changed, data, say)
         steps, _ = steps_for(spec, rnd.tokens)
         result = RoundOutcome(index=index + 1, tokens=steps * spec.tokens_per_step, steps=steps)
         say(f"round {index + 1}/{len(spec.rounds)}: {', '.join(names)} on {result.tokens:,} tokens, "
@@ -152,7 +167,7 @@ def run_tournament(spec: TournamentSpec, out: Path, say: Say = print, restart_ch
             lr = outcome.sweeps[name].best_lr if name in outcome.sweeps else spec.lr
             result.results[name] = [
                 _run(_plan(spec, out, out / f"round-{index + 1}" / name / f"seed-{seed}", outcome.entrants[name],
-                           rnd.tokens, lr, seed), name, restart_changed, say)
+                           rnd.tokens, lr, seed, data), name, restart_changed, say)
                 for seed in rnd.seeds]
         # Stable sort: equal losses keep the spec's order.
         result.ranking = sorted(names, key=lambda n: mean_and_spread(result.results[n])[0])
@@ -169,12 +184,13 @@ def _run(plan: RunPlan, entrant: str, restart_changed: bool, say: Say) -> RunRes
     return ensure_run(plan, say)
 
 
-def _sweep(spec: TournamentSpec, out: Path, sized: SizedEntrant, restart_changed: bool, say: Say) -> SweepOutcome:
+def _sweep(spec: TournamentSpec, out: Path, sized: SizedEntrant, restart_changed: bool, data: str | None,
+           say: Say) -> SweepOutcome:
     losses = {}
     for factor in spec.lr_sweep.factors:
         lr = spec.lr * factor
         plan = _plan(spec, out, out / "lr-sweep" / sized.name / f"lr-{lr:.3g}", sized, spec.lr_sweep.tokens,
-                     lr, spec.seeds[0])
+                     lr, spec.seeds[0], data)
         losses[lr] = _run(plan, sized.name, restart_changed, say).val_loss
     finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
     best = min(finite, key=finite.get) if finite else spec.lr

@@ -68,6 +68,7 @@ class RunPlan:
     threads: int | None
     device: str
     model: dict = field(default_factory=dict)  # the entrant's whole config after resizing (HamnerConfig.to_dict)
+    data: str | None = None  # the directory of the prepared sources (train.py --data); where, not what: not recorded
 
 
 @dataclass
@@ -110,7 +111,8 @@ def train_model(plan: RunPlan, resume: bool) -> TrainResult:
 
     settings = TrainSettings(
         preset=plan.preset, model=str(plan.model_file), curriculum=plan.curriculum, out=str(plan.directory),
-        max_steps=plan.steps, batch_size=plan.batch_size, seq_len=plan.seq_len, lr=plan.lr, seed=plan.seed,
+        data=plan.data, max_steps=plan.steps, batch_size=plan.batch_size, grad_accum=1, seq_len=plan.seq_len,
+        lr=plan.lr, seed=plan.seed,
         device=plan.device, log_interval=max(1, plan.eval_interval // 2), eval_interval=plan.eval_interval,
         eval_batches=plan.eval_batches, save_interval=plan.eval_interval, keep_checkpoints=1,
         task_samples=plan.task_samples, sample_tokens=0, threads=plan.threads,
@@ -136,8 +138,8 @@ def is_finished(plan: RunPlan) -> bool:
 
 def plan_record(plan: RunPlan) -> dict:
     """The spec fragment a run is trained from, as JSON: model fields, data (the curriculum's name and the
-    hash of its file), budget, LR, seed and batch shape. Threads and device are left out: they change speed,
-    not what is trained."""
+    hash of its file), budget, LR, seed and batch shape. Threads, device and the data directory are left out:
+    they change speed or where the sources are found, not what is trained."""
     curriculum = Path(plan.curriculum)
     data = {"curriculum": plan.curriculum if not curriculum.is_file() else curriculum.name,
             "sha256": hashlib.sha256(curriculum.read_bytes()).hexdigest() if curriculum.is_file() else None}

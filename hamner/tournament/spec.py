@@ -3,8 +3,10 @@
 A spec names the base model (a preset), what "the same size" means (`measure`, `knob`,
 `tolerance`), the data (a one-stage mix or a curriculum), the rounds with their token budgets,
 the seeds, an optional learning-rate sweep and the entrants (a preset and/or model overrides,
-any `HamnerConfig` field). Every problem is a `TournamentError` whose one-line message names
-the file and the field. See hamner/tournaments/demo.toml for a commented example.
+any `HamnerConfig` field, and optionally a curriculum of their own, which must draw the same
+data as every other entrant's: see hamner.tournament.fitting). Every problem is a `TournamentError`
+whose one-line message names the file and the field. See hamner/tournaments/demo.toml for a
+commented example, and hamner/tournaments/plasticity-demo.toml for entrants with curricula of their own.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hamner.data.mixture import is_builtin_source
 from hamner.errors import HamnerError, TournamentError
 from hamner.model.config import PRESETS, HamnerConfig, model_config, with_fields
 from hamner.run.directory import check_name
 from hamner.toml_table import TomlTable, read_toml
-from hamner.train.curriculum.spec import load_curriculum
+from hamner.tournament.fitting import data_plan, fittable, mix_plan
+from hamner.train.curriculum.spec import Curriculum, load_curriculum
 
 TOURNAMENTS_DIR = Path(__file__).resolve().parent.parent / "tournaments"
 MEASURES = ("non_embedding", "active", "flops_per_token")
@@ -29,7 +33,7 @@ _TOP_KEYS = {"name", "description", "base", "model", "baseline", "measure", "kno
 _DATA_KEYS = {"weights", "difficulty"}
 _ROUND_KEYS = {"tokens", "entrants", "seeds"}
 _SWEEP_KEYS = {"factors", "tokens"}
-_ENTRANT_KEYS = {"name", "preset", "model", "knob", "resize"}
+_ENTRANT_KEYS = {"name", "preset", "model", "knob", "resize", "curriculum"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Entrant:
     config: HamnerConfig
     knob: str
     resize: bool
+    curriculum: str | None = None  # a curriculum name or path (its own, else the spec's); None: the `data` mix
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class TournamentSpec:
     lr_sweep: LrSweep | None
     entrants: tuple[Entrant, ...]
     path: Path
+    data_sources: tuple[str, ...] = ()  # prepared shard sources the runs read (under `hamner tournament --data`)
 
     @property
     def tokens_per_step(self) -> int:
@@ -121,15 +127,15 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
     base = with_fields(_preset(base_name, f"{where}.base"), raw.get("model", {}), f"{where}.model", TournamentError)
     seeds = top.int_list("seeds", (1337,))
     curriculum = top.text("curriculum")
-    if curriculum is not None:
-        _check_curriculum(curriculum, f"{where}.curriculum")
-    if curriculum is None and "data" not in raw:
-        raise TournamentError(f"{where}: give a [data] table (one-stage mix) or curriculum = NAME")
+    loaded = {curriculum: _check_curriculum(curriculum, f"{where}.curriculum")} if curriculum is not None else {}
     if curriculum is not None and "data" in raw:
         raise TournamentError(f"{where}: give either [data] or curriculum, not both")
-    weights, difficulty = _parse_data(raw.get("data"), f"{where}.data") if curriculum is None else ({}, 1.0)
+    weights, difficulty = _parse_data(raw["data"], f"{where}.data") if "data" in raw else ({}, 1.0)
     entrants = _parse_entrants(raw["entrants"], f"{where}.entrants", base, base_name,
-                               top.text("knob", "intermediate_size", KNOBS))
+                               top.text("knob", "intermediate_size", KNOBS), curriculum, loaded)
+    if "data" not in raw and any(e.curriculum is None for e in entrants):
+        raise TournamentError(f"{where}: give a [data] table (one-stage mix) or curriculum = NAME")
+    sources = _same_data(entrants, loaded, weights, difficulty, f"{where}.entrants")
     names = [e.name for e in entrants]
     baseline = top.text("baseline", names[0])
     if baseline not in names:
@@ -163,25 +169,57 @@ def _parse(raw: dict[str, Any], path: Path) -> TournamentSpec:
         lr_sweep=_parse_sweep(raw["lr_sweep"], f"{where}.lr_sweep") if "lr_sweep" in raw else None,
         entrants=entrants,
         path=path,
+        data_sources=tuple(s for s in sources if not is_builtin_source(s)),
     )
 
 
-def _check_curriculum(name: str, where: str) -> None:
-    """Refuse, when the spec loads, a curriculum its runs could not train: one that does not load, one that
-    continues a trained model (`requires_init`), which a tournament run, trained from scratch, cannot give, or
-    one that reads prepared shard sources, which tournament runs are given no data directory to find."""
+def _check_curriculum(name: str, where: str) -> Curriculum:
+    """The curriculum `name`, refused when the spec loads if its runs could not train it: one that does not
+    load, one that continues a trained model (`requires_init`), which a tournament run, trained from scratch,
+    cannot give, or one that cannot be fitted to a round's token budget (see `fitting.fittable`)."""
     try:
         curriculum = load_curriculum(name)
+        fittable(curriculum)
     except HamnerError as exc:
         raise TournamentError(f"{where}: {exc}") from None
     if curriculum.requires_init:
         raise TournamentError(f"{where}: curriculum {curriculum.name!r} continues a trained model (requires_init), "
                               "but tournament runs train from scratch; use a curriculum that starts one")
-    shards = curriculum.data_sources()
-    if shards:
-        raise TournamentError(f"{where}: curriculum {curriculum.name!r} trains on prepared shard data "
-                              f"({', '.join(shards)}), but tournament runs are given no data directory; use a "
-                              "curriculum of built-in sources")
+    return curriculum
+
+
+def _same_data(entrants: tuple[Entrant, ...], loaded: dict[str, Curriculum], weights: dict[str, float],
+               difficulty: float, where: str) -> list[str]:
+    """Refuse entrants whose curricula would draw other batches than the first entrant's (other stage ends,
+    mixes, difficulties, packing or loss masks; learning rates and model knobs may differ); the sources
+    they read."""
+    plans = [data_plan(loaded[e.curriculum]) if e.curriculum is not None else mix_plan(weights, difficulty)
+             for e in entrants]
+    first = entrants[0]
+    for i, (entrant, plan) in enumerate(zip(entrants, plans)):
+        difference = _first_difference(plans[0], plan)
+        if difference is not None:
+            raise TournamentError(
+                f"{where}[{i}] ({entrant.name}).curriculum: {_data_name(entrant)} draws other data than "
+                f"{_data_name(first)} of entrant {first.name} ({difference} differ); every entrant of a round "
+                "trains on the same batches, so their curricula may differ in learning rates and model knobs only")
+    return sorted({s for plan in plans for stage in plan["stages"] for s, w in stage["weights"].items() if w > 0})
+
+
+def _data_name(entrant: Entrant) -> str:
+    return f"curriculum {entrant.curriculum!r}" if entrant.curriculum is not None else "the [data] mix"
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The first place (e.g. `stages[1].weights`) where two data plans differ, None if they are equal: a plan
+    and its stages are compared part by part, anything else whole."""
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(isinstance(x, dict) for x in a):
+        parts = [(f"{path}[{i}]", x, y) for i, (x, y) in enumerate(zip(a, b))]
+    elif isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and (not path or path.endswith("]")):
+        parts = [(f"{path}.{k}" if path else k, a[k], b[k]) for k in a]
+    else:
+        return None if a == b else path
+    return next((d for p, x, y in parts if (d := _first_difference(x, y, p)) is not None), None)
 
 
 def _preset(name: str, where: str) -> HamnerConfig:
@@ -231,7 +269,9 @@ def _parse_sweep(table: Any, where: str) -> LrSweep:
     return LrSweep(factors=tuple(sorted(float(f) for f in set(factors))), tokens=t.integer("tokens", minimum=1))
 
 
-def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str, knob: str) -> tuple[Entrant, ...]:
+def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str, knob: str, curriculum: str | None,
+                    loaded: dict[str, Curriculum]) -> tuple[Entrant, ...]:
+    """The [[entrants]] tables; each entrant's own curriculum is checked and added to `loaded`."""
     if not isinstance(tables, list) or not tables:
         raise TournamentError(f"{where}: must be a non-empty array of [[entrants]] tables")
     entrants: list[Entrant] = []
@@ -244,6 +284,23 @@ def _parse_entrants(tables: Any, where: str, base: HamnerConfig, base_name: str,
         preset = t.text("preset", base_name)
         start = _preset(preset, f"{t.where}.preset") if "preset" in table else base
         config = with_fields(start, table.get("model", {}), f"{t.where}.model", TournamentError)
+        own = t.text("curriculum")
+        if own is not None and own not in loaded:
+            loaded[own] = _check_curriculum(own, f"{t.where} ({name}).curriculum")
         entrants.append(Entrant(name=name, preset=preset, config=config, knob=t.text("knob", knob, KNOBS),
-                                resize=t.flag("resize", True)))
+                                resize=t.flag("resize", True), curriculum=own or curriculum))
     return tuple(entrants)
+
+
+def check_data(spec: TournamentSpec, data: str | None) -> None:
+    """Refuse, before anything trains, a spec whose prepared sources `data` (`--data DIR`, the directory
+    `hamner prepare` wrote them under, as for `train.py --data`) does not hold."""
+    if not spec.data_sources:
+        return
+    if data is None:
+        raise TournamentError(f"{spec.path.name}: its runs read prepared sources ({', '.join(spec.data_sources)}); "
+                              "give --data DIR, the directory holding them (made by hamner prepare)")
+    missing = [name for name in spec.data_sources if not (Path(data) / name).is_dir()]
+    if missing:
+        raise TournamentError(f"--data {data}: no prepared source {missing[0]} ({Path(data) / missing[0]} does not "
+                              f"exist); make it with `hamner prepare FILES --out {Path(data) / missing[0]}`")
