@@ -18,6 +18,7 @@ from hamner.errors import TournamentError
 from hamner.toml_table import dump_toml, read_toml
 from hamner.tournament import runs
 from hamner.tournament.fitting import fit_curriculum
+from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.spec import load_spec
 from hamner.train.curriculum.spec import load_curriculum
@@ -191,6 +192,11 @@ def test_entrants_on_their_own_curricula_train_the_same_stages_and_tokens(tmp_pa
         if k.endswith("plasticity")} for name in ("fixed", "schedule")}
     assert plasticity == {"fixed": {0.99}, "schedule": {0.10}}
     assert all(r[0].tokens == 320 for r in outcome.rounds[0].results.values())
+    report = write_report(outcome, out)
+    assert [e["curriculum"] for e in report["entrants"] if e["name"] == "schedule"] == [str(tmp_path / "sched.toml")]
+    text = (out / "report.md").read_text()
+    assert "No entrant is resized (resize = false); all train on the same batches" in text
+    assert "each trains its curriculum fitted to the round's steps (fixed: `plain`, schedule: `sched`)" in text
 
 
 def test_a_changed_entrant_curriculum_is_refused_or_restarted(tmp_path):

@@ -55,6 +55,7 @@ def build_report(outcome: Outcome) -> dict:
             "flops_per_token": size.flops_per_token, "measured": size.measure(spec.measure),
             "knob": sized.resized.knob, "knob_value": sized.resized.value,
             "size_error": sized.resized.error, "resized": sized.entrant.resize, "model": sized.resized.config.to_dict(),
+            "curriculum": sized.entrant.curriculum,  # None: the spec's one-stage [data] mix
             "rank": ranked.index(name) + 1 if name in ranked else None,  # finished runs with a finite loss only
             "round_reached": reached[name].index if name in reached else 0}
         sweep = outcome.sweeps.get(name)
@@ -123,11 +124,20 @@ def format_markdown(report: dict, plots: list[Path]) -> str:
     lines = [f"# Tournament {report['name']}", ""]
     if report["description"]:
         lines += [report["description"], ""]
+    kept = [e["name"] for e in report["entrants"] if not e["resized"]]
+    sizing = (f"Every entrant is resized to the base's {measure} ({b['target']:,.0f}) within "
+              f"±{100 * report['tolerance']:g}% by its knob" if not kept else
+              "No entrant is resized (resize = false)" if len(kept) == len(report["entrants"]) else
+              f"Every entrant but {', '.join(kept)} (resize = false) is resized to the base's {measure} "
+              f"({b['target']:,.0f}) within ±{100 * report['tolerance']:g}% by its knob")
+    curricula = {e["name"]: e["curriculum"] for e in report["entrants"]}
+    data = ("" if len(set(curricula.values())) == 1 else
+            "; each trains its curriculum fitted to the round's steps (" +
+            ", ".join(f"{n}: `{Path(c).stem if c else '[data]'}`" for n, c in curricula.items()) + ")")
     lines += [f"Base: preset `{b['preset']}`, {b['parameters']:,} parameters ({b['non_embedding_parameters']:,} "
-              f"non-embedding, {b['flops_per_token']:,.0f} FLOPs per token). Every entrant is resized to the "
-              f"base's {measure} ({b['target']:,.0f}) within ±{100 * report['tolerance']:g}% by its knob; "
+              f"non-embedding, {b['flops_per_token']:,.0f} FLOPs per token). {sizing}; "
               f"all train on the same batches (batch {report['batch_size']} x {report['seq_len']} tokens, same seeds "
-              f"and steps per round), peak LR {report['lr']:g} unless swept.", "",
+              f"and steps per round){data}, peak LR {report['lr']:g} unless swept.", "",
               "## Sizes", "",
               "| entrant | knob | parameters | active | non-embedding | FLOPs/token | matched measure | vs base |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
