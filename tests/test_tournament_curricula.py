@@ -17,7 +17,7 @@ from hamner.data.tokenizer import load_tokenizer
 from hamner.errors import TournamentError
 from hamner.toml_table import dump_toml, read_toml
 from hamner.tournament import runs
-from hamner.tournament.fitting import fit_curriculum
+from hamner.tournament.fitting import fit_curriculum, fittable
 from hamner.tournament.report import write_report
 from hamner.tournament.rounds import run_tournament, size_entrants
 from hamner.tournament.spec import load_spec
@@ -136,6 +136,11 @@ def test_a_curriculum_is_fitted_to_a_budget_keeping_its_stage_proportions(tmp_pa
     assert short.stages[0].warmup_steps == 0 and short.stages[2].decay_steps is None  # cosine over the stage
     with pytest.raises(TournamentError, match="curriculum 'plain' has 3 stages, more than the 2 steps"):
         fit_curriculum(curriculum, 2)
+    early = tmp_path / "early.toml"  # a fixed-length stage that an early stop may cut short
+    early.write_text((tmp_path / "plain.toml").read_text().replace(
+        "decay_steps = 10\n", "decay_steps = 10\nearly_stop = { patience = 1, min_delta = 0.0 }\n"))
+    with pytest.raises(TournamentError, match=r"early\.toml: stages\[2\] ends on a plateau or early stop"):
+        fittable(load_curriculum(early))
 
 
 def test_entrant_curricula_are_checked_when_the_spec_loads(tmp_path, capsys):

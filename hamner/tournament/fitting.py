@@ -32,9 +32,9 @@ def fittable(curriculum: Curriculum) -> None:
     run's length to the clock: a stage that ends on a plateau or early stop, or a time budget, would give
     entrants different numbers of tokens."""
     for i, stage in enumerate(curriculum.stages):
-        if stage.max_steps is not None:
+        if stage.max_steps is not None or stage.plateau is not None or stage.early_stop is not None:
             raise TournamentError(f"{curriculum.path.name}: stages[{i}] ends on a plateau or early stop, but a "
-                                  "tournament gives every run the same tokens; give it steps or until_step")
+                                  "tournament gives every run the same tokens; give it steps or until_step alone")
     if curriculum.time_budget is not None or curriculum.fit_schedule:
         field = "time_budget" if curriculum.time_budget is not None else "fit_schedule"
         raise TournamentError(f"{curriculum.path.name}: {field} ties runs to a wall-clock time, but a "
