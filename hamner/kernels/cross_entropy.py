@@ -82,7 +82,7 @@ def _cross_entropy_grad_kernel(
     valid = target != ignore_index
     target_logit = tl.load(row_ptr + tl.where(valid, target, 0)).to(tl.float32)
     if SOFTCAP:
-        target_logit, _ = _softcap(target_logit, softcap)
+        target_logit, _target_slope = _softcap(target_logit, softcap)
 
     # Pass 1: running max over all logits and the sum of exp(logit - max) over the non-target ones.
     # Keeping the target out of the sum lets 1 - p(target) be formed without cancellation.
@@ -92,7 +92,7 @@ def _cross_entropy_grad_kernel(
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
         if SOFTCAP:
-            capped, _ = _softcap(x, softcap)
+            capped, _slope = _softcap(x, softcap)
             x = tl.where(cols < n_cols, capped, -float("inf"))
         new_max = tl.maximum(row_max, tl.max(x, axis=0))
         others = tl.where(cols == target, -float("inf"), x)
