@@ -66,7 +66,7 @@ def test_the_rates_follow_the_stage_schedule(tmp_path):
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
 def test_embedding_and_untied_head_get_groups_of_their_own(kind):
     torch.manual_seed(0)
-    model = HamnerModel(replace(model_config("demo"), tie_embeddings=False))
+    model = HamnerModel(replace(model_config("demo"), tie_embeddings=False, value_embeddings=1))
     optimizers = build_optimizer(model, 1e-3, CPU, kind=kind, muon_lr=0.02, embed_lr=0.3, head_lr=0.004)
     optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
     apply_lr(optimizers, 5e-4, {1: 0.2}, muon_lr=0.01, embed_lr=0.15, head_lr=0.002)
@@ -74,10 +74,13 @@ def test_embedding_and_untied_head_get_groups_of_their_own(kind):
     assert len(group_of) == len(list(model.parameters()))
     assert group_of[id(model.embed.weight)]["params"] == [model.embed.weight]
     assert group_of[id(model.lm_head.weight)]["params"] == [model.lm_head.weight]
+    table = model.value_embeds[0].weight  # a value embedding: the embedding's rate, in its no-decay group
+    assert group_of[id(table)]["params"] == [table] and group_of[id(table)]["weight_decay"] == 0.0
     for name, p in model.named_parameters():
         group = group_of[id(p)]
         hidden = kind == "muon" and name.startswith("layers.") and p.dim() == 2
-        expected = {"embed.weight": 0.15, "lm_head.weight": 0.002}.get(name, 0.01 if hidden else 5e-4)
+        rates = {"embed.weight": 0.15, "value_embeds.0.weight": 0.15, "lm_head.weight": 0.002}
+        expected = rates.get(name, 0.01 if hidden else 5e-4)
         scale = 0.2 if name.startswith("layers.1.") else 1.0
         assert group["lr"] == pytest.approx(expected * scale), name
         assert group.get("optimizer", "adamw") == ("muon" if hidden else "adamw"), name

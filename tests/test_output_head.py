@@ -113,9 +113,11 @@ def test_untied_head_and_residual_projections_start_at_zero_and_the_model_at_the
     assert sizes[1].non_embedding == sizes[0].non_embedding
 
 
-def test_untied_moe_experts_start_with_zero_down_projections():
+def test_untied_moe_experts_and_relu2_start_with_zero_down_projections():
     model = HamnerModel(tiny_config(tie_embeddings=False, mlp="moe", n_experts=4, moe_intermediate_size=32))
     assert not model.layers[0].mlp.down.any() and model.layers[0].mlp.gate_up.any()
+    model = HamnerModel(tiny_config(tie_embeddings=False, mlp="relu2"))
+    assert not model.layers[1].mlp.down.weight.any() and model.layers[1].mlp.up.weight.any()
 
 
 def test_untied_model_learns_from_its_zero_start():
@@ -135,7 +137,9 @@ def test_untied_model_learns_from_its_zero_start():
 
 
 @pytest.mark.parametrize("fields", [dict(logit_softcap=2.0), dict(tie_embeddings=False),
-                                    dict(logit_softcap=2.0, tie_embeddings=False)])
+                                    dict(logit_softcap=2.0, tie_embeddings=False),
+                                    dict(logit_softcap=2.0, tie_embeddings=False, mlp="relu2", qk_norm=True,
+                                         value_embeddings=1, skip="unet")])
 def test_causal_and_cached_decoding_equals_recomputation(fields):
     model = randomised(tiny_config(**fields)).double()
     idx = torch.randint(0, 257, (2, 20))

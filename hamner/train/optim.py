@@ -4,8 +4,9 @@ Weight decay follows the model's own split (`model.param_groups`: matrices decay
 do not). Each of those groups is further split by transformer layer so a curriculum can scale the
 learning rate of chosen layers only (e.g. the middle "emotional" layers at 0.2x); parameters outside
 `model.layers` (embeddings, final norm, head) take the base rate, except that a curriculum's `embed_lr`
-and `head_lr` put the token embedding and an untied output head (`model.lm_head`) in groups of their
-own (labelled by `role`) at those rates (the speedrun's per-group rates).
+and `head_lr` put the token embedding (with the value embeddings) and an untied output head
+(`model.lm_head`) in groups of their own (labelled by `role`) at those rates (the speedrun's per-group
+rates).
 
 With "muon", the 2-D weights inside `model.layers` (attention and MLP projections) go to
 `torch.optim.Muon` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, Keller Jordan's LR adjustment
@@ -87,11 +88,13 @@ def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECA
 
 
 def rate_roles(model: torch.nn.Module, embed_lr: float | None, head_lr: float | None) -> dict[int, str]:
-    """Parameter id -> role ("embed", "head") of the weights that get a rate of their own: the embedding
-    when `embed_lr` is set, the untied output head when `head_lr` is (a tied head is the embedding)."""
+    """Parameter id -> role ("embed", "head") of the weights that get a rate of their own: the token
+    embedding and any value-embedding tables when `embed_lr` is set (modded-nanogpt's embedding group), the
+    untied output head when `head_lr` is (a tied head is the embedding)."""
     roles = {}
     if embed_lr is not None:
-        roles[id(model.embed.weight)] = "embed"
+        tables = getattr(model, "value_embeds", ())
+        roles.update({id(p): "embed" for p in [model.embed.weight, *(t.weight for t in tables)]})
     if head_lr is not None and getattr(model, "lm_head", None) is not None:
         roles[id(model.lm_head.weight)] = "head"
     return roles
