@@ -2,7 +2,8 @@
 
 A forward and backward of each preset (one layer: the kernels see the same widths as the full
 model), and of the stack options (qk_norm, relu2, value embeddings, U-net skips) at the demo's and at
-v3-50m's width with the speedrun's 4x ReLU² MLP, under fp32, bf16 and fp16 autocast, and the RMSNorm
+v3-50m's width with the speedrun's 4x ReLU² MLP, and of the output options that launch kernel variants
+of their own (a soft-capped cross-entropy), under fp32, bf16 and fp16 autocast, and the RMSNorm
 backward under every tiling a GPU run sweeps, runs the kernels in the interpreter while
 `record_launches` notes each launch's specialisation; a subprocess without the interpreter then
 compiles every one for sm_80, sm_86, sm_89 and sm_90 with the bundled ptxas and fails on any
@@ -24,6 +25,8 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_kernel", "_swiglu_fwd_kernel",
            "_swiglu_bwd_kernel", "_relu2_fwd_kernel", "_relu2_bwd_kernel", "_rope_kernel",
            "_cross_entropy_grad_kernel"}
+# Model options whose kernels specialise differently from every preset's (at v3-50m's width and vocabulary).
+OPTIONS = ({"logit_softcap": 30.0},)
 
 
 def training_step_launches() -> list:
@@ -33,6 +36,7 @@ def training_step_launches() -> list:
         configs = [replace(model_config(preset), n_layers=1) for preset in PRESETS] + [
             replace(model_config("demo"), **options),
             replace(model_config("v3-50m"), intermediate_size=4 * 512, **options)]
+        configs += [replace(model_config("v3-50m"), n_layers=1, **fields) for fields in OPTIONS]
         for config in configs:
             model = HamnerModel(config)
             idx = torch.randint(0, config.vocab_size, (1, 17))
@@ -52,6 +56,7 @@ def training_step_launches() -> list:
 def test_every_launched_specialisation_compiles_for_every_target(tmp_path, python, subprocess_env):
     specs = training_step_launches()
     assert KERNELS <= {s.kernel for s in specs}
+    assert any("SOFTCAP=True" in s.describe() for s in specs) and any("SOFTCAP=False" in s.describe() for s in specs)
     assert {t for s in specs for t in s.signature.values() if t.startswith("*")} >= {"*fp32", "*bf16", "*fp16"}
     path = tmp_path / "specs.json"
     save_specs(specs, path)

@@ -12,15 +12,15 @@ pytestmark = pytest.mark.triton
 
 
 
-def run_both(hidden, weight, targets, ignore_index=-100, grad_scale=1.0, **kwargs):
+def run_both(hidden, weight, targets, ignore_index=-100, grad_scale=1.0, softcap=None, **kwargs):
     """(loss, grad hidden, grad weight) from the kernel and from the float64 reference on the same values."""
     h = hidden.detach().clone().requires_grad_()
     w = weight.detach().clone().requires_grad_()
-    loss = fused_linear_cross_entropy(h, w, targets, ignore_index, **kwargs)
+    loss = fused_linear_cross_entropy(h, w, targets, ignore_index, softcap=softcap, **kwargs)
     (loss * grad_scale).backward()
     h64 = hidden.detach().double().requires_grad_()
     w64 = weight.detach().double().requires_grad_()
-    loss64 = reference.fused_linear_cross_entropy(h64, w64, targets, ignore_index)
+    loss64 = reference.fused_linear_cross_entropy(h64, w64, targets, ignore_index, softcap=softcap)
     (loss64 * grad_scale).backward()
     return (loss, h.grad, w.grad), (loss64, h64.grad, w64.grad)
 
@@ -53,6 +53,40 @@ def test_matches_reference_across_chunkings(dtype, rows_per_chunk):
     assert launches() - before == -(-n // rows_per_chunk)
     assert out[0].dtype == torch.float32 and out[1].dtype == dtype and out[2].dtype == dtype
     check(out, ref, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows_per_chunk", [64, 5])
+def test_softcap_matches_the_float64_autograd_reference(dtype, rows_per_chunk):
+    """Logits up to about ±60 against a cap of 15: tanh saturates on many of them, so a wrong slope shows."""
+    torch.manual_seed(6)
+    n, d, v = 29, 40, 300
+    hidden = torch.randn(n, d).to(dtype)
+    weight = (1.5 * torch.randn(v, d)).to(dtype)
+    targets = torch.randint(0, v, (n,))
+    targets[::4] = -100
+    assert (hidden.double() @ weight.double().T).abs().max() > 45
+    out, ref = run_both(hidden, weight, targets, grad_scale=0.7, softcap=15.0, chunk_bytes=rows_per_chunk * v * 4)
+    check(out, ref, TOLERANCE[dtype])
+    uncapped = reference.fused_linear_cross_entropy(hidden.double(), weight.double(), targets)
+    assert (ref[0] - uncapped).abs() > 1.0  # the cap changes the loss: the test sees it
+
+
+def test_softcap_with_a_small_cap_and_a_confident_target():
+    """A cap of 2 squashes every logit; the target's logit near the cap must still give the right loss."""
+    torch.manual_seed(7)
+    n, d, v = 12, 32, 64
+    weight = torch.randn(v, d) / d**0.5
+    targets = torch.randint(0, v, (n,))
+    hidden = 10 * weight[targets] + 0.1 * torch.randn(n, d)
+    out, ref = run_both(hidden, weight, targets, softcap=2.0)
+    check(out, ref, TOLERANCE[torch.float32])
+
+
+def test_softcap_must_be_positive():
+    with pytest.raises(ValueError, match="softcap"):
+        fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(10, 8), torch.zeros(4, dtype=torch.long),
+                                   softcap=0.0)
 
 
 @pytest.mark.parametrize("width", [512, 768])
@@ -117,13 +151,14 @@ def test_no_grad_call_returns_the_same_loss():
     assert rel_err(loss, expected) <= TOLERANCE[torch.float32]
 
 
-def test_compiles_without_graph_breaks():
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_compiles_without_graph_breaks(softcap):
     torch.manual_seed(5)
     hidden, weight = torch.randn(10, 24), torch.randn(70, 24)
     targets = torch.randint(0, 70, (10,))
 
     def loss_fn(h, w):
-        return fused_linear_cross_entropy(torch.tanh(h), w, targets, chunk_bytes=4 * 70 * 4)
+        return fused_linear_cross_entropy(torch.tanh(h), w, targets, chunk_bytes=4 * 70 * 4, softcap=softcap)
 
     compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
     grads = []

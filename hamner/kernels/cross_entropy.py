@@ -8,6 +8,10 @@ buffer. Gradients are therefore computed during the forward (the trick Liger-Ker
 the backward only scales them by the incoming gradient. Nothing synchronises with the host: the
 count of non-ignored targets stays on the device.
 
+With `softcap` C the loss is taken over C·tanh(logits / C) (Gemma 2's final-logit soft-capping, used
+by the nanoGPT speedrun): the kernel caps each logit as it reads it and multiplies the gradient by
+d/dz C·tanh(z / C) = 1 - tanh²(z / C), so the capped logits never exist either.
+
 When every target is ignored the result matches PyTorch's `F.cross_entropy` (and
 `kernels.reference`): the loss is NaN (0 / 0) and both gradients are zero.
 Targets must be ignore_index or lie in [0, V); other values are not checked (that would need a
@@ -43,6 +47,19 @@ def _log1p(r):
 
 
 @triton.jit
+def _softcap(z, cap):
+    """(cap * tanh(z / cap), its derivative 1 - tanh^2(z / cap)) from one exp (the interpreter has no tanh).
+
+    With t = exp(-2 |z| / cap): tanh(|z| / cap) = (1 - t) / (1 + t) and 1 - tanh^2 = 4 t / (1 + t)^2,
+    which keeps its relative accuracy where tanh saturates (no 1 - tanh^2 cancellation).
+    """
+    t = tl.exp(-2.0 * tl.abs(z) / cap)
+    inv = 1.0 / (1.0 + t)
+    tanh = (1.0 - t) * inv
+    return tl.where(z < 0, -tanh, tanh) * cap, 4.0 * t * inv * inv
+
+
+@triton.jit
 def _cross_entropy_grad_kernel(
     logits_ptr,
     logits_row_stride,
@@ -51,14 +68,21 @@ def _cross_entropy_grad_kernel(
     n_valid_ptr,
     n_cols,
     ignore_index,
+    softcap,
     BLOCK: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
-    """One program per row: write the row's loss and replace its logits with the loss gradient."""
+    """One program per row: write the row's loss and replace its logits with the loss gradient.
+
+    With SOFTCAP the loss is over softcap * tanh(logits / softcap) and the gradient is with respect to
+    the logits before the cap."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * logits_row_stride
     target = tl.load(targets_ptr + row).to(tl.int64)
     valid = target != ignore_index
     target_logit = tl.load(row_ptr + tl.where(valid, target, 0)).to(tl.float32)
+    if SOFTCAP:
+        target_logit, _target_slope = _softcap(target_logit, softcap)
 
     # Pass 1: running max over all logits and the sum of exp(logit - max) over the non-target ones.
     # Keeping the target out of the sum lets 1 - p(target) be formed without cancellation.
@@ -67,6 +91,9 @@ def _cross_entropy_grad_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
+        if SOFTCAP:
+            capped, _slope = _softcap(x, softcap)
+            x = tl.where(cols < n_cols, capped, -float("inf"))
         new_max = tl.maximum(row_max, tl.max(x, axis=0))
         others = tl.where(cols == target, -float("inf"), x)
         other_sum = other_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(others - new_max), axis=0)
@@ -87,7 +114,12 @@ def _cross_entropy_grad_kernel(
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(row_ptr + cols, mask=mask, other=-float("inf")).to(tl.float32)
-        grad = tl.where(cols == target, target_grad, tl.exp(x - row_max) * inv_total) * scale
+        if SOFTCAP:
+            x, slope = _softcap(x, softcap)
+            scale_cols = scale * slope
+        else:
+            scale_cols = scale
+        grad = tl.where(cols == target, target_grad, tl.exp(x - row_max) * inv_total) * scale_cols
         tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
@@ -104,8 +136,10 @@ def _fused_linear_cross_entropy_op(
     ignore_index: int,
     chunk_bytes: int,
     with_grads: bool,
+    softcap: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, d loss / d hidden, d loss / d weight in fp32); both gradients are empty unless with_grads."""
+    """(loss, d loss / d hidden, d loss / d weight in fp32); both gradients are empty unless with_grads.
+    `softcap` 0 means no cap."""
     n_rows, n_cols = hidden.shape[0], weight.shape[0]
     targets = targets.contiguous()
     n_valid = (targets != ignore_index).sum(dtype=torch.float32)
@@ -122,7 +156,7 @@ def _fused_linear_cross_entropy_op(
         logits = chunk @ weight.T
         _cross_entropy_grad_kernel[(end - start,)](
             logits, logits.stride(0), targets[start:end], row_loss[start:end], n_valid,
-            n_cols, ignore_index, BLOCK=block, num_warps=warps,
+            n_cols, ignore_index, softcap, BLOCK=block, SOFTCAP=softcap > 0, num_warps=warps,
         )
         record_launch("fused_linear_cross_entropy")
         if with_grads:
@@ -135,7 +169,7 @@ def _fused_linear_cross_entropy_op(
 
 
 @_fused_linear_cross_entropy_op.register_fake
-def _(hidden, weight, targets, ignore_index, chunk_bytes, with_grads):
+def _(hidden, weight, targets, ignore_index, chunk_bytes, with_grads, softcap):
     loss = hidden.new_empty((), dtype=torch.float32)
     grad_hidden = hidden.new_empty(hidden.shape if with_grads else (0,))
     grad_weight = weight.new_empty(weight.shape if with_grads else (0,), dtype=torch.float32)
@@ -156,6 +190,7 @@ def _backward(ctx, grad_loss, _grad_hidden, _grad_weight):
         None,
         None,
         None,
+        None,
     )
 
 
@@ -169,11 +204,13 @@ def fused_linear_cross_entropy(
     ignore_index: int = -100,
     *,
     chunk_bytes: int = CHUNK_BYTES,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of hidden @ weight.T against targets over the non-ignored rows.
 
     hidden [N, D], weight [V, D] (same dtype), targets [N] int64. Returns a float32 scalar.
     `chunk_bytes` bounds the fp32 logits held at once (the reference path ignores it).
+    `softcap` C (> 0) takes the loss over C·tanh(logits / C) instead (see the module docstring).
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -181,10 +218,12 @@ def fused_linear_cross_entropy(
         )
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"expected targets of shape [{hidden.shape[0]}], got {tuple(targets.shape)}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive, got {softcap!r}")
     if not use_triton(hidden):
-        return reference.fused_linear_cross_entropy(hidden, weight, targets, ignore_index)
+        return reference.fused_linear_cross_entropy(hidden, weight, targets, ignore_index, softcap=softcap)
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     loss, _, _ = _fused_linear_cross_entropy_op(
-        hidden, weight, targets, ignore_index, chunk_bytes, with_grads
+        hidden, weight, targets, ignore_index, chunk_bytes, with_grads, float(softcap or 0.0)
     )
     return loss

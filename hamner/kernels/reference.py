@@ -190,17 +190,24 @@ def apply_rope(
     return _Rope.apply(q, k, cos, sin, interleaved)
 
 
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap · tanh(logits / cap): logits squashed smoothly into (-cap, cap) (Gemma 2's final-logit
+    soft-capping, used by the nanoGPT speedrun); `logits` itself when `cap` is None."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
 def fused_linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, *,
-    chunk_bytes: int | None = None,
+    chunk_bytes: int | None = None, softcap: float | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of hidden @ weight.T against targets over non-ignored rows (logits materialised).
+    """Mean cross-entropy of hidden @ weight.T (soft-capped at `softcap` when given, see `soft_cap`)
+    against targets over non-ignored rows (logits materialised).
 
     `chunk_bytes` sizes the Triton kernel's logit chunks; here every logit is materialised at once, so
     it is accepted (callers need not know which op runs) and ignored.
     """
-    logits = hidden @ weight.T
-    return F.cross_entropy(_upcast(logits), targets, ignore_index=ignore_index)
+    logits = soft_cap(_upcast(hidden @ weight.T), softcap)
+    return F.cross_entropy(logits, targets, ignore_index=ignore_index)
 
 
 def causal_mask(n_queries: int, n_keys: int, window: int | torch.Tensor | None = None,

@@ -26,6 +26,13 @@ SKIPS: tuple[str, ...] = ("none", "unet")  # the `skip` choices
 class HamnerConfig:
     """Shape and initialisation of a Llama-style decoder (pre-norm, GQA, SwiGLU, RoPE, tied embeddings).
 
+    Two output-side options of the nanoGPT speedrun (Keller Jordan's modded-nanogpt), both off by default:
+    `logit_softcap` C replaces every logit z by C·tanh(z / C) (Gemma 2's final-logit soft-capping) in the
+    loss, the logits, generation and evaluation; `tie_embeddings = False` gives the model its own output
+    head `lm_head`, initialised to zero, and with it zero-initialised residual output projections (every
+    mixer's `out` and the MLP's `down`), modded-nanogpt's initialisation: each block then starts as the
+    identity and the model as the uniform distribution.
+
     `tokenizer` is the spec string the data layer's `load_tokenizer` understands: "bytes", a
     tokenizer.json path or a Hugging Face hub name.
 
@@ -89,6 +96,10 @@ class HamnerConfig:
     # "unet": the outputs of the first n_layers // 2 blocks are added, with learnt weights, to the inputs of
     # their mirrors in the second half (see hamner.model.transformer). "none": the plain stack.
     skip: str = "none"
+    # Final-logit soft cap C (logits = C tanh(logits / C)); None: uncapped logits.
+    logit_softcap: float | None = None
+    # False: a separate, zero-initialised output head and zero-initialised residual output projections.
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
@@ -105,6 +116,10 @@ class HamnerConfig:
         for name in ("rope_theta", "norm_eps", "init_std"):
             if not number(getattr(self, name)) or not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)!r}")
+        if self.logit_softcap is not None and (not number(self.logit_softcap) or not self.logit_softcap > 0):
+            raise ConfigError(f"logit_softcap must be positive and finite (or absent), got {self.logit_softcap!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         self._check_blocks()
         self._check_stack_options()
 
@@ -198,7 +213,16 @@ class HamnerConfig:
                                          ("skip", self.skip != "none")) if on]
         if options:
             return f"the model uses {', '.join(options)}, which a Llama has no place for"
+        if self.logit_softcap is not None:
+            return (f"logit_softcap = {self.logit_softcap} has no LlamaConfig equivalent (Llama has no final-logit "
+                    "soft cap)")
         return None
+
+    @property
+    def zero_init_outputs(self) -> bool:
+        """Whether the output head and the projections into the residual stream start at zero: with an
+        untied head (modded-nanogpt's initialisation; see the class docstring)."""
+        return not self.tie_embeddings
 
     @property
     def llama_compatible(self) -> bool:

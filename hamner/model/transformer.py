@@ -1,6 +1,7 @@
 """The Hamner model: a Llama-style decoder built only from the ops in `kernels`.
 
-Token embedding (tied with the output head) -> n_layers pre-norm blocks -> final RMSNorm.
+Token embedding (tied with the output head unless `tie_embeddings` is off) -> n_layers pre-norm blocks
+-> final RMSNorm -> output head, whose logits are soft-capped when `logit_softcap` is set.
 Each block is a token mixer then an MLP, both chosen by name in the config (`hamner.model.mixers`,
 `hamner.model.mlps`); the default, attention (fused QKV projection, grouped-query heads, RoPE) and a
 SwiGLU MLP (gate and up fused in one projection), is the Llama block, with no biases. Every
@@ -11,7 +12,8 @@ hands on the same pair.
 The state_dict of the Llama block has stable names and layout (checkpoints and the Hugging Face
 exporter rely on them; the attention parameter holds its q/k rows in another order in memory, see
 `hamner.model.mixers.attention`):
-  embed.weight                      [V, C]            also the output head
+  embed.weight                      [V, C]            also the output head when tied
+  lm_head.weight                    [V, C]            the output head when not tied (tie_embeddings = false)
   layers.{i}.attn_norm.weight       [C]
   layers.{i}.attn.qkv.weight        [(Hq + 2 Hkv) D, C] rows: q, then k, then v
   layers.{i}.attn.out.weight        [C, Hq D]
@@ -136,6 +138,7 @@ class HamnerModel(nn.Module):
         # U-net skip weights, one per skip (skip = "unet" only).
         self.skip_weights = nn.Parameter(torch.ones(config.n_layers // 2)) if config.skip == "unet" else None
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # RoPE cos/sin [max_seq_len, head_dim / 2], float32 whatever the model's dtype; not saved.
         self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.head_dim // 2), persistent=False)
         self.register_buffer("rope_sin", torch.empty(config.max_seq_len, config.head_dim // 2), persistent=False)
@@ -147,7 +150,8 @@ class HamnerModel(nn.Module):
         skip weights, fresh RoPE tables.
 
         With `scale_residual_init`, the projections that write into the residual stream (the
-        mixers' `out`, the MLP's `down`) get std init_std / sqrt(2 n_layers). Mixers and MLPs
+        mixers' `out`, the MLP's `down`) get std init_std / sqrt(2 n_layers). An untied model
+        (`tie_embeddings` off) starts its output head and those projections at zero instead. Mixers and MLPs
         with other parameters initialise them in their own `init_weights()`. Call this after
         `to_empty()` when the model was built on the meta device (or load a state dict).
         """
@@ -155,7 +159,10 @@ class HamnerModel(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 is_residual_out = name.endswith((".out", "mlp.down"))
-                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual_out else std)
+                if self.config.zero_init_outputs and (is_residual_out or module is self.lm_head):
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual_out else std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
             elif module is not self and hasattr(module, "init_weights"):
@@ -219,9 +226,17 @@ class HamnerModel(nn.Module):
             cache.advance(T)
         return self.norm(x, delta)[0]
 
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The output head's weight [V, C]: the embedding's when tied, else `lm_head`'s."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits over the vocabulary for hidden states [..., C] (tied output head)."""
-        return F.linear(hidden, self.embed.weight).float()
+        """Float32 logits over the vocabulary for hidden states [..., C], soft-capped when `logit_softcap` is set.
+
+        Every reader of logits (generation, cached decoding, evaluation) comes here, so they all see the
+        logits the loss was trained on."""
+        return kernels.reference.soft_cap(F.linear(hidden, self.head_weight).float(), self.config.logit_softcap)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: DecodingCache | None = None,
@@ -241,14 +256,15 @@ class HamnerModel(nn.Module):
             return self.logits(hidden)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
-        hidden, weight = hidden.reshape(-1, hidden.shape[-1]), self.embed.weight
+        hidden, weight = hidden.reshape(-1, hidden.shape[-1]), self.head_weight
         device_type = hidden.device.type
         if torch.is_autocast_enabled(device_type):
             # A custom op is not autocast: cast here so the output matmuls run in the autocast dtype.
             dtype = torch.get_autocast_dtype(device_type)
             hidden, weight = hidden.to(dtype), weight.to(dtype)
         targets = targets.reshape(-1)
-        loss = kernels.fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-100)
+        loss = kernels.fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-100,
+                                                  softcap=self.config.logit_softcap)
         # A batch whose targets are all ignored (e.g. a chat window without a reply) counts nothing: its mean is
         # 0 / 0, so its loss is 0. Its gradient is already zero; `where` keeps it so without a host sync.
         loss = torch.where((targets != -100).any(), loss, torch.zeros_like(loss))
@@ -303,7 +319,7 @@ class HamnerModel(nn.Module):
             module.set_knob(name, one)
 
     def num_parameters(self, active: bool = False) -> int:
-        """Number of parameters, the tied embedding/output weight counted once.
+        """Number of parameters, the tied embedding/output weight counted once (an untied head on its own).
 
         With `active`, only those one token uses: an MoE layer counts its router and top-k experts.
         """
@@ -322,24 +338,25 @@ class HamnerModel(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), for MFU.
 
-        6 x (active matmul parameters: every Linear, expert and the output head, not the norms nor the
-        value-embedding tables, which are looked up) plus
+        6 x (active matmul parameters: every Linear, expert and the output head, not the norms, nor the
+        value-embedding tables and an untied embedding, which are looked up) plus
         the attention score and value matmuls, 12 x n_layers x n_heads x head_dim x seq_len (the
         PaLM-paper estimate; it does not halve for the causal mask, nor shrink for a window).
         """
         c = self.config
         vector_params = sum(p.numel() for p in self.parameters() if p.dim() < 2)
         table_params = sum(p.numel() for p in self.value_embeds.parameters())
-        matmul_params = self.num_parameters(active=True) - vector_params - table_params
+        lookup_params = table_params + (0 if self.lm_head is None else self.embed.weight.numel())
+        matmul_params = self.num_parameters(active=True) - vector_params - lookup_params
         return 6.0 * matmul_params + 12.0 * c.n_layers * c.n_heads * c.head_dim * seq_len
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer groups: weight decay on 2-D matrices (all Linears and the tied embedding), none on norms,
-        scalars and value-embedding tables.
+        """Optimizer groups: weight decay on 2-D matrices (all Linears, the embedding and an untied head), none
+        on norms, scalars and value-embedding tables.
 
-        The embedding decays because it is also the output projection, a matrix like the others. A value
-        embedding is a lookup table only, and lookup tables do not decay (minGPT's rule, nn.Embedding on its
-        no-decay list; the speedrun's embeddings run on Adam without decay).
+        The embedding decays because it is (or, untied, stands beside) the output projection, a matrix like the
+        others. A value embedding is a lookup table only, and lookup tables do not decay (minGPT's rule,
+        nn.Embedding on its no-decay list; the speedrun's embeddings run on Adam without decay).
         """
         tables = {id(p) for p in self.value_embeds.parameters()}
         decay = [p for p in self.parameters() if p.dim() >= 2 and id(p) not in tables]

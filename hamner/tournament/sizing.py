@@ -2,7 +2,7 @@
 
 Every measure is read from a `HamnerModel` built on the meta device (no memory, no init cost),
 so a new mixer or MLP is counted as it is built, not by a formula that could drift from it:
-  non_embedding     parameters other than the (tied) token embedding;
+  non_embedding     parameters other than the token embedding (tied, or with its untied output head);
   active            non-embedding parameters one token uses: a mixture-of-experts layer counts
                     only the experts a token is routed to (see `active_parameters`);
   flops_per_token   training FLOPs per token at the tournament's sequence length
@@ -31,7 +31,7 @@ class Size:
     """The sizes of one model configuration."""
 
     parameters: int  # all, the tied embedding counted once
-    non_embedding: int  # all but the token embedding
+    non_embedding: int  # all but the token embedding and an untied output head
     active: int  # non-embedding parameters one token uses
     flops_per_token: float
 
@@ -74,7 +74,7 @@ def active_parameters(model: HamnerModel) -> int:
 def model_size(config: HamnerConfig, seq_len: int) -> Size:
     """Parameters (total, non-embedding, active) and training FLOPs per token of `config`."""
     model = meta_model(config)
-    embedding = model.embed.weight.numel()
+    embedding = model.embed.weight.numel() + (0 if model.lm_head is None else model.lm_head.weight.numel())
     total = model.num_parameters()
     return Size(parameters=total, non_embedding=total - embedding,
                 active=active_parameters(model) - embedding,

@@ -3,13 +3,16 @@
 Weight decay follows the model's own split (`model.param_groups`: matrices decay, norms and the like
 do not). Each of those groups is further split by transformer layer so a curriculum can scale the
 learning rate of chosen layers only (e.g. the middle "emotional" layers at 0.2x); parameters outside
-`model.layers` (embeddings, final norm, head) always take the base rate.
+`model.layers` (embeddings, final norm, head) take the base rate, except that a curriculum's `embed_lr`
+and `head_lr` put the token embedding (with the value embeddings) and an untied output head
+(`model.lm_head`) in groups of their own (labelled by `role`) at those rates (the speedrun's per-group
+rates).
 
 With "muon", the 2-D weights inside `model.layers` (attention and MLP projections) go to
 `torch.optim.Muon` (momentum 0.95, Nesterov, 5 Newton-Schulz steps, Keller Jordan's LR adjustment
-sqrt(max(1, rows/cols)), no weight decay); the embedding (also the tied output head), the value
-embeddings (lookup tables outside the layers), norms and any other parameter stay on AdamW, as do MoE
-expert weights (3-D [experts, out, in]). The loop gets the
+sqrt(max(1, rows/cols)), no weight decay); the embedding (also the tied output head), an untied head,
+the value embeddings (lookup tables outside the layers), norms and any other parameter stay on AdamW, as
+do MoE expert weights (3-D [experts, out, in]). The loop gets the
 two as a list [AdamW, Muon]; `hamner.train.step.train_step` steps, skips, clips and zeroes them together and
 `hamner.train.state.OptimizerSlot` checkpoints them.
 """
@@ -31,7 +34,7 @@ MUON_WEIGHT_DECAY: float = 0.0
 # One optimizer, or several over disjoint parameters that are stepped together.
 Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
 # Group keys that only label a group (for `apply_lr`), not hyperparameters of the update.
-_LABELS = ("params", "layer", "optimizer")
+_LABELS = ("params", "layer", "optimizer", "role")
 
 
 class LayeredAdamW(torch.optim.AdamW):
@@ -64,19 +67,37 @@ class LayeredAdamW(torch.optim.AdamW):
 
 
 def layer_param_groups(model: torch.nn.Module, weight_decay: float = WEIGHT_DECAY,
-                       params: set[int] | None = None) -> list[dict]:
+                       params: set[int] | None = None, roles: Mapping[int, str] | None = None) -> list[dict]:
     """The model's decay / no-decay groups split by layer; each group carries a `layer` key (None outside
-    layers). `params` (ids) keeps only those parameters."""
+    layers). `params` (ids) keeps only those parameters; `roles` (id -> role) puts those parameters in
+    groups of their own, with a `role` key and layer None."""
     layer_of = {id(p): i for i, layer in enumerate(model.layers) for p in layer.parameters()}
+    roles = roles or {}
     groups: list[dict] = []
     for base in model.param_groups(weight_decay):
-        by_layer: dict[int | None, list[torch.nn.Parameter]] = {}
+        by_key: dict[tuple[str, int | str | None], list[torch.nn.Parameter]] = {}
         for p in base["params"]:
             if p.requires_grad and (params is None or id(p) in params):
-                by_layer.setdefault(layer_of.get(id(p)), []).append(p)
-        for layer, group_params in by_layer.items():
-            groups.append({"params": group_params, "weight_decay": base.get("weight_decay", 0.0), "layer": layer})
+                key = ("role", roles[id(p)]) if id(p) in roles else ("layer", layer_of.get(id(p)))
+                by_key.setdefault(key, []).append(p)
+        for (kind, value), group_params in by_key.items():
+            group = {"params": group_params, "weight_decay": base.get("weight_decay", 0.0),
+                     "layer": value if kind == "layer" else None}
+            groups.append(group if kind == "layer" else {**group, "role": value})
     return groups
+
+
+def rate_roles(model: torch.nn.Module, embed_lr: float | None, head_lr: float | None) -> dict[int, str]:
+    """Parameter id -> role ("embed", "head") of the weights that get a rate of their own: the token
+    embedding and any value-embedding tables when `embed_lr` is set (modded-nanogpt's embedding group), the
+    untied output head when `head_lr` is (a tied head is the embedding)."""
+    roles = {}
+    if embed_lr is not None:
+        tables = getattr(model, "value_embeds", ())
+        roles.update({id(p): "embed" for p in [model.embed.weight, *(t.weight for t in tables)]})
+    if head_lr is not None and getattr(model, "lm_head", None) is not None:
+        roles[id(model.lm_head.weight)] = "head"
+    return roles
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -86,16 +107,20 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kind: str = "adamw",
-                    muon_lr: float = DEFAULT_MUON_LR, weight_decay: float = WEIGHT_DECAY) -> Optimizers:
+                    muon_lr: float = DEFAULT_MUON_LR, weight_decay: float = WEIGHT_DECAY,
+                    embed_lr: float | None = None, head_lr: float | None = None) -> Optimizers:
     """AdamW (betas 0.9/0.95; the fused kernel on CUDA, the multi-tensor one elsewhere), or for
     kind "muon" the list [that AdamW (everything else), Muon (hidden matrices)]. Every group carries
-    an `optimizer` key ("adamw" / "muon") so `apply_lr` gives each its rate."""
+    an `optimizer` key ("adamw" / "muon") so `apply_lr` gives each its rate; with `embed_lr` / `head_lr`
+    the embedding / untied head sit in AdamW groups of their own at those rates (`rate_roles`)."""
     if kind not in OPTIMIZERS:
         raise TrainError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
     fused = device.type == "cuda"
+    roles = rate_roles(model, embed_lr, head_lr)
     if kind == "adamw":
-        return LayeredAdamW(layer_param_groups(model, weight_decay), lr=lr, betas=BETAS,
-                            fused=fused, foreach=not fused)
+        groups = layer_param_groups(model, weight_decay, roles=roles)
+        _set_role_rates(groups, embed_lr, head_lr)
+        return LayeredAdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
     matrices = hidden_matrices(model)
     muon_ids = {id(p) for p in matrices}
     rest = {id(p) for p in model.parameters()} - muon_ids
@@ -106,16 +131,26 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
     muon = torch.optim.Muon([{"params": ps, "layer": layer, "optimizer": "muon"} for layer, ps in by_layer.items()],
                             lr=muon_lr,
                             weight_decay=MUON_WEIGHT_DECAY, momentum=MUON_MOMENTUM, nesterov=True)
-    groups = [{**group, "optimizer": "adamw"} for group in layer_param_groups(model, weight_decay, rest)]
+    groups = [{**group, "optimizer": "adamw"} for group in layer_param_groups(model, weight_decay, rest, roles)]
+    _set_role_rates(groups, embed_lr, head_lr)
     adamw = LayeredAdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
     return [adamw, muon]
+
+
+def _set_role_rates(groups: list[dict], embed_lr: float | None, head_lr: float | None) -> None:
+    """Give the embedding's and the head's groups their own peak rates."""
+    for group in groups:
+        rate = {"embed": embed_lr, "head": head_lr}.get(group.get("role"))
+        if rate is not None:
+            group["lr"] = rate
 
 
 def stage_optimizer(model: torch.nn.Module, stage: Stage, device: torch.device,
                     kind: str | None = None) -> Optimizers:
     """Fresh optimizer(s) for `stage`: of `kind` when given (--optimizer), else of the stage's own, at
     its peak rates (`apply_lr` sets the rates of every step)."""
-    return build_optimizer(model, stage.lr, device, kind=kind or stage.optimizer, muon_lr=stage.muon_lr)
+    return build_optimizer(model, stage.lr, device, kind=kind or stage.optimizer, muon_lr=stage.muon_lr,
+                           embed_lr=stage.embed_lr, head_lr=stage.head_lr)
 
 
 def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor, sync_free: bool | None = None) -> None:
@@ -157,12 +192,19 @@ def _step_or_restore(optimizer: torch.optim.Muon, finite: torch.Tensor) -> None:
 
 def apply_lr(optimizers: Optimizers, lr: float,
              layer_scales: Mapping[int, float] | Sequence[float] | None = None,
-             muon_lr: float | None = None) -> None:
-    """Set every group's rate to `lr` (Muon's groups to `muon_lr`), times the scale of its layer when
+             muon_lr: float | None = None, embed_lr: float | None = None, head_lr: float | None = None) -> None:
+    """Set every group's rate to `lr` (Muon's groups to `muon_lr`, the embedding's and the head's groups
+    to `embed_lr` and `head_lr` when they have groups of their own), times the scale of its layer when
     the curriculum gives one."""
+    role_rates = {"embed": embed_lr, "head": head_lr}
     for optimizer in optimizers if isinstance(optimizers, Sequence) else [optimizers]:
         for group in optimizer.param_groups:
-            base = muon_lr if group.get("optimizer") == "muon" and muon_lr is not None else lr
+            if group.get("optimizer") == "muon" and muon_lr is not None:
+                base = muon_lr
+            elif role_rates.get(group.get("role")) is not None:
+                base = role_rates[group["role"]]
+            else:
+                base = lr
             group["lr"] = base * _scale(layer_scales, group.get("layer"))
 
 

@@ -60,6 +60,7 @@ def checked_model_config(s: RunSettings, curriculum: Curriculum) -> HamnerConfig
         curriculum.check_seq_len(config.max_seq_len)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    curriculum.check_head_lr(config.tie_embeddings)
     if s.init_from and not Path(s.init_from).exists():
         raise TrainError(f"--init-from {s.init_from}: no checkpoint at {s.init_from}")
     if curriculum.requires_init and not (s.init_from or s.resume):

@@ -312,7 +312,7 @@ class Trainer:
 
     def _train_step(self) -> None:
         rates = self.controller.rates()
-        apply_lr(self.optim.optimizers, rates.adamw, rates.layer_scales, rates.muon)
+        apply_lr(self.optim.optimizers, rates.adamw, rates.layer_scales, rates.muon, rates.embed, rates.head)
         self.last_lr = rates.adamw
         for name, value in self.controller.ramped_knobs().items():
             self.model.set_knob(name, value)

@@ -1,13 +1,17 @@
 """The Hugging Face adapter: Hamner models to and from Hugging Face Llama directories.
 
-Hamner blocks are Llama blocks with two fused matmuls (q/k/v and gate/up) and tied embeddings, so
-both directions only rename tensors and split (export) or concatenate (import) the fused ones along
-their rows; the name tables below serve both. An exported directory holds `config.json` (LlamaConfig
+Hamner blocks are Llama blocks with two fused matmuls (q/k/v and gate/up), and the output head is
+the embedding or (`tie_embeddings = false`) Llama's `lm_head`, so both directions only rename tensors
+and split (export) or concatenate (import) the fused ones along their rows; the name tables below serve
+both. An exported directory holds `config.json` (LlamaConfig
 fields plus the Hamner tokenizer spec), `model.safetensors` and the tokenizer files, and loads with
 `transformers.AutoModelForCausalLM.from_pretrained(DIR)` with the same logits as ours. An import
 accepts what transformers itself saves (one weights file or shards) as long as Hamner can represent
-it (tied embeddings, no biases, SiLU, plain RoPE); anything else is refused with a message naming the
-field. A model with other mixers or MLPs than attention + SwiGLU has no Llama equivalent and is refused.
+it (no biases, SiLU, plain RoPE); anything else is refused with a message naming the field; an
+`lm_head.weight` that differs from the embedding (and is not tied by config.json) imports as an untied
+head. A model with other mixers or MLPs than attention + SwiGLU has no Llama equivalent and is refused,
+and so is one with `logit_softcap`: LlamaConfig has no final-logit soft cap (Gemma 2's
+`final_logit_softcapping` is another architecture).
 `hamner.use.load.load_model` reads such directories; `hamner export` writes them.
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ SHARD_INDEX_FILE = "model.safetensors.index.json"
 
 # Weights outside the layers: Hamner name -> Hugging Face name.
 GLOBAL_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+# The output head of an untied model (tie_embeddings = false); both sides call it lm_head.
+HEAD_NAME = "lm_head.weight"
 # Per-layer weights that map one to one (under layers.{i}. and model.layers.{i}.).
 LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -81,7 +87,7 @@ def hf_config(config: HamnerConfig, eos_id: int, dtype: str = "float32") -> dict
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
         "torch_dtype": dtype,
@@ -118,8 +124,9 @@ def hf_tokenizer_spec(path: str | Path, fields: dict) -> str:
     raise CheckpointError(f"{path}: no tokenizer.json and no {TOKENIZER_KEY} entry in {CONFIG_FILE}")
 
 
-def hf_to_hamner_config(path: str | Path) -> HamnerConfig:
-    """The HamnerConfig equivalent to the LlamaConfig in `path`/config.json."""
+def hf_to_hamner_config(path: str | Path, untied_head: bool = False) -> HamnerConfig:
+    """The HamnerConfig equivalent to the LlamaConfig in `path`/config.json; `untied_head`: its weights hold an
+    `lm_head.weight` of their own (see `has_untied_head`)."""
     path = Path(path)
     fields = json.loads((path / CONFIG_FILE).read_text())
     _refuse_unsupported(fields, path)
@@ -135,7 +142,14 @@ def hf_to_hamner_config(path: str | Path) -> HamnerConfig:
         rope_theta=float(theta),
         norm_eps=fields.get("rms_norm_eps", 1e-6),
         tokenizer=hf_tokenizer_spec(path, fields),
+        tie_embeddings=not (untied_head and not fields.get("tie_word_embeddings", False)),
     )
+
+
+def has_untied_head(tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether Hugging Face Llama `tensors` hold an output head other than their input embedding."""
+    head, embed = tensors.get(HEAD_NAME), tensors.get(GLOBAL_NAMES["embed.weight"])
+    return head is not None and (embed is None or not torch.equal(head, embed))
 
 
 # ----- weights, both directions -----
@@ -143,6 +157,8 @@ def hf_to_hamner_config(path: str | Path) -> HamnerConfig:
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: HamnerConfig) -> dict[str, torch.Tensor]:
     """Hamner parameter names and fused tensors -> Hugging Face Llama names, q/k/v and gate/up split."""
     out = {theirs: state[ours] for ours, theirs in GLOBAL_NAMES.items()}
+    if not config.tie_embeddings:
+        out[HEAD_NAME] = state[HEAD_NAME]
     rows = _fused_rows(config)
     for i in range(config.n_layers):
         ours, theirs = f"layers.{i}.", f"model.layers.{i}."
@@ -152,9 +168,12 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: HamnerConfig) -> di
     return {name: t.detach().contiguous() for name, t in out.items()}
 
 
-def hf_sources(n_layers: int) -> dict[str, tuple[str, ...]]:
-    """Each Hamner parameter name -> the Hugging Face Llama tensors it is made of (several: stacked along rows)."""
+def hf_sources(n_layers: int, tied: bool = True) -> dict[str, tuple[str, ...]]:
+    """Each Hamner parameter name -> the Hugging Face Llama tensors it is made of (several: stacked along rows);
+    `tied` False adds the output head."""
     sources = {ours: (theirs,) for ours, theirs in GLOBAL_NAMES.items()}
+    if not tied:
+        sources[HEAD_NAME] = (HEAD_NAME,)
     for i in range(n_layers):
         ours, theirs = f"layers.{i}.", f"model.layers.{i}."
         sources.update({ours + name: (theirs + hf,) for name, hf in LAYER_NAMES.items()})
@@ -163,12 +182,10 @@ def hf_sources(n_layers: int) -> dict[str, tuple[str, ...]]:
 
 
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: HamnerConfig) -> dict[str, torch.Tensor]:
-    """Hugging Face Llama tensors -> Hamner parameter names with q/k/v and gate/up fused (a missing one: KeyError)."""
-    head = tensors.get("lm_head.weight")
-    if head is not None and not torch.equal(head, tensors[GLOBAL_NAMES["embed.weight"]]):
-        raise CheckpointError("lm_head.weight differs from the input embedding; Hamner ties the two")
+    """Hugging Face Llama tensors -> Hamner parameter names with q/k/v and gate/up fused (a missing one: KeyError);
+    a tied `config` ignores any `lm_head.weight`, as transformers does for a tied model."""
     return {ours: torch.cat([tensors[name] for name in parts])
-            for ours, parts in hf_sources(config.n_layers).items()}
+            for ours, parts in hf_sources(config.n_layers, config.tie_embeddings).items()}
 
 
 # ----- reading a directory -----
@@ -214,13 +231,13 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
     if not is_hf_dir(path):
         raise CheckpointError(f"{path} is not a Hugging Face Llama directory (no llama {CONFIG_FILE})")
     try:
-        config = hf_to_hamner_config(path)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}/{CONFIG_FILE} lacks {exc.args[0]!r}") from None
-    try:
         tensors = _read_tensors(path)
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: unreadable weights: {one_line(exc)}") from None
+    try:
+        config = hf_to_hamner_config(path, has_untied_head(tensors))
+    except KeyError as exc:
+        raise CheckpointError(f"{path}/{CONFIG_FILE} lacks {exc.args[0]!r}") from None
     try:
         state = from_hf_state_dict(tensors, config)
     except KeyError as exc:

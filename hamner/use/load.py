@@ -119,8 +119,10 @@ def _names(names: list[str]) -> str:
     return shown + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
 
 
-def _as_hamner(tensors: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """(Hamner-named tensors, names missing, names left over) of a Hamner or Llama-named state dict."""
+def _as_hamner(tensors: dict[str, torch.Tensor], config: HamnerConfig,
+               ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """(Hamner-named tensors, names missing, names left over) of a Hamner or Llama-named state dict for a
+    model of `config` (an untied one takes `lm_head.weight` as its head)."""
     if "embed.weight" in tensors:  # Hamner's own names
         return tensors, [], []
     if "model.embed_tokens.weight" not in tensors:
@@ -133,7 +135,7 @@ def _as_hamner(tensors: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[st
             renamed[name] = tensor
         tensors = renamed
     state, missing, used = {}, [], set()
-    for ours, parts in hf_sources(n_layers).items():
+    for ours, parts in hf_sources(config.n_layers, config.tie_embeddings).items():
         absent = [name for name in parts if name not in tensors]
         if absent:
             missing += absent
@@ -141,7 +143,7 @@ def _as_hamner(tensors: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[st
         state[ours] = torch.cat([tensors[name] for name in parts])
         used.update(parts)
     head, embed = tensors.get("lm_head.weight"), tensors.get(GLOBAL_NAMES["embed.weight"])
-    if head is not None and embed is not None and torch.equal(head, embed):
+    if config.tie_embeddings and head is not None and embed is not None and torch.equal(head, embed):
         used.add("lm_head.weight")  # tied: the same tensor as the embedding
     return state, missing, sorted(set(tensors) - used)
 
@@ -149,11 +151,12 @@ def _as_hamner(tensors: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[st
 def load_state_file(path: str | Path, config: HamnerConfig, device: str | torch.device = "cpu") -> HamnerModel:
     """A model of `config` holding the weights of the state-dict file `path` (Hamner, Hugging Face Llama or
     the original Hamner project's names); one CheckpointError line names every tensor that is missing,
-    left over (an untied lm_head.weight among them) or of another shape than the model's."""
+    left over (an lm_head.weight unlike the embedding, for a tied model, among them) or of another shape than
+    the model's."""
     tensors = read_state_file(path)
     model = HamnerModel(config)
     expected = model.state_dict()
-    state, missing, unused = _as_hamner(tensors, config.n_layers)
+    state, missing, unused = _as_hamner(tensors, config)
     missing = missing or [name for name in expected if name not in state]  # in the file's names if it has them
     unused += [name for name in state if name not in expected]
     misshapen = [f"{name} {tuple(state[name].shape)} vs {tuple(t.shape)}" for name, t in expected.items()

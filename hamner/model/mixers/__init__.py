@@ -49,7 +49,8 @@ class Mixer(ConfigCheck, Protocol):
 
     Optional: `init_weights()`, called by `HamnerModel.init_weights` after its generic init (every
     nn.Linear N(0, init_std), a projection named `out` or `down` scaled for the residual when
-    `scale_residual_init`, norms ones) for parameters the generic init does not cover; `aux_loss`,
+    `scale_residual_init` and zero when `zero_init_outputs`, norms ones) for parameters the generic
+    init does not cover; `aux_loss`,
     a scalar tensor (or None) set by training forwards that the model adds to the training loss;
     `KNOBS` (names) with `check_knob(name, value)` and `set_knob(name, value)`, settings a curriculum
     stage may change mid-run (`HamnerModel.set_knob`; the Hebbian memory's "plasticity").

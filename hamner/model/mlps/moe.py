@@ -60,9 +60,13 @@ class MoE(MoESettings, nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Experts like the dense MLP: N(0, init_std), `down` with the residual-scaled std."""
+        """Experts like the dense MLP: N(0, init_std), `down` with the residual-scaled std (zero when the
+        config's `zero_init_outputs`)."""
         nn.init.normal_(self.gate_up, mean=0.0, std=self.config.init_std)
-        nn.init.normal_(self.down, mean=0.0, std=self.config.residual_init_std)
+        if self.config.zero_init_outputs:
+            nn.init.zeros_(self.down)
+        else:
+            nn.init.normal_(self.down, mean=0.0, std=self.config.residual_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

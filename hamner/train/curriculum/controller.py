@@ -5,7 +5,8 @@ curves. The training loop drives it:
 
     ctrl = CurriculumController(load_curriculum("hamner-v3.1"), n_layers=model.n_layers)
     while not ctrl.finished:
-        set the rates of ctrl.rates(): AdamW's, Muon's, and the layer scales both are multiplied by,
+        set the rates of ctrl.rates(): AdamW's, Muon's, the embedding's and the head's, and the layer
+        scales AdamW's and Muon's are multiplied by,
         mix ctrl.weights(),
         synthetic tasks at ctrl.difficulty(), rows of ctrl.seq_len() tokens (None: the recipe's),
         model.set_knob(name, value) for ctrl.ramped_knobs(); run one optimizer step; ctrl.step_done()
@@ -54,11 +55,14 @@ from hamner.train.curriculum.spec import SEQ_LEN_MULTIPLE, Curriculum, MetricRul
 @dataclass(frozen=True)
 class StepRates:
     """The learning rates of one step: AdamW's, Muon's, and layer index -> the scale both are
-    multiplied by in that layer (layers not listed: 1.0)."""
+    multiplied by in that layer (layers not listed: 1.0); the token embedding's and the untied output
+    head's own AdamW rates (None: they take `adamw`)."""
 
     adamw: float
     muon: float
     layer_scales: dict[int, float]
+    embed: float | None = None
+    head: float | None = None
 
 
 class CurriculumController:
@@ -130,7 +134,10 @@ class CurriculumController:
 
     def rates(self) -> StepRates:
         """Every learning rate of the step about to run (see StepRates)."""
-        return StepRates(self.lr(), self.muon_lr(), self.layer_lr_scales())
+        factor, stage = self.lr_factor(), self.stage
+        return StepRates(self.lr(), self.muon_lr(), self.layer_lr_scales(),
+                         None if stage.embed_lr is None else stage.embed_lr * factor,
+                         None if stage.head_lr is None else stage.head_lr * factor)
 
     def lr(self) -> float:
         """AdamW's learning rate for the step about to run: the stage peak times `lr_factor()`."""

@@ -70,14 +70,15 @@ DEFAULT_METRIC = "val_loss"
 _TOP_KEYS = {
     "name", "description", "tokenizer", "base_lr", "bits_per_byte", "keep_best",
     "requires_init", "eval_interval", "defaults", "stages", "sources", "packing", "probe", "optimizer", "muon_lr",
+    "embed_lr", "head_lr",
     "evaluations", "save_initial_checkpoint", *RECIPE_KEYS, "time_budget", "fit_schedule",
 }
 _SOURCE_KEYS = ("loss",)
 _STAGE_KEYS = {
     "name", "weights", "difficulty", "lr", "lr_mult", "warmup_steps", "schedule", "min_lr_ratio",
     "steps", "until_step", "max_steps", "plateau", "early_stop", "fresh_optimizer",
-    "layer_lr_scale", "model", "optimizer", "muon_lr", "decay_fraction", "decay_shape", "decay_steps",
-    *RECIPE_KEYS,
+    "layer_lr_scale", "model", "optimizer", "muon_lr", "embed_lr", "head_lr", "decay_fraction", "decay_shape",
+    "decay_steps", *RECIPE_KEYS,
 }
 _PLATEAU_KEYS = ("check_every", "min_steps", "window", "recent", "threshold", "strikes")
 _EARLY_STOP_KEYS = ("patience", "min_delta", "metric", "mode")
@@ -213,6 +214,10 @@ class Stage:
     model_knobs: dict[str, float | tuple[float, ...]]
     optimizer: str = "adamw"  # "adamw", or "muon" for the hidden matrices (AdamW for the rest)
     muon_lr: float = DEFAULT_MUON_LR  # Muon's peak LR; follows the same schedule as `lr`
+    # AdamW peaks of their own for the token embedding and an untied output head (None: `lr`, in the
+    # groups they share with the rest); they follow the same schedule as `lr`.
+    embed_lr: float | None = None
+    head_lr: float | None = None
     decay_fraction: float = DEFAULT_DECAY_FRACTION  # wsd: share of the stage spent decaying
     decay_shape: str = "1-sqrt"  # wsd: "linear" or "1-sqrt"
     decay_steps: int | None = None  # cosine: the stage step by which it reaches its floor (None: the stage's end)
@@ -270,12 +275,23 @@ class Curriculum:
                                       f"(max_seq_len {max_seq_len})")
 
     def with_first_lr(self, lr: float) -> Curriculum:
-        """This curriculum with `lr` as the first stage's peak rate (--lr): every stage's AdamW and Muon
-        peaks (and base_lr) are scaled alike, so later stages keep their ratio to the first."""
+        """This curriculum with `lr` as the first stage's peak rate (--lr): every stage's AdamW, Muon,
+        embedding and head peaks (and base_lr) are scaled alike, so later stages keep their ratio to the first."""
         ratio = lr / self.stages[0].lr
-        stages = tuple(replace(stage, lr=lr if i == 0 else stage.lr * ratio, muon_lr=stage.muon_lr * ratio)
+
+        def scaled(rate: float | None) -> float | None:
+            return None if rate is None else rate * ratio
+
+        stages = tuple(replace(stage, lr=lr if i == 0 else stage.lr * ratio, muon_lr=stage.muon_lr * ratio,
+                               embed_lr=scaled(stage.embed_lr), head_lr=scaled(stage.head_lr))
                        for i, stage in enumerate(self.stages))
         return replace(self, stages=stages, base_lr=None if self.base_lr is None else self.base_lr * ratio)
+
+    def check_head_lr(self, tied: bool) -> None:
+        """Refuse `head_lr` for a model whose output head is its embedding (that weight's rate is `embed_lr`)."""
+        if tied and any(stage.head_lr is not None for stage in self.stages):
+            raise CurriculumError(f"{self.path.name}: head_lr: the model ties its output head to the embedding "
+                                  "(tie_embeddings = true), so the head's rate is embed_lr")
 
     def with_recipe(self, **values: int) -> Curriculum:
         """This curriculum with `values` (batch_size, grad_accum, seq_len from the command line) for the whole
@@ -347,6 +363,8 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
     base_lr = top.number("base_lr", low=0.0, low_open=True)
     optimizer = top.text("optimizer", "adamw", OPTIMIZERS)
     muon_lr = top.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True)
+    embed_lr = top.number("embed_lr", low=0.0, low_open=True)
+    head_lr = top.number("head_lr", low=0.0, low_open=True)
     defaults = raw.get("defaults", {})
     TomlTable(defaults, f"{path.name}: defaults", _STAGE_KEYS - {"name"}, CurriculumError)
     stage_tables = raw["stages"]
@@ -357,7 +375,8 @@ def _parse(raw: dict[str, Any], path: Path) -> Curriculum:
                      f"{path.name}: stages[{i}]", base_lr, optimizer)
         for i, table in enumerate(stage_tables)
     )
-    stages = _resolve_muon_lr(stages, stage_tables, defaults, muon_lr, base_lr)
+    for key, top_rate in (("muon_lr", muon_lr), ("embed_lr", embed_lr), ("head_lr", head_lr)):
+        stages = _resolve_rate(stages, stage_tables, defaults, key, top_rate, base_lr)
     for i in range(1, len(stages)):
         if stages[i].optimizer != stages[i - 1].optimizer and not stages[i].fresh_optimizer:
             raise CurriculumError(f"{path.name}: stages[{i}].optimizer: switching from {stages[i - 1].optimizer!r} "
@@ -476,16 +495,22 @@ def _parse_time(top: TomlTable, last: Stage) -> tuple[float | None, bool]:
     return time_budget, fit
 
 
-def _resolve_muon_lr(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], muon_lr: float,
-                     base_lr: float | None) -> tuple[Stage, ...]:
-    """Each stage's Muon peak: its own (or the defaults') `muon_lr`, else the curriculum's `muon_lr`
-    scaled like the stage's AdamW peak is to the reference rate (base_lr, else the first stage's lr),
-    so an `lr_mult` scales both optimizers alike."""
+def _resolve_rate(stages: tuple[Stage, ...], tables: list[Any], defaults: dict[str, Any], key: str,
+                  top_rate: float | None, base_lr: float | None) -> tuple[Stage, ...]:
+    """Each stage's peak `key` ("muon_lr", "embed_lr", "head_lr"): its own (or the defaults'), else the
+    curriculum's `top_rate` scaled like the stage's AdamW peak is to the reference rate (base_lr, else the
+    first stage's lr), so an `lr_mult` scales every rate alike. Without a top-level rate, a stage that sets
+    none takes its AdamW peak when another stage sets one (the group keeps its own rate all run long, so
+    the optimizer's groups never change shape), and None when no stage does."""
     reference = base_lr if base_lr is not None else stages[0].lr
-    return tuple(
-        stage if "muon_lr" in {**defaults, **table} else replace(stage, muon_lr=muon_lr * stage.lr / reference)
-        for stage, table in zip(stages, tables)
-    )
+    own = [key in {**defaults, **table} for table in tables]
+
+    def rate(stage: Stage) -> float | None:
+        if top_rate is not None:
+            return top_rate * stage.lr / reference
+        return stage.lr if any(own) else None
+
+    return tuple(stage if set_here else replace(stage, **{key: rate(stage)}) for stage, set_here in zip(stages, own))
 
 
 def _parse_sources(table: Any, where: str, used: set[str]) -> dict[str, str]:
@@ -558,6 +583,8 @@ def _parse_stage(table: Any, where: str, base_lr: float | None, optimizer: str) 
         model_ramps=ramps,
         optimizer=f.text("optimizer", optimizer, OPTIMIZERS),
         muon_lr=f.number("muon_lr", DEFAULT_MUON_LR, low=0.0, low_open=True),
+        embed_lr=f.number("embed_lr", low=0.0, low_open=True),
+        head_lr=f.number("head_lr", low=0.0, low_open=True),
         decay_fraction=f.number("decay_fraction", DEFAULT_DECAY_FRACTION, low=0.0, high=1.0, low_open=True),
         decay_shape=decay_shape,
         batch_size=f.integer("batch_size", minimum=1),
