@@ -2,6 +2,7 @@
 Hamner and computes Hamner's logits, and `hamner export --format gguf` guards its target like the HF export."""
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import subprocess
@@ -15,13 +16,14 @@ from test_fault_injection import kill_points, record, run_killed
 from tiny_checkpoint import tiny_config
 
 from hamner.commands.export import main as export_main
+from hamner.data.chat_format import prompt_for_reply
 from hamner.data.tokenizer import load_tokenizer
 from hamner.errors import ExportError
 from hamner.model.config import HamnerConfig, model_config
 from hamner.model.transformer import HamnerModel
 from hamner.run.checkpoint import save_checkpoint
 from hamner.use.generate import generate
-from hamner.use.gguf_file import export_gguf
+from hamner.use.gguf_file import chat_template, export_gguf
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason=(
     "llama-cpp-python is not installed: pip install -e '.[llama]' (it compiles llama.cpp; .ci/run installs it)"))
@@ -93,7 +95,7 @@ def test_reader_reads_back_every_key_and_tensor(tmp_path, quant):
         "llama.attention.layer_norm_rms_epsilon": pytest.approx(1e-6), "llama.vocab_size": 257,
         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
         "tokenizer.ggml.tokens": [*byte_chars, "<|endoftext|>"], "tokenizer.ggml.token_type": [1] * 256 + [3],
-        "tokenizer.ggml.merges": ["<|endoftext|> <|endoftext|>"],
+        "tokenizer.ggml.merges": ["<|endoftext|> <|endoftext|>"], "tokenizer.chat_template": chat_template(),
         "tokenizer.ggml.bos_token_id": 256, "tokenizer.ggml.eos_token_id": 256,
         "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": False,
         "hamner.tokenizer": "bytes", "hamner.run": "tiny", "hamner.checkpoint": "step-00000007", "hamner.step": 7,
@@ -211,6 +213,16 @@ def test_a_kill_at_any_point_leaves_the_old_file_or_the_new_one(tmp_path):
         assert target.read_bytes() == new and [p.name for p in root.iterdir()] == ["m.gguf"], what
 
 
+def test_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full_disk)
+    with pytest.raises(ExportError, match="cannot write the GGUF export to .*: No space left on device") as info:
+        export_gguf(HamnerModel(tiny_config()), tiny_config(), tmp_path / "m.gguf", eos_id=256)
+    assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+
+
 # ----- llama.cpp itself -----
 
 def llama(path: Path, n_ctx: int):
@@ -269,6 +281,20 @@ def test_llama_cpp_tokenizes_like_hamner(tmp_path, shared_data):
             assert llm.detokenize(ids, special=True).decode() == text, (spec, text)
         assert llm.token_eos() == ours.eos_id and llm.n_vocab() == ours.vocab_size
         del llm
+
+
+@needs_llama_cpp
+def test_the_chat_template_writes_hamners_chat_format(tmp_path):
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    config = tiny_config()
+    path = export_gguf(HamnerModel(config), config, tmp_path / "m.gguf", eos_id=256, quant="f16")
+    llm = llama(path, 64)
+    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="<|endoftext|>",
+                                    bos_token="<|endoftext|>")
+    messages = [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "2 + 2 = ?"},
+                {"role": "assistant", "content": "4\n"}, {"role": "user", "content": "and <|assistant|> 1 + 1?"}]
+    assert formatter(messages=messages).prompt == prompt_for_reply(messages)
 
 
 @needs_llama_cpp

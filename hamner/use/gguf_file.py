@@ -14,6 +14,8 @@ byte-level BPE (`tokenizer.ggml.model` "gpt2") in one of two forms:
     array, so it holds one merge of two end-of-text markers, which never stand side by side as BPE
     symbols (special tokens are split off before BPE, and without merges no symbol is longer than
     one character).
+The chat template (`tokenizer.chat_template`, Jinja, which llama.cpp's chat mode and llama-cpp-python
+apply) writes Hamner's chat format, `hamner.data.chat_format.prompt_for_reply`.
 Beginning and end of text are both <|endoftext|>, and llama.cpp adds neither to a prompt (Hamner
 trains without a BOS). Quantisation (f16, q8_0) applies to the matrices; norms stay f32, and a matrix
 whose rows are not a whole number of q8_0 blocks (32 values) is written f16, as llama.cpp's converter
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hamner.data.chat_format import MARKERS, escape_content
 from hamner.data.tokenizer import EOT
 from hamner.errors import ExportError, one_line
 from hamner.model.config import HamnerConfig
@@ -54,6 +57,14 @@ GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.
 # tokenizer.json pre-tokenizers -> llama.cpp's name for the same split (tokenizer.ggml.pre).
 GPT2_PRE = "gpt-2"  # ByteLevel with GPT-2's regex
 SMOLLM_PRE = "smollm"  # every digit alone, then GPT-2's regex (cosmo2, SmolLM's tokenizer)
+
+
+def chat_template() -> str:
+    """Hamner's chat format as a Jinja chat template: each turn `<|role|>\\n{content}\\n`, the content stripped
+    and the format's markers in it escaped as `escape_content` does, then an open assistant turn."""
+    escape = "".join(f" | replace({m!r}, {escape_content(m)!r})" for m in (*MARKERS.values(), EOT))
+    return ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] | trim" + escape
+            + " }}\n{% endfor %}{% if add_generation_prompt %}" + MARKERS["assistant"] + "\n{% endif %}")
 
 
 @dataclass
@@ -196,6 +207,7 @@ def export_gguf(model: HamnerModel, config: HamnerConfig, out_path: str | Path, 
         writer.add_token_list(vocab.tokens)
         writer.add_token_types(vocab.types)
         writer.add_token_merges(vocab.merges)
+        writer.add_chat_template(chat_template())
         writer.add_bos_token_id(eos_id)
         writer.add_eos_token_id(eos_id)
         writer.add_add_bos_token(False)
