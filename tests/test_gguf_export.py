@@ -25,11 +25,14 @@ from hamner.run.checkpoint import save_checkpoint
 from hamner.use.generate import generate
 from hamner.use.gguf_file import chat_template, export_gguf
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one torch thread
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason=(
     "llama-cpp-python is not installed: pip install -e '.[llama]' (it compiles llama.cpp; .ci/run installs it)"))
 
 TEXT = "Grüße, 日本!\n\ttabs and  spaces 3.14159 don't <|endoftext|>next ÿ\x00\x7f end"
 PROMPT = "Once upon a time, there was a little"
+STORY = (" girl named Lily. She loved to play outside in the park with her red ball. One day, the ball rolled "
+         "into a big puddle and Lily laughed.")
 
 
 def sharp_model(config: HamnerConfig, seed: int = 0) -> HamnerModel:
@@ -252,11 +255,13 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
 
 @pytest.fixture(params=["bytes", "cosmo2"])
 def case(request, shared_data) -> tuple[HamnerModel, HamnerConfig]:
-    """A demo-sized byte-level model, and a small model with cosmo2's 49,152-token vocabulary."""
+    """A demo-sized byte-level model, and a small model with cosmo2's 49,152-token vocabulary (one KV head, a
+    RoPE base and norm epsilon of its own)."""
     if request.param == "bytes":
         config = model_config("demo")
     else:
-        config = tiny_config(vocab_size=49152, tokenizer=str(shared_data / "cosmo2_tokenizer.json"), max_seq_len=128)
+        config = tiny_config(vocab_size=49152, tokenizer=str(shared_data / "cosmo2_tokenizer.json"), max_seq_len=128,
+                             n_kv_heads=1, rope_theta=50000.0, norm_eps=1e-6)
     return sharp_model(config), config
 
 
@@ -309,12 +314,30 @@ def test_llama_cpp_f32_logits_match_hamner(tmp_path, case):
     assert float((theirs - ours).norm() / ours.norm()) <= 1e-4
 
 
+def memorise(model: HamnerModel, ids: list[int], target: float = 0.05, max_steps: int = 150) -> float:
+    """Train `model` on the one text `ids` until its loss is under `target` (every next token a clear choice,
+    as in a trained model's confident stretches; a few dozen steps); returns the final loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    x, y = torch.tensor([ids[:-1]]), torch.tensor(ids[1:])
+    model.train()
+    for _ in range(max_steps):
+        loss = torch.nn.functional.cross_entropy(model(x)[0], y)
+        if loss.item() < target:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return loss.item()
+
+
 @needs_llama_cpp
 def test_llama_cpp_q8_0_continues_like_hamner(tmp_path, case):
     model, config = case
     tokenizer = load_tokenizer(config.tokenizer)
     ids = tokenizer.encode(PROMPT)
+    assert memorise(model, tokenizer.encode(PROMPT + STORY)) < 0.05
     path = export_gguf(model, config, tmp_path / "m.gguf", eos_id=tokenizer.eos_id, quant="q8_0")
     ours = generate(model, ids, 32, temperature=0.0)[0]
-    assert len(ours) == 32  # the model never ends the text here, so all 32 tokens are compared
+    assert tokenizer.decode(ours) in STORY  # Hamner's greedy continuation is the memorised story
     assert llama_greedy(llama(path, config.max_seq_len), ids, 32) == ours
