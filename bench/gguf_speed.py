@@ -1,13 +1,14 @@
 """GGUF export on the CPU: file size per quantisation and greedy decoding speed, llama.cpp beside Hamner.
 
-    python bench/gguf_speed.py [--checkpoint RUN] [--preset demo] [--new-tokens 200] [--threads 2] [--save]
+    python bench/gguf_speed.py [--checkpoint RUN] [--preset demo [--tokenizer SPEC]] [--new-tokens 200]
+                               [--threads 2] [--repeats 3] [--save]
 
 One model (a run's latest checkpoint, or a seeded fresh model of a preset: speed does not depend on
 the weights) is exported with `export_gguf` at f32, f16 and q8_0. Each file is run by llama.cpp
 (llama-cpp-python, f32 KV cache as in the logits test) and the model by Hamner's `generate` (the
 decoding `hamner chat` uses, with its decoding cache): the same prompt, then `--new-tokens` greedy
 tokens, best wall time of `--repeats`, on `--threads` threads each. tokens/s = new tokens / wall
-time, prompt processing included. `--save` writes bench/results/gguf_speed-cpu.json. Not a pytest
+time, prompt processing included. `--save` writes bench/results/gguf_speed-MODEL-threadsN-cpu.json. Not a pytest
 test (the file name keeps pytest from collecting it).
 """
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a run or checkpoint directory (default: a fresh --preset model)")
     parser.add_argument("--preset", default="demo")
+    parser.add_argument("--tokenizer", help="the preset model's tokenizer spec instead of its own (e.g. a local "
+                        "cosmo2 tokenizer.json for the v3-50m preset offline)")
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         torch.manual_seed(0)
         config = model_config(args.preset)
+        config.tokenizer = args.tokenizer or config.tokenizer
         model, tokenizer = HamnerModel(config).eval(), load_tokenizer(config.tokenizer)
     ids = tokenizer.encode(PROMPT)
     if len(ids) + args.new_tokens > config.max_seq_len:
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
             record["gguf"][quant] = {"bytes": path.stat().st_size, "tokens_per_s": args.new_tokens / seconds}
             print(f"  llama.cpp {quant:<5} {path.stat().st_size:>12,} bytes {args.new_tokens / seconds:8.0f} tokens/s")
     if args.save:
-        out = ROOT / "bench" / "results" / "gguf_speed-cpu.json"
+        model_name = "checkpoint" if args.checkpoint else args.preset
+        out = ROOT / "bench" / "results" / f"gguf_speed-{model_name}-threads{args.threads}-cpu.json"
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out}")
     return record
