@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from test_fault_injection import kill_points, record, run_killed
+from test_fault_injection import pytestmark as needs_fork
 from tiny_checkpoint import tiny_config
 
 from hamner.commands.export import main as export_main
@@ -188,6 +189,7 @@ def test_export_command_writes_gguf_and_guards_its_target(tmp_path, python, subp
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.gguf"]  # no temporary left behind
 
 
+@needs_fork
 def test_a_kill_at_any_point_leaves_the_old_file_or_the_new_one(tmp_path):
     """The GGUF file appears whole under its name or not at all: killed at every fsync and rename (and with
     the temporary torn at its fsync), the target holds the previous export, or the complete new one."""

@@ -119,7 +119,6 @@ def gguf_vocab(spec: str, vocab_size: int) -> GGUFVocab:
     """The GGUF form of tokenizer `spec` ("bytes" or a byte-level BPE tokenizer.json), padded with unused
     tokens to the model's `vocab_size` rows."""
     gguf = _gguf()
-
     normal, control, user = (int(t) for t in (gguf.TokenType.NORMAL, gguf.TokenType.CONTROL,
                                               gguf.TokenType.USER_DEFINED))
     if spec == BYTES_SPEC:
@@ -130,8 +129,9 @@ def gguf_vocab(spec: str, vocab_size: int) -> GGUFVocab:
             fields = json.loads(path.read_text(encoding="utf-8"))
             model = fields["model"]
             if model.get("type") != "BPE" or fields.get("normalizer"):
-                raise ExportError(f"cannot export tokenizer {spec} to GGUF: only byte-level BPE without a normalizer "
-                                  f"has a llama.cpp equivalent (it is {model.get('type')})")
+                raise ExportError(f"cannot export tokenizer {spec} to GGUF: it is a {model.get('type')} model with "
+                                  f"normalizer {json.dumps(fields.get('normalizer'))}; only byte-level BPE without a "
+                                  "normalizer has a llama.cpp equivalent")
             pre = _pre_tokenizer(spec, fields.get("pre_tokenizer"))
             ids = {**model["vocab"], **{t["content"]: t["id"] for t in fields.get("added_tokens", [])}}
             special = {t["id"]: t.get("special", False) for t in fields.get("added_tokens", [])}
@@ -154,7 +154,6 @@ def gguf_vocab(spec: str, vocab_size: int) -> GGUFVocab:
 def _encode(array: np.ndarray, quant: str) -> tuple[np.ndarray, object]:
     """(data, GGML type) of one tensor at `quant`: vectors f32; a matrix f16, or q8_0 when its rows fit."""
     gguf = _gguf()
-
     if array.ndim == 1 or quant == "f32":
         return array, gguf.GGMLQuantizationType.F32
     q8 = gguf.GGMLQuantizationType.Q8_0
@@ -172,7 +171,6 @@ def export_gguf(model: HamnerModel, config: HamnerConfig, out_path: str | Path, 
     with an ExportError before anything is written, as is a failed write (no partial file is left).
     """
     gguf = _gguf()
-
     if quant not in QUANTS:
         raise ExportError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     if not config.llama_compatible:

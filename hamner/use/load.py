@@ -89,9 +89,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 def model_origin(path: str | Path) -> dict[str, str | int]:
     """Where the model at `path` (loaded already) comes from, for an export to record: the run (the folder
     holding the checkpoints, else the model's own folder), the checkpoint and the step it was saved at."""
-    path = Path(path)
-    if is_state_file(path):
-        return {"run": path.stem}
     directory = model_dir(path).resolve()
     if is_hf_dir(directory):
         return {"run": directory.name}
