@@ -37,8 +37,8 @@ STORY = (" girl named Lily. She loved to play outside in the park with her red b
 
 
 def sharp_model(config: HamnerConfig, seed: int = 0) -> HamnerModel:
-    """A seeded random model with norms away from one and weights wide enough that its next-token choices are
-    clear (a fresh init's near-uniform logits would make a greedy comparison a coin toss)."""
+    """A seeded random model with norms away from one (a swapped norm shows in the logits) and weights 4x the
+    init's (logits far from uniform; `memorise` then takes a few dozen steps)."""
     torch.manual_seed(seed)
     model = HamnerModel(config).eval()
     with torch.no_grad():

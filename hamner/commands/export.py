@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None, prog: str = "hamner export") -> int:
     parser.add_argument("--format", choices=FORMATS, help="hf (a directory) or gguf (one file); default: gguf "
                         "when OUT ends in .gguf, else hf")
     parser.add_argument("--quant", choices=QUANTS, help="GGUF only: the matrices' type (default f32, exact; f16 "
-                        "half the size; q8_0 about a quarter); norms stay f32")
+                        "half the size; q8_0 about 30 %% of f32); norms stay f32")
     parser.add_argument("--force", action="store_true", help="write into a non-empty directory or over an existing "
                         "file (never into a Hamner run or checkpoint directory)")
     args = parser.parse_args(argv)
