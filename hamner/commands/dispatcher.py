@@ -29,7 +29,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("hamner.commands.train", "train a model through a staged curriculum"),
     "chat": Command("hamner.commands.chat", "talk to a trained model, or sample from it with --prompt"),
     "eval": Command("hamner.commands.eval", "evaluate a model: loss, task accuracy, needle, length generalisation"),
-    "export": Command("hamner.commands.export", "write a checkpoint as a Hugging Face Llama directory"),
+    "export": Command("hamner.commands.export", "write a checkpoint as a Hugging Face Llama directory or a GGUF file"),
     "prepare": Command("hamner.commands.prepare", "tokenize text files or a Hugging Face dataset into shards"),
     "plot": Command("hamner.commands.plot", "draw a run's loss, LR, throughput and accuracy curves to PNG files"),
     "status": Command("hamner.commands.status", "where runs stand: state, step, stage, losses, ETAs, checkpoint "

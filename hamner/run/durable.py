@@ -38,6 +38,14 @@ def replace_atomically(path: Path, chunks: Iterable[bytes], temp: Path | None = 
     fsync_path(path.parent)
 
 
+def move_into_place(temp: Path, path: Path) -> None:
+    """Make a finished file that another writer (a library that opens its own file) left at `temp` durable
+    under `path`: fsync it, rename it over `path`, fsync the directory."""
+    fsync_path(temp)
+    os.replace(temp, path)
+    fsync_path(Path(path).parent)
+
+
 def write_text(path: Path, text: str) -> None:
     """`replace_atomically` for UTF-8 text."""
     replace_atomically(path, [text.encode("utf-8")])

@@ -17,7 +17,6 @@ and so is one with `logit_softcap`: LlamaConfig has no final-logit soft cap (Gem
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from hamner.errors import CheckpointError, ExportError, one_line
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel, build_model
 from hamner.run.directory import inside
-from hamner.run.durable import fsync_path, replace_atomically, write_text
+from hamner.run.durable import move_into_place, replace_atomically, write_text
 
 # config.json key that records the Hamner tokenizer spec, so an import restores the exact tokenizer.
 TOKENIZER_KEY = "hamner_tokenizer"
@@ -252,7 +251,7 @@ def load_hf_model(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
 # ----- writing a directory -----
 
-def _byte_chars() -> list[str]:
+def byte_chars() -> list[str]:
     """The character byte-level pre-tokenisation writes for each byte 0..255 (printable bytes stand
     for themselves, the others are moved to code points from 256 up, in byte order)."""
     printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
@@ -274,7 +273,7 @@ def byte_tokenizer_json() -> dict:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {char: byte for byte, char in enumerate(_byte_chars())}
+    vocab = {char: byte for byte, char in enumerate(byte_chars())}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -333,8 +332,7 @@ def export_hf(model: HamnerModel, config: HamnerConfig, out_dir: str | Path, eos
         weights = out / f".{WEIGHTS_FILE}.tmp"
         try:
             save_file(tensors, str(weights), metadata={"format": "pt"})
-            fsync_path(weights)
-            os.replace(weights, out / WEIGHTS_FILE)
+            move_into_place(weights, out / WEIGHTS_FILE)
         finally:
             weights.unlink(missing_ok=True)
         write_tokenizer(config.tokenizer, out, config.max_seq_len)

@@ -24,7 +24,7 @@ from hamner.errors import CheckpointError, ConfigError, DataError, InferenceErro
 from hamner.model.config import HamnerConfig
 from hamner.model.transformer import HamnerModel, build_model
 from hamner.run import checkpoint as ckpt
-from hamner.run.directory import RUNS_DIR, latest_pointer
+from hamner.run.directory import CHECKPOINTS, RUNS_DIR, latest_pointer
 from hamner.use.hf import GLOBAL_NAMES, hf_sources, is_hf_dir, load_hf_model
 
 # Files holding a bare state dict (a training script's torch.save, or safetensors).
@@ -84,6 +84,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     model = build_model(config)
     ckpt.load_weights(model, directory, device="cpu")
     return model.to(device), config
+
+
+def model_origin(path: str | Path) -> dict[str, str | int]:
+    """Where the model at `path` (loaded already) comes from, for an export to record: the run (the folder
+    holding the checkpoints, else the model's own folder), the checkpoint and the step it was saved at."""
+    directory = model_dir(path).resolve()
+    if is_hf_dir(directory):
+        return {"run": directory.name}
+    run = directory.parent.parent if directory.parent.name == CHECKPOINTS else directory
+    origin: dict[str, str | int] = {"run": run.name, "checkpoint": directory.name}
+    step = ckpt.read_meta(directory).get("step")
+    if isinstance(step, int):
+        origin["step"] = step
+    return origin
 
 
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
