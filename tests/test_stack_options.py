@@ -209,10 +209,26 @@ def test_export_refuses_each_option_with_one_line(tmp_path, fields, named):
     assert "\n" not in str(info.value) and not (tmp_path / "hf").exists()
 
 
-def test_the_presets_leave_every_option_off():
+def test_the_presets_leave_every_option_off_but_the_speedrun_ones():
     for name, config in PRESETS.items():
+        if name.startswith("speedrun"):
+            continue
         assert (config.qk_norm, config.value_embeddings, config.skip) == (False, 0, "none"), name
         assert config.mlp != "relu2", name
+        assert (config.tie_embeddings, config.logit_softcap) == (True, None), name
+
+
+@pytest.mark.parametrize(("name", "like", "tables", "parameters"), [("speedrun", "v3-50m", 2, 84_943_884),
+                                                                    ("speedrun-demo", "demo", 1, 804_422)])
+def test_the_speedrun_presets_are_their_base_with_every_option(name, like, tables, parameters):
+    config, base = PRESETS[name], PRESETS[like]
+    shape = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "tokenizer")
+    assert [getattr(config, f) for f in shape] == [getattr(base, f) for f in shape]
+    assert (config.qk_norm, config.mlp, config.intermediate_size, config.value_embeddings, config.skip) == (
+        True, "relu2", 4 * config.hidden_size, tables, "unet")
+    assert (config.tie_embeddings, config.logit_softcap) == (False, 15.0)
+    with torch.device("meta"):
+        assert HamnerModel(config).num_parameters() == parameters
 
 
 @pytest.mark.parametrize("fields", [dict(qk_norm=True), dict(mlp="relu2"), dict(value_embeddings=2),

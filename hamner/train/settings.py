@@ -165,6 +165,9 @@ PRESET_DEFAULTS: dict[str, PresetDefaults] = {
                            eval_batches=2, task_samples=100),
     **{name: replace(GPU_DEFAULTS, curriculum="builtin")
        for name in ("swa-125m", "diffattn-50m", "moe-50m", "agiformer-31m", "ttt-125m")},
+    "speedrun": replace(GPU_DEFAULTS, curriculum="speedrun"),  # batch and rows: in the curriculum
+    "speedrun-demo": PresetDefaults(curriculum="speedrun-demo", batch_size=16, seq_len=128, log_interval=50,
+                                    eval_batches=4, task_samples=0),
     # tiny_gpt's plan: TinyStories (prepared with --tokenizer gpt2), batch 192 x 512 tokens.
     "tinygpt-50m": replace(GPU_DEFAULTS, curriculum="tinygpt-cosine"),  # batch 192 x 512: in the curriculum
 }
