@@ -7,11 +7,15 @@ target is the AdamW recipe's final validation loss; for every recipe the run rec
 wall-clock seconds (training plus its evaluations, from the loop's own clock) at the first
 evaluation at or below the target, and the ratio of those tokens to AdamW's.
 
-Recipes (peak rates set by reasoning, not swept; see bench/README.md):
+Recipes (peak rates set by reasoning and a few short CPU trials, not swept; see bench/README.md):
   adamw-cosine   AdamW, warmup then cosine to 10 % (as the original projects ran)
   muon-cosine    Muon for the hidden matrices (AdamW for the rest), same schedule
   muon-wsd       Muon, warmup-stable-decay (1-sqrt decay over the last 20 %)
   muon-wsd-short Muon + wsd with 70 % of the step budget: a wsd run ends where it is told to
+  speedrun       the speedrun recipe (curricula speedrun-demo / speedrun): the speedrun-demo (cpu) or
+                 speedrun (gpu) model, Muon + cosine with the embeddings and the head at their own AdamW
+                 rates, a sequence-length warm-up from a quarter of the rows, half the step budget
+  speedrun-fixed-len  the same without the sequence-length warm-up (what the warm-up buys)
 
 Configurations: `cpu` (the demo model, 2 CPU threads, about 4 minutes on an idle 2-core
 machine; on a machine shared with other jobs use --threads 1, as OpenMP threads that wait for
@@ -61,6 +65,10 @@ class Recipe:
     lr: float
     muon_lr: float | None = None
     budget: float = 1.0
+    preset: str | None = None  # the model, when not the configuration's
+    embed_lr: float | None = None
+    head_lr: float | None = None
+    seq_len_start: int | None = None  # rows warm up from this length to the configuration's seq_len
 
 
 @dataclass(frozen=True)
@@ -85,30 +93,46 @@ CONFIGS: dict[str, Config] = {
     "gpu": Config(preset="v3-50m", tokenizer="cosmo2_tokenizer.json", batch_size=32, seq_len=512, steps=300,
                   warmup_steps=40, eval_interval=25, eval_batches=8, threads=None, dtype="bf16"),
 }
+# The speedrun recipe, as hamner/curricula/speedrun-demo.toml and speedrun.toml train it (bench/test_speedrun.py
+# holds them together): the embedding tables learn at 4x, the head at 1x the AdamW rate.
+SPEEDRUN_CPU = Recipe("muon", "cosine", lr=5e-3, muon_lr=0.05, budget=0.5, preset="speedrun-demo", embed_lr=0.02,
+                      head_lr=5e-3, seq_len_start=32)
+SPEEDRUN_GPU = Recipe("muon", "cosine", lr=1.5e-3, muon_lr=0.03, budget=0.5, preset="speedrun", embed_lr=6e-3,
+                      head_lr=1.5e-3, seq_len_start=128)
 RECIPES: dict[str, dict[str, Recipe]] = {
     "cpu": {
         "adamw-cosine": Recipe("adamw", "cosine", lr=5e-3),
         "muon-cosine": Recipe("muon", "cosine", lr=5e-3, muon_lr=0.05),
         "muon-wsd": Recipe("muon", "wsd", lr=5e-3, muon_lr=0.05),
         "muon-wsd-short": Recipe("muon", "wsd", lr=5e-3, muon_lr=0.05, budget=0.7),
+        "speedrun": SPEEDRUN_CPU,
+        "speedrun-fixed-len": replace(SPEEDRUN_CPU, seq_len_start=None),
     },
     "gpu": {
         "adamw-cosine": Recipe("adamw", "cosine", lr=1.5e-3),
         "muon-cosine": Recipe("muon", "cosine", lr=1.5e-3, muon_lr=0.03),
         "muon-wsd": Recipe("muon", "wsd", lr=1.5e-3, muon_lr=0.03),
         "muon-wsd-short": Recipe("muon", "wsd", lr=1.5e-3, muon_lr=0.03, budget=0.7),
+        "speedrun": SPEEDRUN_GPU,
+        "speedrun-fixed-len": replace(SPEEDRUN_GPU, seq_len_start=None),
     },
 }
 BASELINE = "adamw-cosine"
 
 
-def curriculum_text(recipe: Recipe, steps: int, warmup: int, eval_interval: int) -> str:
-    """One TinyStories stage of `steps` with the recipe's optimizer, rates and schedule."""
-    lines = ['name = "speedrun"', f"eval_interval = {eval_interval}", f'optimizer = "{recipe.optimizer}"']
+def curriculum_text(recipe: Recipe, steps: int, warmup: int, eval_interval: int, seq_len: int) -> str:
+    """One TinyStories stage of `steps` with the recipe's optimizer, rates, schedule and rows (`seq_len`
+    tokens, or a warm-up to them)."""
+    lines = ['name = "speedrun"', f"eval_interval = {eval_interval}", f'optimizer = "{recipe.optimizer}"',
+             f"seq_len = {seq_len}"]
     if recipe.muon_lr is not None:
         lines.append(f"muon_lr = {recipe.muon_lr}")
     lines += ["[[stages]]", 'name = "tinystories"', "weights = { tinystories = 1.0 }", f"steps = {steps}",
               f"lr = {recipe.lr}", f"warmup_steps = {warmup}", f'schedule = "{recipe.schedule}"']
+    lines += [f"{name} = {value}" for name, value in (("embed_lr", recipe.embed_lr), ("head_lr", recipe.head_lr))
+              if value is not None]
+    if recipe.seq_len_start is not None:
+        lines.append(f"seq_len = [{recipe.seq_len_start}, {seq_len}]")
     if recipe.schedule != "constant":
         lines.append("min_lr_ratio = 0.1" if recipe.schedule == "cosine" else "min_lr_ratio = 0.0")
     return "\n".join(lines) + "\n"
@@ -131,11 +155,12 @@ def run_recipe(name: str, recipe: Recipe, config: Config, data: Path, tokenizer:
     """Train one recipe; its evaluations as [{step, tokens, elapsed_s, val_loss}]."""
     steps = max(2, round(config.steps * recipe.budget))
     path = work / f"{name}.toml"
-    path.write_text(curriculum_text(recipe, steps, min(config.warmup_steps, steps - 1), config.eval_interval))
+    path.write_text(curriculum_text(recipe, steps, min(config.warmup_steps, steps - 1), config.eval_interval,
+                                    config.seq_len))
     out = work / name
     settings = TrainSettings(
-        preset=config.preset, curriculum=str(path), tokenizer=tokenizer, data=str(data), out=str(out),
-        device=device, batch_size=config.batch_size, seq_len=config.seq_len, dtype=config.dtype,
+        preset=recipe.preset or config.preset, curriculum=str(path), tokenizer=tokenizer, data=str(data),
+        out=str(out), device=device, batch_size=config.batch_size, dtype=config.dtype,
         log_interval=config.eval_interval, eval_batches=config.eval_batches, save_interval=10 ** 9,
         task_samples=0, sample_tokens=0, threads=config.threads, seed=1337)
     result = train(settings)

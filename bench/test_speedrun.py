@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,27 @@ def test_bad_recipe_is_one_error_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         speedrun.main(["--recipes", "sgd-cosine"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(("config", "curriculum"), [("cpu", "speedrun-demo"), ("gpu", "speedrun")])
+def test_the_speedrun_recipe_is_the_shipped_curriculum(tmp_path: Path, config: str, curriculum: str) -> None:
+    """bench/speedrun.py's speedrun recipe trains what `python train.py --preset speedrun[-demo]` trains: the
+    same model, optimizer, rates, schedule, warm-ups and rows; only the data and the step count are the bench's."""
+    from hamner.train.curriculum.spec import load_curriculum
+    from hamner.train.settings import preset_curriculum
+
+    recipe, setup = speedrun.RECIPES[config]["speedrun"], speedrun.CONFIGS[config]
+    assert preset_curriculum(recipe.preset) == curriculum
+    path = tmp_path / "bench.toml"
+    path.write_text(speedrun.curriculum_text(recipe, 300, setup.warmup_steps, setup.eval_interval, setup.seq_len))
+    bench, shipped = load_curriculum(str(path)), load_curriculum(curriculum)
+    knobs = ("optimizer", "muon_lr", "lr", "embed_lr", "head_lr", "schedule", "min_lr_ratio", "seq_len",
+             "seq_len_start", "model_knobs", "model_ramps")
+    assert [{k: getattr(s, k) for k in knobs} for s in bench.stages] == [
+        {k: getattr(s, k) for k in knobs} for s in shipped.stages]
+    assert bench.seq_len == shipped.seq_len
+    if config == "cpu":  # the demo twin also runs the bench's batch, warm-up and step count
+        assert (shipped.batch_size, shipped.stages[0].warmup_steps, shipped.stages[0].steps) == (
+            setup.batch_size, setup.warmup_steps, round(setup.steps * recipe.budget))
+    assert recipe.seq_len_start is not None and speedrun.RECIPES[config]["speedrun-fixed-len"] == replace(
+        recipe, seq_len_start=None)
