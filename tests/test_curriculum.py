@@ -10,7 +10,8 @@ from hamner.train.curriculum.spec import DEFAULT_MUON_LR, LayerLrScale, availabl
 SHIPPED = {"hamner-v3.1", "hamner-v2", "hamner-4phase", "agiformer-3stage", "tinygpt-cosine", "demo", "builtin",
            "sft", "concepts-sequential", "concepts-replay", "concepts-echo", "concepts-composition",
            "concepts-capacity", "ttt-extended", "ttt-length-demo", "agiformer-3stage-plain",
-           "agiformer-3stage-per-layer", "plasticity-demo", "plasticity-demo-schedule", "plasticity-demo-per-layer"}
+           "agiformer-3stage-per-layer", "plasticity-demo", "plasticity-demo-schedule", "plasticity-demo-per-layer",
+           "speedrun", "speedrun-demo", "speedrun-demo-tied", "speedrun-demo-one-lr"}
 
 
 def test_every_shipped_curriculum_loads():

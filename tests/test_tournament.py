@@ -269,3 +269,26 @@ def test_a_curriculum_that_needs_shard_data_is_refused_without_data_and_one_that
                                               "a plateau or early stop, but a tournament gives every run the same "
                                               "tokens"):
         load_spec(tmp_path / "plateau.toml")
+
+
+def test_the_speedrun_ablation_undoes_one_option_per_arm():
+    """Every arm of speedrun-ablation-demo is the recipe (preset and curriculum speedrun-demo) with exactly one of
+    its options undone: a model field, or the curriculum's per-group rates (with the head, its rate)."""
+    spec = load_spec("speedrun-ablation-demo")
+    recipe = spec.entrant("recipe")
+    assert (recipe.preset, recipe.curriculum, recipe.config) == ("speedrun-demo", "speedrun-demo",
+                                                               spec.base)
+    undone = {"no-qk-norm": ({"qk_norm"}, None), "swiglu": ({"mlp", "intermediate_size"}, None),
+              "no-value-embeddings": ({"value_embeddings"}, None), "no-unet": ({"skip"}, None),
+              "tied-head": ({"tie_embeddings"}, "speedrun-demo-tied"), "no-softcap": ({"logit_softcap"}, None),
+              "one-lr": (set(), "speedrun-demo-one-lr")}
+    assert {e.name for e in spec.entrants} == {"recipe", *undone}
+    for name, (fields, curriculum) in undone.items():
+        entrant = spec.entrant(name)
+        changed = {f.name for f in dataclasses.fields(entrant.config)
+                   if getattr(entrant.config, f.name) != getattr(recipe.config, f.name)}
+        assert changed == fields, name
+        assert entrant.curriculum == (curriculum or recipe.curriculum) and not entrant.resize, name
+    # Same size where the option is not itself parameters: ReLU² against SwiGLU at the same width budget.
+    sizes = {name: sized.resized.size.non_embedding for name, sized in size_entrants(spec).items()}
+    assert abs(sizes["swiglu"] / sizes["recipe"] - 1) < 0.01
