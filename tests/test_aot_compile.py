@@ -18,7 +18,7 @@ import torch
 from hamner import kernels
 from hamner.kernels.aot import TARGETS, record_launches, save_specs
 from hamner.kernels.norms import BWD_CANDIDATES, set_backward_tiling
-from hamner.model.config import PRESETS, model_config
+from hamner.model.config import PRESETS, HamnerConfig, model_config
 from hamner.model.transformer import HamnerModel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -29,11 +29,18 @@ KERNELS = {"_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_rms_norm_bwd_tiled_
 OPTIONS = ({"logit_softcap": 30.0},)
 
 
+def shallow(config: HamnerConfig) -> HamnerConfig:
+    """`config` with as few layers as its options allow: one, or two with value embeddings (one table) or U-net
+    skips (the speedrun presets)."""
+    stacked = config.value_embeddings > 0 or config.skip == "unet"
+    return replace(config, n_layers=2 if stacked else 1, value_embeddings=min(config.value_embeddings, 1))
+
+
 def training_step_launches() -> list:
     torch.manual_seed(0)
     with record_launches() as recorded:
         options = dict(n_layers=2, qk_norm=True, mlp="relu2", value_embeddings=1, skip="unet")
-        configs = [replace(model_config(preset), n_layers=1) for preset in PRESETS] + [
+        configs = [shallow(model_config(preset)) for preset in PRESETS] + [
             replace(model_config("demo"), **options),
             replace(model_config("v3-50m"), intermediate_size=4 * 512, **options)]
         configs += [replace(model_config("v3-50m"), n_layers=1, **fields) for fields in OPTIONS]

@@ -264,6 +264,20 @@ def test_a_compiled_model_takes_a_growing_sequence_length_with_one_recompile():
     assert counter.frame_count <= 2
 
 
+
+def test_compiled_full_attention_traces_a_growing_sequence_length_through_sdpa():
+    """Traced for real (aot_eager: fake tensors, symbolic lengths), full causal attention with a dynamic length
+    still hands SDPA a plain bool for is_causal (a length comparison would be a SymBool)."""
+    torch.manual_seed(0)
+    config = HamnerConfig(vocab_size=97, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=96,
+                          max_seq_len=40)
+    model = HamnerModel(config).float().train()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    for length in (8, 16, 24):
+        idx = torch.randint(0, 97, (2, length))
+        torch.testing.assert_close(compiled(idx, idx), model(idx, idx))
+
+
 # ----- training -----
 
 def test_training_ramps_the_rows_and_the_window_and_counts_the_tokens(tmp_path):

@@ -178,12 +178,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, windo
         causal = False
     elif causal and (banded or 1 < n_queries < n_keys):
         mask = causal_mask(n_queries, n_keys, window, device=q.device)
+    # A branch, not an expression: under torch.compile with a dynamic length the comparison is symbolic, and
+    # branching on it gives the plain bool SDPA takes (guarded), where the expression would hand it a SymBool.
+    is_causal = False
+    if causal and mask is None and n_queries == n_keys:
+        is_causal = True
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         k.transpose(1, 2),
         v.transpose(1, 2),
         attn_mask=mask,
-        is_causal=causal and mask is None and n_queries == n_keys,
+        is_causal=is_causal,
         # Only ask for GQA when heads differ, so plain multi-head attention keeps every SDPA backend.
         enable_gqa=q.shape[2] != k.shape[2],
     )
