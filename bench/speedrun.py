@@ -13,8 +13,8 @@ Recipes (peak rates set by reasoning and a few short CPU trials, not swept; see 
   muon-wsd       Muon, warmup-stable-decay (1-sqrt decay over the last 20 %)
   muon-wsd-short Muon + wsd with 70 % of the step budget: a wsd run ends where it is told to
   speedrun       the speedrun recipe (curricula speedrun-demo / speedrun): the speedrun-demo (cpu) or
-                 speedrun (gpu) model, Muon + cosine with the embeddings and the head at their own AdamW
-                 rates, a sequence-length warm-up from a quarter of the rows, half the step budget
+                 speedrun (gpu) model, Muon + cosine with the embeddings at an AdamW rate of their own,
+                 a sequence-length warm-up from a quarter of the rows, half the step budget
   speedrun-fixed-len  the same without the sequence-length warm-up (what the warm-up buys)
 
 Configurations: `cpu` (the demo model, 2 CPU threads, about 4 minutes on an idle 2-core
@@ -94,11 +94,11 @@ CONFIGS: dict[str, Config] = {
                   warmup_steps=40, eval_interval=25, eval_batches=8, threads=None, dtype="bf16"),
 }
 # The speedrun recipe, as hamner/curricula/speedrun-demo.toml and speedrun.toml train it (bench/test_speedrun.py
-# holds them together): the embedding tables learn at 4x, the head at 1x the AdamW rate.
+# holds them together): the embedding tables (and the tied head) learn at 4x the AdamW rate.
 SPEEDRUN_CPU = Recipe("muon", "cosine", lr=5e-3, muon_lr=0.05, budget=0.5, preset="speedrun-demo", embed_lr=0.02,
-                      head_lr=5e-3, seq_len_start=32)
+                      seq_len_start=32)
 SPEEDRUN_GPU = Recipe("muon", "cosine", lr=1.5e-3, muon_lr=0.03, budget=0.5, preset="speedrun", embed_lr=6e-3,
-                      head_lr=1.5e-3, seq_len_start=128)
+                      seq_len_start=128)
 RECIPES: dict[str, dict[str, Recipe]] = {
     "cpu": {
         "adamw-cosine": Recipe("adamw", "cosine", lr=5e-3),

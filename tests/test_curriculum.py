@@ -11,7 +11,7 @@ SHIPPED = {"hamner-v3.1", "hamner-v2", "hamner-4phase", "agiformer-3stage", "tin
            "sft", "concepts-sequential", "concepts-replay", "concepts-echo", "concepts-composition",
            "concepts-capacity", "ttt-extended", "ttt-length-demo", "agiformer-3stage-plain",
            "agiformer-3stage-per-layer", "plasticity-demo", "plasticity-demo-schedule", "plasticity-demo-per-layer",
-           "speedrun", "speedrun-demo", "speedrun-demo-tied", "speedrun-demo-one-lr"}
+           "speedrun", "speedrun-demo", "speedrun-demo-untied", "speedrun-demo-one-lr"}
 
 
 def test_every_shipped_curriculum_loads():

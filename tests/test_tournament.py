@@ -272,15 +272,15 @@ def test_a_curriculum_that_needs_shard_data_is_refused_without_data_and_one_that
 
 
 def test_the_speedrun_ablation_undoes_one_option_per_arm():
-    """Every arm of speedrun-ablation-demo is the recipe (preset and curriculum speedrun-demo) with exactly one of
-    its options undone: a model field, or the curriculum's per-group rates (with the head, its rate)."""
+    """Every arm of speedrun-ablation-demo is the recipe (preset and curriculum speedrun-demo) with exactly one
+    option changed: one of its own undone (a model field, or the embeddings' rate), or the untied head added."""
     spec = load_spec("speedrun-ablation-demo")
     recipe = spec.entrant("recipe")
     assert (recipe.preset, recipe.curriculum, recipe.config) == ("speedrun-demo", "speedrun-demo",
                                                                spec.base)
     undone = {"no-qk-norm": ({"qk_norm"}, None), "swiglu": ({"mlp", "intermediate_size"}, None),
               "no-value-embeddings": ({"value_embeddings"}, None), "no-unet": ({"skip"}, None),
-              "tied-head": ({"tie_embeddings"}, "speedrun-demo-tied"), "no-softcap": ({"logit_softcap"}, None),
+              "untied-head": ({"tie_embeddings"}, "speedrun-demo-untied"), "no-softcap": ({"logit_softcap"}, None),
               "one-lr": (set(), "speedrun-demo-one-lr")}
     assert {e.name for e in spec.entrants} == {"recipe", *undone}
     for name, (fields, curriculum) in undone.items():
