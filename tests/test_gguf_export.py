@@ -145,6 +145,10 @@ def test_refuses_models_and_tokenizers_llama_cpp_cannot_run(tmp_path):
     swa = tiny_config(mixer="swa", window=16)
     with pytest.raises(ExportError, match="mixer.*swa.*only attention \\+ swiglu"):
         export_gguf(HamnerModel(swa), swa, tmp_path / "swa.gguf", eos_id=256)
+    for option, named in ((dict(qk_norm=True), "qk_norm"), (dict(logit_softcap=15.0), "logit_softcap")):
+        config = tiny_config(**option)
+        with pytest.raises(ExportError, match=f"cannot export to GGUF.*{named}"):
+            export_gguf(HamnerModel(config), config, tmp_path / "option.gguf", eos_id=256)
     spm_like = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "<|endoftext|>": 2}, merges=[]))
     spm_like.pre_tokenizer = pre_tokenizers.Metaspace()
     spm_like.save(str(tmp_path / "tokenizer.json"))
@@ -255,16 +259,25 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
     return out
 
 
-@pytest.fixture(params=["bytes", "cosmo2"])
+@pytest.fixture(params=["bytes", "cosmo2", "untied"])
 def case(request, shared_data) -> tuple[HamnerModel, HamnerConfig]:
-    """A demo-sized byte-level model, and a small model with cosmo2's 49,152-token vocabulary (one KV head, a
-    RoPE base and norm epsilon of its own)."""
-    if request.param == "bytes":
-        config = model_config("demo")
-    else:
+    """A demo-sized byte-level model, a small model with cosmo2's 49,152-token vocabulary (one KV head, a
+    RoPE base and norm epsilon of its own), and the demo with an untied head that llama.cpp must read as
+    `output.weight`, not take the embedding for (the head and the residual projections, zero-initialised with
+    it, given random weights)."""
+    if request.param == "cosmo2":
         config = tiny_config(vocab_size=49152, tokenizer=str(shared_data / "cosmo2_tokenizer.json"), max_seq_len=128,
                              n_kv_heads=1, rope_theta=50000.0, norm_eps=1e-6)
-    return sharp_model(config), config
+    else:
+        config = model_config("demo")
+    if request.param == "untied":
+        config = HamnerConfig(**{**config.to_dict(), "tie_embeddings": False})
+    model = sharp_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2 and not p.any():
+                p.normal_(0.0, 0.5 if p is model.lm_head.weight else 0.08)
+    return model, config
 
 
 @needs_llama_cpp

@@ -37,7 +37,7 @@ from hamner.model.config import HamnerConfig
 from hamner.model.mixers.attention import pair_order
 from hamner.model.transformer import HamnerModel
 from hamner.run.durable import move_into_place
-from hamner.use.hf import BYTES_SPEC, byte_chars, to_hf_state_dict, tokenizer_file
+from hamner.use.hf import BYTES_SPEC, HEAD_NAME, byte_chars, to_hf_state_dict, tokenizer_file
 
 QUANTS = ("f32", "f16", "q8_0")
 ARCH = "llama"
@@ -87,9 +87,12 @@ def _gguf():
 
 
 def gguf_tensors(model: HamnerModel, config: HamnerConfig) -> dict[str, np.ndarray]:
-    """The model's weights under llama.cpp's names, float32, q and k rows in RoPE pair order, no output head."""
+    """The model's weights under llama.cpp's names, float32, q and k rows in RoPE pair order; `output.weight`
+    only for an untied head (without it llama.cpp reads the embedding as the head)."""
     hf = to_hf_state_dict({name: t.detach().cpu().float() for name, t in model.state_dict().items()}, config)
     out = {ours: hf[theirs] for theirs, ours in GLOBAL_TENSORS.items()}
+    if not config.tie_embeddings:
+        out["output.weight"] = hf[HEAD_NAME]
     q_order, k_order = (pair_order(heads, config.head_dim, heads * config.head_dim)
                         for heads in (config.n_heads, config.n_kv_heads))
     for i in range(config.n_layers):
@@ -167,16 +170,15 @@ def export_gguf(model: HamnerModel, config: HamnerConfig, out_path: str | Path, 
     """Write `model` as the llama.cpp GGUF file `out_path` (its folder created); returns the path.
 
     `name` becomes general.name; `source` (e.g. the run and the step) is recorded under hamner.*
-    keys. Only attention + SwiGLU in every layer has a llama.cpp equivalent; anything else is refused
-    with an ExportError before anything is written, as is a failed write (no partial file is left).
+    keys. Only what a Llama holds (attention + SwiGLU in every layer, none of the stack options or the soft
+    cap; the head tied or not) has a llama.cpp equivalent; anything else is refused with an ExportError
+    before anything is written, as is a failed write (no partial file is left).
     """
     gguf = _gguf()
     if quant not in QUANTS:
         raise ExportError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     if not config.llama_compatible:
-        mixers = sorted({m for i in range(config.n_layers) for m in config.layer_mixer_names(i)})
-        raise ExportError(f"cannot export to GGUF: the model uses mixer(s) {'+'.join(mixers)} and MLP {config.mlp}; "
-                          "only attention + swiglu has a llama.cpp equivalent")
+        raise ExportError(f"cannot export to GGUF (llama.cpp's llama architecture): {config.llama_incompatibility}")
     vocab = gguf_vocab(config.tokenizer, config.vocab_size)
     tensors = {key: _encode(array, quant) for key, array in gguf_tensors(model, config).items()}
     out = Path(out_path)
