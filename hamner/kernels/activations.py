@@ -91,7 +91,8 @@ def _(dy: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     return gate_up.new_empty(gate_up.shape)
 
 
-def _swiglu_setup(ctx, inputs, output) -> None:
+def _save_inputs(ctx, inputs, output) -> None:
+    """Autograd setup of an activation whose backward needs only its input."""
     ctx.save_for_backward(*inputs)
 
 
@@ -100,7 +101,7 @@ def _swiglu_backward(ctx, dy: torch.Tensor) -> torch.Tensor:
     return _swiglu_bwd(dy, gate_up)
 
 
-_swiglu_fwd.register_autograd(_swiglu_backward, setup_context=_swiglu_setup)
+_swiglu_fwd.register_autograd(_swiglu_backward, setup_context=_save_inputs)
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
@@ -166,16 +167,12 @@ def _(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 
-def _relu2_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
-
-
 def _relu2_backward(ctx, dy: torch.Tensor) -> torch.Tensor:
     (x,) = ctx.saved_tensors
     return _relu2_bwd(dy, x)
 
 
-_relu2_fwd.register_autograd(_relu2_backward, setup_context=_relu2_setup)
+_relu2_fwd.register_autograd(_relu2_backward, setup_context=_save_inputs)
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:
