@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from train_helpers import plain_training_losses, tiny_settings
+from train_helpers import assert_compiled_step_matches_eager, plain_training_losses, tiny_settings
 
 from hamner import HamnerConfig, HamnerModel, model_config
 from hamner.data.shards import write_meta, write_shard
@@ -169,12 +169,4 @@ def test_compile_traces_the_memory_and_ttt_in_one_graph(fresh_dynamo):
     config = dataclasses.replace(TINY["agiformer-31m"], layer_mixers=["hebbian", "ttt_linear"], ttt_mini_batch=4)
     model = HamnerModel(config).train()
     idx = torch.randint(0, 97, (2, 10))  # the last TTT mini-batch is partial
-    loss = torch.compile(model, backend="aot_eager", fullgraph=True)(idx, idx)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    eager = model(idx, idx)
-    eager.backward()
-    torch.testing.assert_close(loss, eager)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    assert_compiled_step_matches_eager(model, idx, idx)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from kernel_checks import rel_error
 from tiny_checkpoint import save_tiny_run, tiny_config
-from train_helpers import plain_training_losses, tiny_settings, write_curriculum
+from train_helpers import assert_compiled_step_matches_eager, plain_training_losses, tiny_settings, write_curriculum
 
 from hamner.commands.export import main as export_command
 from hamner.errors import ConfigError, ExportError
@@ -385,16 +385,7 @@ def test_compile_traces_every_new_op_in_one_graph():
                           moe_intermediate_size=32)
     model = HamnerModel(config).train()
     idx = torch.randint(0, 97, (2, 12))
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    loss = compiled(idx, idx)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    eager = model(idx, idx)
-    eager.backward()
-    torch.testing.assert_close(loss, eager)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    assert_compiled_step_matches_eager(model, idx, idx)
 
 
 def test_document_packing_keeps_windowed_documents_apart_and_stateful_mixers_refuse_it():

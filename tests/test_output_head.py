@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_checkpoint import save_tiny_run, tiny_config
+from train_helpers import assert_compiled_step_matches_eager
 
 from hamner.errors import CheckpointError, ConfigError, ExportError
 from hamner.kernels import dispatch, reference
@@ -163,16 +164,7 @@ def test_compile_traces_softcap_and_untied_head_in_one_graph():
     config = tiny_config(logit_softcap=2.0, tie_embeddings=False)
     model = randomised(config).train()
     idx = torch.randint(0, 257, (2, 12))
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    loss = compiled(idx[:, :-1], idx[:, 1:])
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    eager = model(idx[:, :-1], idx[:, 1:])
-    eager.backward()
-    torch.testing.assert_close(loss, eager)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    assert_compiled_step_matches_eager(model, idx[:, :-1], idx[:, 1:])
     compiled = torch.compile(model.eval(), backend="aot_eager", fullgraph=True, dynamic=False)
     with torch.no_grad():
         torch.testing.assert_close(compiled(idx), model(idx))

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from train_helpers import plain_training_losses
+from train_helpers import assert_compiled_step_matches_eager, plain_training_losses
 
 from hamner import kernels
 from hamner.errors import ExportError
@@ -173,16 +173,7 @@ def test_compile_traces_every_option_in_one_graph():
     torch.manual_seed(0)
     model = HamnerModel(HamnerConfig(**TINY, **ALL, mixer="swa", window=4)).train()
     idx = torch.randint(0, 97, (2, 12))
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    loss = compiled(idx, idx)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    eager = model(idx, idx)
-    eager.backward()
-    torch.testing.assert_close(loss, eager)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    assert_compiled_step_matches_eager(model, idx, idx)
 
 
 def test_muon_leaves_the_options_parameters_on_adamw_and_value_embeddings_do_not_decay():

@@ -114,3 +114,17 @@ def plain_training_losses(model: torch.nn.Module, windows: torch.Tensor, lr: flo
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def assert_compiled_step_matches_eager(model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> None:
+    """One training loss and its gradients through torch.compile (aot_eager, fullgraph=True: a graph break is an
+    error) equal the eager model's."""
+    loss = torch.compile(model, backend="aot_eager", fullgraph=True)(idx, targets)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    eager = model(idx, targets)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
