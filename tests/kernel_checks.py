@@ -65,3 +65,17 @@ def check_against_float64(
     assert all(err <= tol for err in errors.values()), (name, errors)
     return errors
 
+
+
+def assert_model_step_matches_reference_ops(model: torch.nn.Module, loss: torch.Tensor, idx: torch.Tensor) -> None:
+    """`loss` (the model's training loss on `idx`, computed through the Triton kernels) and its gradients equal
+    the same step through the reference ops."""
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with dispatch.cpu_kernels(False):
+        reference_loss = model(idx, idx)
+        reference_loss.backward()
+    torch.testing.assert_close(loss, reference_loss)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name, rtol=1e-4, atol=1e-6)

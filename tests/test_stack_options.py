@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from kernel_checks import assert_model_step_matches_reference_ops
 from train_helpers import assert_compiled_step_matches_eager, plain_training_losses
 
 from hamner import kernels
@@ -158,15 +159,7 @@ def test_qk_norm_is_one_rms_norm_launch_per_layer_and_matches_the_reference_ops(
         loss = model(idx, idx)
         launches[qk_norm] = dispatch.launches - before
     assert launches[True]["rms_norm_fwd"] - launches[False]["rms_norm_fwd"] == 2  # one a layer for q and k
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    with dispatch.cpu_kernels(False):
-        reference_loss = model(idx, idx)
-        reference_loss.backward()
-    torch.testing.assert_close(loss, reference_loss)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, msg=name, rtol=1e-4, atol=1e-6)
+    assert_model_step_matches_reference_ops(model, loss, idx)
 
 
 def test_compile_traces_every_option_in_one_graph():
