@@ -34,6 +34,19 @@ def test_hamner_is_the_only_package_at_the_top_of_the_checkout():
     assert not [p for p in ROOT.iterdir() if p.is_symlink()]
 
 
+def test_no_file_keeps_a_merge_conflict_marker():
+    """A conflict left inside a docstring or a TOML comment still imports and lints; this catches it."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    markers = ("<<<<<<< ", ">>>>>>> ")
+    for name in tracked.stdout.splitlines():
+        path = ROOT / name
+        if path.suffix in {".py", ".toml", ".md", ".sh", ".txt", ".cfg"} and path.is_file():
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                assert not line.startswith(markers), f"{name}:{number}: {line}"
+
+
 def test_the_rooms_import_only_downwards_and_no_package_imports_in_a_cycle():
     """The import-linter contracts in pyproject.toml: the layers of rooms and no cycle between packages."""
     done = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"],

@@ -7,13 +7,12 @@ The Llama attention (Touvron et al. 2023, "LLaMA"); the sliding window as in Bel
 all of them for full attention, only the last W - 1 (all a new query still sees besides its own)
 for the window, so the window's cache stays bounded however long the text.
 
-<<<<<<< HEAD
 The sliding window's knob "window" narrows it at run time, W_now in 1..W (a curriculum's window warm-up, as in
 the modded-nanogpt speedrun, Keller Jordan et al. 2024): the model's `window` W is the largest it may reach.
 W_now lives in a 0-d integer buffer, so checkpoints carry it, a resumed or loaded model attends as it did,
 and the attention takes it as a tensor (see hamner.kernels.attention_dispatch: changing it never recompiles
 a compiled model). At W_now = W the attention runs exactly as without the knob.
-=======
+
 Two options (config fields, off by default):
 
 `qk_norm`: queries and keys are RMS-normed per head before RoPE, q_h <- w * q_h / rms(q_h) and
@@ -30,7 +29,6 @@ modded-nanogpt's value embeddings (Keller Jordan et al. 2024, the NanoGPT speedr
 Nov.-Dec. 2024: `v = self.lambdas[0] * v + self.lambdas[1] * ve`, tables laid out "012 ... 012" over the
 layers). The tables belong to the model (`HamnerModel.value_embeds`), the lambdas to the layer; the
 decoding cache keeps the mixed values, so decoding needs only the new tokens' lookups.
->>>>>>> arch-a
 
 RoPE pairs element i of a head with element i + D/2 (Llama's rotate-half), and that is the order
 `state_dict()` and `load_state_dict()` use (checkpoints, the Hugging Face export). The parameter
