@@ -118,9 +118,10 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
     fused = device.type == "cuda"
     roles = rate_roles(model, embed_lr, head_lr)
     if kind == "adamw":
-        groups = layer_param_groups(model, weight_decay, roles=roles)
-        _set_role_rates(groups, embed_lr, head_lr)
-        return LayeredAdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
+        optimizer = LayeredAdamW(layer_param_groups(model, weight_decay, roles=roles), lr=lr, betas=BETAS,
+                                 fused=fused, foreach=not fused)
+        apply_lr(optimizer, lr, embed_lr=embed_lr, head_lr=head_lr)
+        return optimizer
     matrices = hidden_matrices(model)
     muon_ids = {id(p) for p in matrices}
     rest = {id(p) for p in model.parameters()} - muon_ids
@@ -132,17 +133,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device, kin
                             lr=muon_lr,
                             weight_decay=MUON_WEIGHT_DECAY, momentum=MUON_MOMENTUM, nesterov=True)
     groups = [{**group, "optimizer": "adamw"} for group in layer_param_groups(model, weight_decay, rest, roles)]
-    _set_role_rates(groups, embed_lr, head_lr)
     adamw = LayeredAdamW(groups, lr=lr, betas=BETAS, fused=fused, foreach=not fused)
+    apply_lr(adamw, lr, embed_lr=embed_lr, head_lr=head_lr)
     return [adamw, muon]
-
-
-def _set_role_rates(groups: list[dict], embed_lr: float | None, head_lr: float | None) -> None:
-    """Give the embedding's and the head's groups their own peak rates."""
-    for group in groups:
-        rate = {"embed": embed_lr, "head": head_lr}.get(group.get("role"))
-        if rate is not None:
-            group["lr"] = rate
 
 
 def stage_optimizer(model: torch.nn.Module, stage: Stage, device: torch.device,
