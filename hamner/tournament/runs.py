@@ -13,7 +13,6 @@ the JSON and CSV files a run wrote, never a checkpoint's pickled state.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -30,7 +29,7 @@ import torch
 from hamner.errors import TournamentError
 from hamner.model.config import HamnerConfig, model_config
 from hamner.run import checkpoint as ckpt
-from hamner.run.directory import METRICS, TASK_ACCURACY, checkpoints_dir
+from hamner.run.directory import METRICS, TASK_ACCURACY, checkpoints_dir, read_rows
 from hamner.run.durable import write_text
 from hamner.train.settings import TrainSettings
 
@@ -229,7 +228,7 @@ def read_run(plan: RunPlan) -> RunResult:
     """The results of a finished run, from metrics.csv, task_accuracy.csv, the marker and (for a run without a
     marker) its checkpoint's config.json: JSON and CSV only."""
     d = plan.directory
-    rows = _rows(d / METRICS)
+    rows = read_rows(d / METRICS)
     curve = [(_num(r["tokens"]), _num(r["elapsed_s"]), _num(r["val_loss"])) for r in rows if r["val_loss"]]
     rates = [_num(r["tokens_per_s"]) for r in rows if r["tokens_per_s"]]
     mfus = [_num(r["mfu"]) for r in rows if r["mfu"]]
@@ -249,19 +248,12 @@ def read_run(plan: RunPlan) -> RunResult:
         task_accuracy=_final_task_accuracy(d / TASK_ACCURACY), wall_s=marker.get("wall_s"))
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def _num(text: str) -> float:
     return float(text) if text else math.nan
 
 
 def _final_task_accuracy(path: Path) -> float | None:
-    rows = _rows(path)
+    rows = read_rows(path)
     if not rows:
         return None
     last = max(int(r["step"]) for r in rows)

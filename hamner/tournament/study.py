@@ -20,7 +20,6 @@ load, the largest load the model still carries.
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from hamner.errors import HamnerError
 from hamner.eval.length_study import plot_comparison, plot_evolution
 from hamner.model.config import PRESETS, model_config, with_fields
 from hamner.run.checkpoint import has_complete_checkpoint
-from hamner.run.directory import EVALS
+from hamner.run.directory import EVALS, read_rows
 from hamner.run.directory import PROBE as PROBE_CSV
 from hamner.run.durable import write_text
 from hamner.toml_table import TomlTable, read_toml
@@ -261,10 +260,9 @@ def read_probe_arm(arm: Arm, directory: Path) -> dict[str, Any]:
     """An arm of a probe study: its parameters, how it ended and its probe rows at the last step probed."""
     try:
         metadata = json.loads((directory / EVALS / "metadata.json").read_text())
-        with open(directory / PROBE_CSV, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
     except (OSError, ValueError) as exc:
         raise StudyError(f"arm {arm.name}: cannot read its probe in {directory}: {exc}") from None
+    rows = read_rows(directory / PROBE_CSV)
     if not rows:
         raise StudyError(f"arm {arm.name}: {directory / PROBE_CSV} holds no probe")
     step = max(int(r["step"]) for r in rows)
